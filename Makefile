@@ -1,0 +1,17 @@
+# The two commands a newcomer needs are `make run` and `make test`.
+.PHONY: setup run test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	@bash scripts/serve.sh
+
+test: setup
+	@bash scripts/test.sh
+
+bench: setup
+	@.venv/bin/python -m bench
+
+clean:
+	rm -rf .venv .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""PZLS accounts: users, tokens and authentication (PROTOCOL.md §2)."""

@@ -1,0 +1,57 @@
+"""Bearer-token authentication for DRF.
+
+A missing header leaves the request anonymous (the permission check then
+answers 401); a header that is not ``Bearer <token>`` or a token that is no
+good answers 401 with ``WWW-Authenticate: Bearer``; a disabled account 403.
+"""
+
+from __future__ import annotations
+
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from accounts import services
+from accounts.models import User
+from pzls_site.exceptions import NotAuthenticated
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None when there is no header.
+
+    Raises NotAuthenticated when the header is present but not a bearer token.
+    """
+    header = get_authorization_header(request)
+    if not header:
+        return None
+    parts = header.split()
+    if len(parts) != 2 or parts[0].lower() != b"bearer":
+        raise NotAuthenticated("Authorization header must be: Bearer <token>")
+    try:
+        return parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise NotAuthenticated("Invalid or expired token") from None
+
+
+class BearerTokenAuthentication(BaseAuthentication):
+    """``request.user`` is the token's user; ``request.auth`` is the token's digest."""
+
+    def authenticate(self, request: Request) -> tuple[User, str] | None:
+        token = bearer_token(request)
+        if token is None:
+            return None
+        return services.token_authenticate(token=token)
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"
+
+
+def optional_user(request: Request) -> User | None:
+    """The caller's user when the request carries a good token, else None (never an error)."""
+    try:
+        token = bearer_token(request)
+        if token is None:
+            return None
+        user, _ = services.token_authenticate(token=token)
+    except Exception:  # an optional token that is no good is simply absent
+        return None
+    return user

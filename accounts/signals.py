@@ -1,0 +1,26 @@
+"""Keep tokens in step with accounts, whichever way an account changes
+(API, admin site, shell): a disabled or deleted account loses every token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from accounts.models import User
+
+
+@receiver(post_save, sender=User)
+def revoke_tokens_of_disabled_user(sender: type[User], instance: User, **kwargs: Any) -> None:
+    if not instance.is_active:
+        from accounts.services import user_revoke_tokens
+
+        user_revoke_tokens(user_id=str(instance.pk))
+
+
+@receiver(post_delete, sender=User)
+def revoke_tokens_of_deleted_user(sender: type[User], instance: User, **kwargs: Any) -> None:
+    from accounts.services import user_revoke_tokens
+
+    user_revoke_tokens(user_id=str(instance.pk))

@@ -1,0 +1,116 @@
+"""Account endpoints (PROTOCOL.md §2) and the admin API (§6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import services
+from accounts.models import User
+from pzls_site import health
+from pzls_site.clock import iso
+from pzls_site.requests import client_ip, json_object
+
+
+def user_json(user: User) -> dict[str, Any]:
+    """The protocol's user object: never a hash, never a token."""
+    return {"id": str(user.pk), "username": user.username, "role": user.role, "createdAt": iso(user.created_at)}
+
+
+class IsAdmin(BasePermission):
+    message = "Admin role required"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.is_admin)
+
+
+class RegisterView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        body = json_object(request)
+        token, user = services.user_register(username=body.get("username"), password=body.get("password"))
+        return Response({"token": token, "user": user_json(user)})
+
+
+class LoginView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        body = json_object(request)
+        token, user = services.user_login(
+            username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+        )
+        return Response({"token": token, "user": user_json(user)})
+
+
+class LogoutView(APIView):
+    def post(self, request: Request) -> Response:
+        services.token_revoke(digest=request.auth)
+        return Response({"success": True})
+
+
+class MeView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response({"user": user_json(request.user)})
+
+
+class ChangePasswordView(APIView):
+    def post(self, request: Request) -> Response:
+        body = json_object(request)
+        services.user_change_password(
+            user=request.user,
+            current_password=body.get("currentPassword"),
+            new_password=body.get("newPassword"),
+            keep_digest=request.auth,
+        )
+        return Response({"success": True})
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request) -> Response:
+        problem = health.problem()
+        if problem:
+            return Response({"status": "unavailable", "error": problem}, status=503)
+        return Response({"status": "ok", "server": "PZLS", "version": health.server_version()})
+
+
+class AdminUsersView(APIView):
+    permission_classes = [IsAdmin]
+
+    def get(self, request: Request) -> Response:
+        from sync.services import repository_summaries
+
+        users = list(User.objects.all())
+        summaries = repository_summaries(user_ids=[str(u.pk) for u in users])
+        rows = []
+        for user in users:
+            summary = summaries[str(user.pk)]
+            rows.append(
+                {
+                    **user_json(user),
+                    "disabled": not user.is_active,
+                    "lastLogin": iso(user.last_login) if user.last_login else None,
+                    "version": summary.version,
+                    "records": summary.records,
+                    "lastSync": summary.last_sync,
+                }
+            )
+        return Response({"users": rows})
+
+
+class AdminUserView(APIView):
+    permission_classes = [IsAdmin]
+
+    def delete(self, request: Request, user_id: str) -> Response:
+        services.user_delete(actor=request.user, user_id=user_id)
+        return Response({"success": True})

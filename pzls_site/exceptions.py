@@ -1,0 +1,160 @@
+"""The one exception hierarchy of PZLS and the one handler that answers errors.
+
+Services and backends raise a ``PZLSError`` subclass; views let it pass. The
+handler turns it, DRF's own exceptions and Django's (404, PermissionDenied,
+oversized bodies) into the protocol's ``{"error": "..."}`` body, keeps
+``WWW-Authenticate: Bearer`` on every 401, and logs anything unexpected before
+answering ``500 {"error": "Internal server error"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger("pzls")
+
+
+class PZLSError(Exception):
+    """Base of every error PZLS answers on purpose: a status and a message."""
+
+    status_code = 500
+    default_message = "Internal server error"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(PZLSError):
+    status_code = 400
+    default_message = "Bad request"
+
+
+class MalformedJSON(BadRequest):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Malformed JSON: {detail}")
+
+
+class NotAuthenticated(PZLSError):
+    """The token is missing, unknown, revoked or expired: the client must log in again."""
+
+    status_code = 401
+    default_message = "Authentication required"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(PZLSError):
+    status_code = 403
+    default_message = "Forbidden"
+
+
+class NotFound(PZLSError):
+    status_code = 404
+    default_message = "Not found"
+
+
+class Conflict(PZLSError):
+    status_code = 409
+    default_message = "Conflict"
+
+
+class BodyTooLarge(PZLSError):
+    status_code = 413
+
+    def __init__(self) -> None:
+        from django.conf import settings
+
+        mb = settings.PZLS_MAX_BODY_MB
+        mb_text = f"{mb:g}"
+        super().__init__(f"Request body too large (limit {mb_text} MiB)")
+
+
+class TooManyRequests(PZLSError):
+    status_code = 429
+    default_message = "Too many requests"
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
+
+
+class ServiceUnavailable(PZLSError):
+    status_code = 503
+    default_message = "Service unavailable"
+
+
+class StorageError(PZLSError):
+    """A backend could not read or write its storage; details are logged, not shown."""
+
+    status_code = 500
+    default_message = "Internal server error"
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The protocol's error body."""
+    return {"error": message}
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
+    """An error answer for code paths outside DRF (middleware, Django's handlers)."""
+    response = JsonResponse(error_body(message), status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+_DRF_MESSAGES = {
+    drf.MethodNotAllowed: "Method not allowed",
+    drf.NotFound: "Not found",
+    drf.NotAuthenticated: "Authentication required",
+}
+
+
+def _drf_message(exc: drf.APIException) -> str:
+    for cls, message in _DRF_MESSAGES.items():
+        if isinstance(exc, cls):
+            return message
+    detail: Any = exc.detail
+    # Validation errors arrive as nested lists and dicts; the protocol wants one sentence.
+    while isinstance(detail, (list, dict)) and detail:
+        if isinstance(detail, dict):
+            key, detail = next(iter(detail.items()))
+            if key != "non_field_errors" and isinstance(detail, list) and detail:
+                return f"{key}: {detail[0]}"
+        else:
+            detail = detail[0]
+    return str(detail) if detail else "Bad request"
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's EXCEPTION_HANDLER: every error becomes ``{"error": ...}``."""
+    if isinstance(exc, PZLSError):
+        if exc.status_code >= 500:
+            logger.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__ or exc)
+            return Response(error_body("Internal server error"), status=exc.status_code, headers=exc.headers)
+        return Response(error_body(exc.message), status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, Http404):
+        return Response(error_body("Not found"), status=404)
+    if isinstance(exc, DjangoPermissionDenied):
+        return Response(error_body(str(exc) or "Forbidden"), status=403)
+    if isinstance(exc, RequestDataTooBig):
+        too_large = BodyTooLarge()
+        return Response(error_body(too_large.message), status=413)
+    if isinstance(exc, drf.APIException):
+        headers = {}
+        if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
+            headers["WWW-Authenticate"] = "Bearer"
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response(error_body(_drf_message(exc)), status=exc.status_code, headers=headers)
+    logger.exception("Unhandled error in %s", context.get("view").__class__.__name__ if context.get("view") else "view")
+    return Response(error_body("Internal server error"), status=500)

@@ -1,0 +1,40 @@
+"""Whether this server can do its job: a writable data directory and a database that answers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+import pzls_site
+
+logger = logging.getLogger("pzls")
+
+
+def server_version() -> str:
+    return pzls_site.__version__
+
+
+def problem() -> str | None:
+    """None when healthy, else a short description of what is wrong (details are logged)."""
+    data_dir = Path(settings.PZLS_DATA_DIR)
+    try:
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".health-", delete=True) as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        logger.exception("health: data directory %s is not writable", data_dir)
+        return "Data directory is not writable"
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception:
+        logger.exception("health: database does not answer")
+        return "Database unavailable"
+    return None

@@ -1,0 +1,60 @@
+"""JSON in and out of the API through orjson.
+
+The parser enforces the body limit (PZLS_MAX_BODY_MB) while reading, so a
+chunked body without Content-Length cannot exceed it either, and turns every
+decoding failure into the protocol's ``Malformed JSON: ...`` error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.conf import settings
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
+
+from pzls_site.exceptions import BodyTooLarge, MalformedJSON
+
+
+def read_body(stream: Any, limit: int) -> bytes:
+    """Read a request body, failing with 413 as soon as it passes ``limit`` bytes."""
+    if stream is None:
+        return b""
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge()
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse JSON bytes strictly (no NaN, no Infinity, valid UTF-8 only)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
+
+
+class ORJSONParser(BaseParser):
+    """DRF parser for application/json bodies."""
+
+    media_type = "application/json"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        body = read_body(stream, settings.PZLS_MAX_BODY_BYTES)
+        if not body.strip():
+            return {}
+        return parse_json(body)
+
+
+class ORJSONRenderer(BaseRenderer):
+    """DRF renderer that writes compact UTF-8 JSON."""
+
+    media_type = "application/json"
+    format = "json"
+    charset = None
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: dict | None = None) -> bytes:
+        if data is None:
+            return b""
+        return orjson.dumps(data)

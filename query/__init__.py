@@ -1,0 +1,1 @@
+"""Query: remote SQL (PROTOCOL.md §5)."""

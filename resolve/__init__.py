@@ -1,0 +1,1 @@
+"""Resolve: entity resolution (PROTOCOL.md §4)."""

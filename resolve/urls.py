@@ -1,0 +1,3 @@
+"""Resolve API URLs."""
+
+urlpatterns: list = []

@@ -1,0 +1,1 @@
+"""PZLS sync: per-user repositories (PROTOCOL.md §3)."""

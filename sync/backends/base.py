@@ -1,0 +1,91 @@
+"""The repository store contract.
+
+Each user (by id string) has one repository: a version counter, named stores
+of records, and a changelog with one entry per effective push. A store
+serialises pushes of one user across threads and processes, makes a push
+durable before returning, and never exposes half of a push. Pull order is
+first-insertion order. Rules about what a valid push is live in the service
+and ``sync.merge``; a store receives validated data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+EMPTY_PULL = b'{"version":0,"data":{}}'
+
+# The original's paging: ``changes`` returns at most this many entries, the newest.
+CHANGES_PAGE = 50
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A parsed repository: exactly what a pull returns. Treat ``data`` as read-only."""
+
+    version: int
+    data: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    version: int
+    added: int
+    modified: int
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    current_version: int
+    pending: int
+    entries: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RepositorySummary:
+    version: int
+    stores: int
+    records: int
+    data_size_bytes: int
+    total_syncs: int
+    last_sync: str | None
+
+
+EMPTY_SUMMARY = RepositorySummary(version=0, stores=0, records=0, data_size_bytes=len(EMPTY_PULL), total_syncs=0, last_sync=None)
+
+
+class BaseRepositoryStore:
+    """Interface every repository store implements."""
+
+    def pull_bytes(self, user_id: str) -> bytes:
+        """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""
+        raise NotImplementedError
+
+    def load(self, user_id: str) -> Repository:
+        """The parsed repository (version 0 and no stores when the user has none)."""
+        raise NotImplementedError
+
+    def push(
+        self, user_id: str, stores: dict[str, dict[str, Any]], *, client_version: int | None, timestamp: str
+    ) -> PushResult:
+        """Merge validated ``stores``; if anything changed, raise the version by one and log it.
+
+        Returns the (possibly unchanged) version and the counts. Durable on return.
+        """
+        raise NotImplementedError
+
+    def changes(self, user_id: str, since: int) -> ChangesPage:
+        """Changelog entries with version > ``since``: how many, and the newest CHANGES_PAGE of them in ascending order."""
+        raise NotImplementedError
+
+    def summary(self, user_id: str) -> RepositorySummary:
+        """Version, store and record counts, size and sync history, cheaply (no full parse)."""
+        raise NotImplementedError
+
+    def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
+        """Make ``repository`` and ``changelog`` the user's, replacing whatever was there (imports)."""
+        raise NotImplementedError
+
+    def delete(self, user_id: str) -> None:
+        """Remove the user's repository and changelog entirely."""
+        raise NotImplementedError

@@ -1,0 +1,146 @@
+"""Sync rules: validating pushes, pulls, the changelog, status, and legacy adoption.
+
+Views call these; storage is reached only through the configured repository
+store (``sync.backends``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from pzls_site.clock import iso, utcnow
+from pzls_site.exceptions import BadRequest
+from sync.backends import ChangesPage, PushResult, Repository, RepositorySummary, get_repository_store
+from sync.merge import InvalidStores, validate_stores
+
+logger = logging.getLogger("pzls.sync")
+
+_STARTED = time.monotonic()
+
+
+def uptime_seconds() -> float:
+    return round(time.monotonic() - _STARTED, 3)
+
+
+def repository_pull_bytes(*, user_id: str) -> bytes:
+    """The exact body of ``GET /api/sync``, as stored."""
+    return get_repository_store().pull_bytes(user_id)
+
+
+def repository_load(*, user_id: str) -> Repository:
+    """The user's parsed repository (read-only), for resolve and the admin site."""
+    return get_repository_store().load(user_id)
+
+
+def repository_push(*, user_id: str, body: dict[str, Any]) -> PushResult:
+    """Validate a push body and merge it, all or nothing."""
+    has_stores, has_data = "stores" in body, "data" in body
+    if not has_stores and not has_data:
+        raise BadRequest("No data provided")
+    if has_stores and has_data:
+        raise BadRequest("Send stores or data, not both")
+    stores = body["stores"] if has_stores else body["data"]
+    client_version = body.get("clientVersion")
+    if client_version is not None and (
+        isinstance(client_version, bool)
+        or not isinstance(client_version, (int, float))
+        or client_version != client_version  # NaN cannot arrive as JSON, but be sure
+        or client_version < 0
+        or int(client_version) != client_version
+    ):
+        raise BadRequest("clientVersion must be a whole number >= 0 or null")
+    try:
+        validate_stores(stores)
+    except InvalidStores as exc:
+        raise BadRequest(str(exc)) from None
+    return get_repository_store().push(
+        user_id,
+        stores,
+        client_version=int(client_version) if client_version is not None else None,
+        timestamp=iso(utcnow()),
+    )
+
+
+def repository_changes(*, user_id: str, since: int) -> ChangesPage:
+    return get_repository_store().changes(user_id, since)
+
+
+def repository_summary(*, user_id: str) -> RepositorySummary:
+    return get_repository_store().summary(user_id)
+
+
+def repository_summaries(*, user_ids: list[str]) -> dict[str, RepositorySummary]:
+    store = get_repository_store()
+    return {user_id: store.summary(user_id) for user_id in user_ids}
+
+
+def repository_delete(*, user_id: str) -> None:
+    get_repository_store().delete(user_id)
+
+
+# --- the pre-authentication server's single repository ----------------------
+
+
+def _legacy_changelog(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    doc = orjson.loads(path.read_bytes())
+    if isinstance(doc, dict):
+        doc = doc.get("changelog", doc.get("changes", doc.get("entries", [])))
+    if not isinstance(doc, list):
+        raise ValueError("changelog.json is not a list of entries")
+    entries = [e for e in doc if isinstance(e, dict) and isinstance(e.get("version"), int)]
+    return sorted(entries, key=lambda e: e["version"])
+
+
+def legacy_repository_read(path: Path) -> Repository:
+    """Read and validate a legacy ``{"version": N, "data": {...}}`` file."""
+    doc = orjson.loads(path.read_bytes())
+    if not isinstance(doc, dict) or not isinstance(doc.get("data", {}), dict):
+        raise ValueError(f"{path} is not a {{version, data}} repository")
+    version = doc.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{path} has no valid version")
+    data = validate_stores(doc.get("data", {}))
+    return Repository(version=version, data=data)
+
+
+def _retire(path: Path) -> None:
+    """Rename a migrated legacy file out of the way, never deleting it."""
+    target = path.with_name(path.name + ".migrated")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.migrated.{n}")
+    path.rename(target)
+
+
+def repository_adopt_legacy(*, user_id: str) -> bool:
+    """Make ``DATA_DIR/repo.json`` (and ``changelog.json``) this user's repository, once.
+
+    Called for the first user ever registered. A legacy file that cannot be
+    read is left where it is, untouched, and the problem is logged: the
+    registration goes on and the file can be imported later.
+    """
+    data_dir = Path(settings.PZLS_DATA_DIR)
+    repo_path, changelog_path = data_dir / "repo.json", data_dir / "changelog.json"
+    if not repo_path.exists():
+        return False
+    try:
+        repository = legacy_repository_read(repo_path)
+        changelog = _legacy_changelog(changelog_path)
+    except (OSError, ValueError, InvalidStores) as exc:
+        logger.error("legacy repository %s not migrated: %s", repo_path, exc)
+        return False
+    get_repository_store().replace(user_id, repository, changelog)
+    _retire(repo_path)
+    if changelog_path.exists():
+        _retire(changelog_path)
+    logger.info("migrated legacy repository (version %s) to user %s", repository.version, user_id)
+    return True

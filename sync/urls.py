@@ -1,0 +1,11 @@
+"""Sync API URLs."""
+
+from django.urls import re_path
+
+from sync import views
+
+urlpatterns = [
+    re_path(r"^sync/?$", views.SyncView.as_view()),
+    re_path(r"^sync/changes/?$", views.ChangesView.as_view()),
+    re_path(r"^sync/status/?$", views.StatusView.as_view()),
+]

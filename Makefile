@@ -11,7 +11,7 @@ test: setup
 	@bash scripts/test.sh
 
 bench: setup
-	@.venv/bin/python -m bench
+	@.venv/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis

@@ -7,7 +7,8 @@ setup:
 run: setup
 	@bash scripts/serve.sh
 
-test: setup
+test:
+	@bash scripts/setup.sh --test
 	@bash scripts/test.sh
 
 bench: setup

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs whatever is missing for PZLS to run and be tested: the Debian
 # packages that requirements need to build, a virtualenv in .venv, and the
-# pinned requirements. Safe to run again: each step checks before it acts,
-# so a second run takes about a second.
+# pinned requirements. With --test it also installs what only the test suite
+# needs (Chromium for the browser tests). Safe to run again: each step checks
+# before it acts, so a second run takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${PZLS_VENV:-.venv}
 SYSTEM_PACKAGES=(pkg-config libmariadb-dev gcc)
+if [ "${1:-}" = "--test" ]; then
+  SYSTEM_PACKAGES+=(chromium)
+fi
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

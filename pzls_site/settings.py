@@ -92,6 +92,9 @@ MIDDLEWARE = [
     "pzls_site.middleware.ApiBoundaryMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin site's CSS and JS, served by the app server itself: PZLS has
+    # no separate web server in front of it to do that.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -157,6 +160,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# `make run` collects the admin site's static files; hashed names let
+# browsers cache them forever and whitenoise serves them pre-compressed.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- HTTP API ------------------------------------------------------------
 

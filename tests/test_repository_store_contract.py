@@ -1,0 +1,217 @@
+"""The repository store contract, run against every repository backend through its setting."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+
+import orjson
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+from django.utils.module_loading import import_string
+
+from sync.backends import BaseRepositoryStore, Repository, get_repository_store, repository_stores
+from sync.backends.base import CHANGES_PAGE, EMPTY_PULL, EMPTY_SUMMARY
+from tests.backends import REPOSITORY_BACKENDS
+
+U1 = "11111111-1111-4111-8111-111111111111"
+U2 = "22222222-2222-4222-8222-222222222222"
+TS = "2026-05-17T10:04:05.123Z"
+
+
+@pytest.fixture(params=REPOSITORY_BACKENDS)
+def store(request: pytest.FixtureRequest, data_dir) -> BaseRepositoryStore:
+    with override_settings(PZLS_SYNC_STORE={"BACKEND": request.param, "OPTIONS": {}}):
+        instance = get_repository_store()
+        assert f"{type(instance).__module__}.{type(instance).__name__}" == request.param
+        yield instance
+
+
+def fresh(store: BaseRepositoryStore) -> BaseRepositoryStore:
+    """A second instance over the same storage, as another worker process would have."""
+    repository_stores.reset()
+    other = get_repository_store()
+    assert other is not store
+    return other
+
+
+def push(store: BaseRepositoryStore, stores: dict, user: str = U1, client_version: int | None = 0, ts: str = TS):
+    return store.push(user, stores, client_version=client_version, timestamp=ts)
+
+
+def pulled(store: BaseRepositoryStore, user: str = U1) -> dict:
+    return orjson.loads(store.pull_bytes(user))
+
+
+@pytest.mark.parametrize("path", REPOSITORY_BACKENDS)
+def test_backend_implements_every_method(path: str) -> None:
+    cls = import_string(path)
+    for name, member in inspect.getmembers(BaseRepositoryStore, inspect.isfunction):
+        if not name.startswith("_"):
+            assert getattr(cls, name) is not member, f"{path} does not implement {name}"
+
+
+def test_bad_backend_path_names_the_setting() -> None:
+    with override_settings(PZLS_SYNC_STORE={"BACKEND": "builtins.dict", "OPTIONS": {}}):
+        with pytest.raises(ImproperlyConfigured, match="PZLS_SYNC_STORE"):
+            get_repository_store()
+
+
+def test_a_new_user_has_an_empty_repository(store: BaseRepositoryStore) -> None:
+    assert store.pull_bytes(U1) == EMPTY_PULL
+    assert store.load(U1) == Repository(version=0, data={})
+    assert store.summary(U1) == EMPTY_SUMMARY
+    page = store.changes(U1, 0)
+    assert (page.current_version, page.pending, page.entries) == (0, 0, [])
+
+
+def test_push_adds_records_and_raises_the_version(store: BaseRepositoryStore) -> None:
+    result = push(store, {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}})
+    assert (result.version, result.added, result.modified) == (1, 3, 0)
+    expected = {"version": 1, "data": {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}}}
+    assert pulled(store) == expected
+    assert pulled(fresh(store)) == expected
+    assert fresh(store).load(U1) == Repository(version=1, data=expected["data"])
+
+
+def test_pull_bytes_are_compact_json_of_the_repository(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}})
+    raw = store.pull_bytes(U1)
+    assert raw == orjson.dumps({"version": 1, "data": {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}}})
+
+
+def test_identical_push_changes_nothing(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {"a": 1, "b": [1, 2]}}})
+    before = store.pull_bytes(U1)
+    result = push(store, {"humans": {"h1": {"b": [1, 2], "a": 1}}}, client_version=1)
+    assert (result.version, result.added, result.modified) == (1, 0, 0)
+    assert store.pull_bytes(U1) == before
+    assert store.changes(U1, 0).pending == 1
+
+
+def test_json_equality_rules(store: BaseRepositoryStore) -> None:
+    push(store, {"s": {"bool": {"v": True}, "int": {"v": 1}, "float": {"v": 2}}})
+    result = push(store, {"s": {"bool": {"v": 1}, "int": {"v": 1.0}, "float": {"v": 2.0}}})
+    assert (result.added, result.modified) == (0, 1)
+    assert store.changes(U1, 1).entries[0]["modified"] == [{"store": "s", "id": "bool"}]
+
+
+def test_modify_keeps_place_and_new_ids_go_last(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"b": {"n": 1}, "a": {"n": 1}}, "others": {"o": {}}})
+    result = push(store, {"cases": {"c": {}}, "humans": {"z": {"n": 1}, "b": {"n": 2}}})
+    assert (result.version, result.added, result.modified) == (2, 2, 1)
+    data = pulled(store)["data"]
+    assert list(data) == ["humans", "others", "cases"]
+    assert list(data["humans"]) == ["b", "a", "z"]
+    assert data["humans"]["b"] == {"n": 2}
+
+
+def test_push_never_deletes(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {}, "h2": {}}})
+    push(store, {"humans": {"h3": {}}})
+    assert list(pulled(store)["data"]["humans"]) == ["h1", "h2", "h3"]
+
+
+def test_changelog_entries_have_the_protocol_shape(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {}}}, client_version=None)
+    push(store, {"humans": {"h1": {"x": 1}, "h2": {}}}, client_version=1, ts="2026-05-17T10:04:06.000Z")
+    page = store.changes(U1, 0)
+    assert page.current_version == 2 and page.pending == 2
+    assert page.entries == [
+        {"version": 1, "timestamp": TS, "clientVersion": None, "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
+        {
+            "version": 2,
+            "timestamp": "2026-05-17T10:04:06.000Z",
+            "clientVersion": 1,
+            "added": [{"store": "humans", "id": "h2"}],
+            "modified": [{"store": "humans", "id": "h1"}],
+            "action": "push",
+        },
+    ]
+    assert store.changes(U1, 1).entries == page.entries[1:]
+    assert store.changes(U1, 2).pending == 0
+    assert store.changes(U1, 99).entries == []
+
+
+def test_changes_page_holds_the_newest_fifty(store: BaseRepositoryStore) -> None:
+    for n in range(CHANGES_PAGE + 10):
+        push(store, {"humans": {f"h{n}": {}}})
+    page = store.changes(U1, 3)
+    assert page.pending == CHANGES_PAGE + 7
+    assert [e["version"] for e in page.entries] == list(range(11, CHANGES_PAGE + 11))
+
+
+def test_summary_counts(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {}, "h2": {}}, "tags": {"t": {}}})
+    push(store, {"humans": {"h1": {"x": 1}}}, ts="2026-05-17T10:05:00.000Z")
+    push(store, {"humans": {"h1": {"x": 1}}}, ts="2026-05-17T10:06:00.000Z")  # no change: not a sync
+    for instance in (store, fresh(store)):
+        summary = instance.summary(U1)
+        assert summary.version == 2
+        assert summary.stores == 2
+        assert summary.records == 3
+        assert summary.total_syncs == 2
+        assert summary.last_sync == "2026-05-17T10:05:00.000Z"
+        assert summary.data_size_bytes == len(instance.pull_bytes(U1))
+
+
+def test_users_are_isolated(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {"owner": 1}}}, user=U1)
+    push(store, {"humans": {"h1": {"owner": 2}}}, user=U2)
+    push(store, {"humans": {"h2": {}}}, user=U2)
+    assert pulled(store, U1) == {"version": 1, "data": {"humans": {"h1": {"owner": 1}}}}
+    assert pulled(store, U2)["version"] == 2
+    assert store.changes(U1, 0).pending == 1
+
+
+def test_replace_installs_a_repository_and_its_changelog(store: BaseRepositoryStore) -> None:
+    push(store, {"old": {"x": {}}})
+    entries = [
+        {"version": 4, "timestamp": TS, "clientVersion": 3, "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
+        {"version": 7, "timestamp": "2026-05-17T11:00:00.000Z", "clientVersion": 6, "added": [], "modified": [], "action": "push"},
+    ]
+    store.replace(U1, Repository(version=7, data={"humans": {"h1": {"n": "A"}}}), entries)
+    other = fresh(store)
+    assert pulled(other) == {"version": 7, "data": {"humans": {"h1": {"n": "A"}}}}
+    page = other.changes(U1, 0)
+    assert page.current_version == 7 and page.entries == entries
+    summary = other.summary(U1)
+    assert (summary.version, summary.records, summary.total_syncs, summary.last_sync) == (7, 1, 2, "2026-05-17T11:00:00.000Z")
+    result = push(other, {"humans": {"h2": {}}})
+    assert result.version == 8
+
+
+def test_delete_forgets_everything(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"h1": {}}})
+    store.delete(U1)
+    assert store.pull_bytes(U1) == EMPTY_PULL
+    assert fresh(store).summary(U1) == EMPTY_SUMMARY
+    assert store.changes(U1, 0).pending == 0
+    assert push(store, {"humans": {"h1": {}}}).version == 1
+
+
+def test_concurrent_pushes_are_serialised(store: BaseRepositoryStore) -> None:
+    versions: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def pusher(worker: int) -> None:
+        try:
+            for n in range(10):
+                result = push(store, {"humans": {f"w{worker}-{n}": {"n": n}}})
+                with lock:
+                    versions.append(result.version)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=pusher, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(versions) == list(range(1, 81))
+    repo = fresh(store).load(U1)
+    assert repo.version == 80 and len(repo.data["humans"]) == 80
+    assert store.changes(U1, 0).pending == 80

@@ -1,0 +1,126 @@
+"""What the JSON-file repository and token stores promise beyond the contract: the
+on-disk layout, crash recovery, atomic writes, and caching by file identity."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from accounts.backends.base import TokenRecord
+from accounts.backends.json_file import JSONFileTokenStore
+from accounts.services import token_digest
+from sync.backends.json_file import JSONFileRepositoryStore
+
+U = "33333333-3333-4333-8333-333333333333"
+TS = "2026-05-17T10:04:05.123Z"
+
+
+@pytest.fixture
+def store(data_dir: Path) -> JSONFileRepositoryStore:
+    return JSONFileRepositoryStore(data_dir)
+
+
+def push(store: JSONFileRepositoryStore, stores: dict, cv: int | None = 0):
+    return store.push(U, stores, client_version=cv, timestamp=TS)
+
+
+def changelog_lines(data_dir: Path) -> list[bytes]:
+    return (data_dir / f"changelog_{U}.jsonl").read_bytes().splitlines()
+
+
+def test_repository_file_is_exactly_the_pull_body(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    push(store, {"humans": {"h1": {"name": "A"}}})
+    raw = (data_dir / f"repo_{U}.json").read_bytes()
+    assert raw == b'{"version":1,"data":{"humans":{"h1":{"name":"A"}}}}'
+    assert store.pull_bytes(U) == raw
+
+
+def test_no_temporary_files_are_left(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    for n in range(5):
+        push(store, {"humans": {f"h{n}": {}}})
+    names = sorted(p.name for p in data_dir.iterdir())
+    assert names == [f"changelog_{U}.jsonl", f"repo_{U}.json", f"repo_{U}.lock", f"repo_{U}.meta.json"]
+
+
+def test_leftover_changelog_line_of_a_crashed_push_is_ignored_then_replaced(
+    store: JSONFileRepositoryStore, data_dir: Path
+) -> None:
+    push(store, {"humans": {"h1": {}}})
+    # A push that crashed after its changelog line but before the repository file.
+    crashed = {"version": 2, "timestamp": TS, "clientVersion": 1, "added": [{"store": "humans", "id": "ghost"}], "modified": [], "action": "push"}
+    with open(data_dir / f"changelog_{U}.jsonl", "ab") as fh:
+        fh.write(orjson.dumps(crashed) + b"\n")
+    reader = JSONFileRepositoryStore(data_dir)
+    page = reader.changes(U, 0)
+    assert page.current_version == 1 and page.pending == 1
+    assert reader.summary(U).total_syncs == 1
+    push(reader, {"humans": {"h2": {}}}, cv=1)
+    lines = [orjson.loads(line) for line in changelog_lines(data_dir)]
+    assert [e["version"] for e in lines] == [1, 2]
+    assert lines[1]["added"] == [{"store": "humans", "id": "h2"}]
+
+
+def test_torn_last_line_is_ignored_then_cut_off(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    push(store, {"humans": {"h1": {}}})
+    with open(data_dir / f"changelog_{U}.jsonl", "ab") as fh:
+        fh.write(b'{"version":2,"timestamp":"2026-05-1')
+    reader = JSONFileRepositoryStore(data_dir)
+    assert reader.changes(U, 0).pending == 1
+    push(reader, {"humans": {"h2": {}}})
+    assert [orjson.loads(line)["version"] for line in changelog_lines(data_dir)] == [1, 2]
+
+
+def test_a_worker_never_serves_a_copy_another_worker_replaced(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    other_worker = JSONFileRepositoryStore(data_dir)
+    push(store, {"humans": {"h1": {}}})
+    assert other_worker.load(U).version == 1  # now cached in the other worker
+    push(store, {"humans": {"h2": {}}})
+    assert other_worker.load(U).version == 2
+    result = other_worker.push(U, {"humans": {"h3": {}}}, client_version=2, timestamp=TS)
+    assert result.version == 3
+    assert list(store.load(U).data["humans"]) == ["h1", "h2", "h3"]
+
+
+def test_stale_or_missing_summary_is_rebuilt(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    push(store, {"humans": {"h1": {}, "h2": {}}})
+    push(store, {"tags": {"t1": {}}})
+    expected = store.summary(U)
+    (data_dir / f"repo_{U}.meta.json").unlink()
+    assert JSONFileRepositoryStore(data_dir).summary(U) == expected
+    (data_dir / f"repo_{U}.meta.json").write_bytes(b'{"version":1,"stores":9}')
+    assert JSONFileRepositoryStore(data_dir).summary(U) == expected
+    assert (expected.records, expected.stores, expected.total_syncs) == (3, 2, 2)
+
+
+def test_a_noop_push_does_not_rewrite_the_repository_file(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    push(store, {"humans": {"h1": {"a": 1}}})
+    before = os.stat(data_dir / f"repo_{U}.json")
+    push(store, {"humans": {"h1": {"a": 1}}})
+    after = os.stat(data_dir / f"repo_{U}.json")
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_store_names_and_ids_never_become_paths(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+    push(store, {"../../etc/passwd": {"../x": {}}, "__proto__": {"constructor": {}}})
+    names = sorted(p.name for p in data_dir.iterdir())
+    assert names == [f"changelog_{U}.jsonl", f"repo_{U}.json", f"repo_{U}.lock", f"repo_{U}.meta.json"]
+    assert list(store.load(U).data) == ["../../etc/passwd", "__proto__"]
+
+
+def test_user_ids_that_are_not_ids_are_refused(store: JSONFileRepositoryStore) -> None:
+    with pytest.raises(ValueError):
+        store.pull_bytes("../tokens")
+
+
+def test_token_file_holds_digests_not_tokens(data_dir: Path) -> None:
+    token = "5f0e4c1e-2f7a-4c6b-9d1e-2b3c4d5e6f70"
+    now = datetime.now(timezone.utc)
+    tokens = JSONFileTokenStore(data_dir / "tokens.json")
+    tokens.add(TokenRecord(digest=token_digest(token), user_id="u", created=now, last_used=now, expires=now + timedelta(hours=1)))
+    raw = (data_dir / "tokens.json").read_bytes()
+    assert token.encode() not in raw
+    assert token_digest(token).encode() in raw

@@ -216,3 +216,138 @@ def user_delete(*, actor: User, user_id: object) -> None:
     if user.pk == actor.pk:
         raise BadRequest("You cannot delete your own account")
     user.delete()
+
+
+# --- administration rules shared by the admin site, the API and the shell -----
+
+LAST_ACTIVE_ADMIN = "The last active admin cannot be demoted, disabled or deleted"
+
+
+def _refuse_losing_last_active_admin(*, user: User) -> None:
+    """Raise Conflict when ``user`` is the only active admin.
+
+    Called inside a transaction that has locked the admin rows, so two
+    admins demoting each other at the same moment cannot both succeed.
+    """
+    active_admins = list(
+        User.objects.select_for_update().filter(role=Role.ADMIN, is_active=True).values_list("pk", flat=True)
+    )
+    if active_admins == [user.pk]:
+        raise Conflict(LAST_ACTIVE_ADMIN)
+
+
+def user_set_access(*, user: User, role: str | None = None, is_active: bool | None = None) -> User:
+    """Change a user's role and/or active flag; ``None`` leaves that one as it is.
+
+    Refuses (Conflict) to leave the server without an active admin, since
+    nobody could then reach the admin site. Disabling revokes every token of
+    the user at once (``accounts.signals``). Returns the updated user.
+    """
+    if role is not None and role not in Role.values:
+        raise BadRequest(f"Role must be one of: {', '.join(Role.values)}")
+    with transaction.atomic():
+        current = User.objects.select_for_update().filter(pk=user.pk).first()
+        if current is None:
+            raise NotFound("User not found")
+        new_role = current.role if role is None else role
+        new_active = current.is_active if is_active is None else is_active
+        if current.is_staff and not (new_role == Role.ADMIN and new_active):
+            _refuse_losing_last_active_admin(user=current)
+        changed = [
+            name for name, value in (("role", new_role), ("is_active", new_active)) if getattr(current, name) != value
+        ]
+        if changed:
+            current.role, current.is_active = new_role, new_active
+            current.save(update_fields=changed)
+    user.role, user.is_active = current.role, current.is_active
+    return current
+
+
+def user_check_access_change(*, user: User, role: str, is_active: bool) -> None:
+    """Raise Conflict now if ``user_set_access`` would refuse this change (for forms to say so early)."""
+    if user.pk is None or not (user.role == Role.ADMIN and user.is_active) or (role == Role.ADMIN and is_active):
+        return
+    with transaction.atomic():
+        _refuse_losing_last_active_admin(user=user)
+
+
+def user_delete_with_data(*, user: User, actor: User | None = None) -> None:
+    """Delete a user with their tokens, repository and changelog.
+
+    Refuses to delete the acting admin's own account and the last active
+    admin. The tokens and the repository go through the delete signals, so
+    every way of deleting a user cleans up the same.
+    """
+    if actor is not None and actor.pk == user.pk:
+        raise BadRequest("You cannot delete your own account")
+    with transaction.atomic():
+        current = User.objects.select_for_update().filter(pk=user.pk).first()
+        if current is None:
+            return
+        if current.is_staff:
+            _refuse_losing_last_active_admin(user=current)
+        current.delete()
+
+
+def user_sessions(*, user_id: str) -> list[TokenRecord]:
+    """The user's live tokens (digests and times, never a token), oldest first."""
+    now = utcnow()
+    return [record for record in get_token_store().list_user(str(user_id)) if record.expires > now]
+
+
+def user_revoke_session(*, user_id: str, public_id: str) -> bool:
+    """Revoke the user's token whose public id (a digest prefix) is ``public_id``. True if one was revoked."""
+    for record in get_token_store().list_user(str(user_id)):
+        if record.public_id == public_id:
+            return get_token_store().revoke(record.digest)
+    return False
+
+
+def user_set_password(*, user: User, password: object) -> None:
+    """Set a password for someone who forgot theirs and sign them out everywhere.
+
+    An admin resets a password when it is lost or leaked; in both cases the
+    tokens issued under the old password should stop working.
+    """
+    password = validate_password(password)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    user_revoke_tokens(user_id=str(user.pk))
+
+
+def user_create(*, username: object, password: object, role: str | None = None) -> User:
+    """Create an account from the shell or the admin site.
+
+    Validated exactly like registration. Without a ``role`` the registration
+    rule applies (the first account is an admin, later ones analysts), and the
+    first account takes over a legacy single-user repository, as registration does.
+    """
+    username = validate_username(username)
+    password = validate_password(password)
+    if role is not None and role not in Role.values:
+        raise BadRequest(f"Role must be one of: {', '.join(Role.values)}")
+    password_hash = make_password(password)
+    from sync import services as sync_services
+
+    try:
+        with transaction.atomic():
+            RegistrationGate.objects.get_or_create(pk=1)
+            RegistrationGate.objects.select_for_update().get(pk=1)
+            if User.objects.filter(username_key=username_key(username)).exists():
+                raise Conflict("Username already taken")
+            first = not User.objects.exists()
+            user = User(username=username, role=role or (Role.ADMIN if first else Role.ANALYST), password=password_hash)
+            user.save()
+            if first:
+                sync_services.repository_adopt_legacy(user_id=str(user.pk))
+    except IntegrityError:
+        raise Conflict("Username already taken") from None
+    return user
+
+
+def user_find(*, username: str) -> User:
+    """The user whose username matches ``username`` regardless of case (NotFound otherwise)."""
+    user = User.objects.filter(username_key=username_key(username)).first()
+    if user is None:
+        raise NotFound(f"User {username!r} not found")
+    return user

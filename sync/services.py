@@ -144,3 +144,47 @@ def repository_adopt_legacy(*, user_id: str) -> bool:
         _retire(changelog_path)
     logger.info("migrated legacy repository (version %s) to user %s", repository.version, user_id)
     return True
+
+
+def repository_import_legacy(*, user_id: str, path: Path | None = None, merge: bool = False) -> PushResult:
+    """Import a legacy ``{"version", "data"}`` file into a user's repository (``import_legacy_repo``).
+
+    ``path`` defaults to ``DATA_DIR/repo.json``. Into an empty repository the
+    file is taken over as the automatic first-registration migration does:
+    its version, its data and the ``changelog.json`` beside it. A non-empty
+    repository is refused (Conflict) unless ``merge``: then the legacy
+    records go over the existing ones as one ordinary push, so clients see
+    one new version. The data directory's own legacy files are renamed
+    afterwards, so they are never adopted a second time.
+    """
+    from pzls_site.exceptions import Conflict, NotFound
+
+    data_dir = Path(settings.PZLS_DATA_DIR).resolve()
+    path = Path(path) if path is not None else data_dir / "repo.json"
+    if not path.is_file():
+        raise NotFound(f"No legacy repository at {path}")
+    changelog_path = path.with_name("changelog.json")
+    try:
+        repository = legacy_repository_read(path)
+        changelog = _legacy_changelog(changelog_path)
+    except (OSError, ValueError) as exc:
+        # InvalidStores and orjson's decode error are ValueErrors too.
+        raise BadRequest(f"Cannot read legacy repository {path}: {exc}") from None
+    store = get_repository_store()
+    current = store.summary(user_id)
+    if current.version > 0 or current.records > 0:
+        if not merge:
+            raise Conflict(
+                f"The user already has a repository (version {current.version}, {current.records} records); "
+                "use --merge to push the legacy records over it"
+            )
+        result = store.push(user_id, repository.data, client_version=None, timestamp=iso(utcnow()))
+    else:
+        store.replace(user_id, repository, changelog)
+        result = PushResult(version=repository.version, added=sum(len(s) for s in repository.data.values()), modified=0)
+    if path.resolve() == data_dir / "repo.json":
+        _retire(path)
+        if changelog_path.exists():
+            _retire(changelog_path)
+    logger.info("imported legacy repository %s into user %s (now version %s)", path, user_id, result.version)
+    return result

@@ -89,3 +89,7 @@ class BaseRepositoryStore:
     def delete(self, user_id: str) -> None:
         """Remove the user's repository and changelog entirely."""
         raise NotImplementedError
+
+    def changelog(self, user_id: str) -> list[dict[str, Any]]:
+        """Every committed changelog entry of the user, oldest first (backups need all, not a page)."""
+        raise NotImplementedError

@@ -285,6 +285,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             pass
 
+    def changelog(self, user_id: str) -> list[dict[str, Any]]:
+        committed = self._committed_version(user_id) or 0
+        return [orjson.loads(line) for _, line in self._changelog_lines(user_id, committed)]
+
 
 def _line_start(fd: int, end: int) -> int:
     """Offset of the first byte of the line whose last byte is at ``end - 1``."""

@@ -1,0 +1,318 @@
+"""Full backup and restore of a PZLS server: users, repositories and changelogs.
+
+``export_data`` and ``import_data`` are thin commands over these two services.
+The backup is one JSON Lines file, written and read a line at a time, so a
+large server never has to fit in memory at once:
+
+    {"format": "pzls-backup", "formatVersion": 1, "createdAt": "..."}
+    {"type": "user", "id", "username", "passwordHash", "role", "isActive", "createdAt", "lastLogin"}
+    {"type": "repository", "userId": "...", "repository": {"version": N, "data": {...}}}
+    {"type": "change", "userId": "...", "entry": {...changelog entry...}}
+    ...
+    {"type": "end", "users": U, "repositories": R, "changes": C}
+
+Every user line comes first; each repository line is followed by that user's
+changelog entries, oldest first. The closing ``end`` line lets a restore tell a
+complete backup from one cut short. Tokens are not exported: a restored server
+asks everyone to log in again, and a backup file never carries a usable token.
+
+Repositories are read and written through the repository store's interface
+(``pull_bytes``, ``changelog``, ``replace``), so a backup taken from the file
+storage restores into the database storage and back. The repository line
+embeds the pull body exactly as stored, so the restored server serves the same
+bytes to a pull.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import orjson
+from django.db import transaction
+
+from accounts.models import Role, User, username_key
+from pzls_site.clock import iso, utcnow
+from pzls_site.exceptions import BadRequest, Conflict, NotFound
+from pzls_site.files import fsync_dir
+from sync.backends import Repository, get_repository_store
+from sync.merge import InvalidStores, validate_stores
+
+FORMAT = "pzls-backup"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BackupCounts:
+    """What a backup holds, or what a restore brought back."""
+
+    users: int
+    repositories: int
+    changes: int
+
+
+# --- export --------------------------------------------------------------------
+
+
+def _user_line(user: User) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "user",
+            "id": str(user.pk),
+            "username": user.username,
+            "passwordHash": user.password,
+            "role": user.role,
+            "isActive": user.is_active,
+            # Full precision, not the API's milliseconds: a restore gives back the same instant.
+            "createdAt": user.created_at.isoformat(),
+            "lastLogin": user.last_login.isoformat() if user.last_login else None,
+        }
+    )
+
+
+def _write_repository(out: IO[bytes], user_id: str) -> int | None:
+    """Write one user's repository and changelog; the number of changelog entries, None when empty."""
+    store = get_repository_store()
+    pulled = store.pull_bytes(user_id)
+    parsed = orjson.loads(pulled)
+    version = parsed["version"]
+    if version == 0 and not parsed["data"]:
+        return None
+    del parsed
+    # Read after the repository: a push in between only adds entries above
+    # its version, which are left out, so repository and changelog agree.
+    entries = [entry for entry in store.changelog(user_id) if int(entry["version"]) <= version]
+    uid = orjson.dumps(user_id)
+    out.write(b'{"type":"repository","userId":' + uid + b',"repository":' + pulled.strip() + b"}\n")
+    for entry in entries:
+        out.write(b'{"type":"change","userId":' + uid + b',"entry":' + orjson.dumps(entry) + b"}\n")
+    return len(entries)
+
+
+def data_export(*, path: Path) -> BackupCounts:
+    """Write a full backup to ``path``, atomically: the file appears complete or not at all.
+
+    The file holds password hashes, so it is created readable by its owner only.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise NotFound(f"No such directory: {path.parent}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    users = repositories = changes = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            out.write(orjson.dumps({"format": FORMAT, "formatVersion": FORMAT_VERSION, "createdAt": iso(utcnow())}) + b"\n")
+            user_ids = []
+            for user in User.objects.order_by("created_at", "pk").iterator():
+                out.write(_user_line(user) + b"\n")
+                user_ids.append(str(user.pk))
+                users += 1
+            for user_id in user_ids:
+                written = _write_repository(out, user_id)
+                if written is not None:
+                    repositories += 1
+                    changes += written
+            out.write(orjson.dumps({"type": "end", "users": users, "repositories": repositories, "changes": changes}) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return BackupCounts(users=users, repositories=repositories, changes=changes)
+
+
+# --- import --------------------------------------------------------------------
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, parsed object) of every non-blank line."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound(f"No such file: {path}") from None
+    except OSError as exc:
+        raise BadRequest(f"Cannot read {path}: {exc.strerror}") from None
+    with fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"Line {number} is not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise BadRequest(f"Line {number} is not a JSON object")
+            yield number, obj
+
+
+def _parse_time(value: Any, number: int, name: str, *, optional: bool = False) -> datetime | None:
+    if value is None and optional:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"Line {number}: {name} is not a timestamp") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"Line {number}: {name} has no time zone")
+    return moment
+
+
+def _user_from(obj: dict[str, Any], number: int) -> User:
+    for key, kind in (("id", str), ("username", str), ("passwordHash", str), ("role", str), ("isActive", bool)):
+        if not isinstance(obj.get(key), kind):
+            raise BadRequest(f"Line {number}: user {key} is missing or of the wrong type")
+    if obj["role"] not in Role.values:
+        raise BadRequest(f"Line {number}: unknown role {obj['role']!r}")
+    user = User(
+        id=obj["id"],
+        username=obj["username"],
+        password=obj["passwordHash"],
+        role=obj["role"],
+        is_active=obj["isActive"],
+        created_at=_parse_time(obj.get("createdAt"), number, "createdAt"),
+        last_login=_parse_time(obj.get("lastLogin"), number, "lastLogin", optional=True),
+    )
+    try:
+        user.full_clean(exclude=["password", "username_key"], validate_unique=False)
+    except Exception as exc:  # ValidationError: say which line, not a traceback
+        raise BadRequest(f"Line {number}: invalid user: {exc}") from None
+    return user
+
+
+def _repository_from(obj: dict[str, Any], number: int) -> Repository:
+    doc = obj.get("repository")
+    if not isinstance(doc, dict) or set(doc) != {"version", "data"}:
+        raise BadRequest(f"Line {number}: repository must be {{version, data}}")
+    version = doc["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise BadRequest(f"Line {number}: repository version must be a whole number >= 0")
+    try:
+        data = validate_stores(doc["data"])
+    except InvalidStores as exc:
+        raise BadRequest(f"Line {number}: {exc}") from None
+    return Repository(version=version, data=data)
+
+
+def _entry_from(obj: dict[str, Any], number: int, repository_version: int) -> dict[str, Any]:
+    entry = obj.get("entry")
+    if not isinstance(entry, dict) or isinstance(entry.get("version"), bool) or not isinstance(entry.get("version"), int):
+        raise BadRequest(f"Line {number}: changelog entry must be an object with a whole-number version")
+    if not 0 < entry["version"] <= repository_version:
+        raise BadRequest(f"Line {number}: changelog version {entry['version']} is outside the repository's 1..{repository_version}")
+    return entry
+
+
+def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[dict[str, Any]]]]:
+    """Walk a backup once: validate it and yield (user id, repository, changelog) per repository.
+
+    Raises BadRequest naming the line for anything that is not a complete
+    backup of this format. With ``check`` it validates every line in full
+    and yields nothing (the first pass of a restore); without it, it
+    yields each repository with its changelog (the second pass).
+    """
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None or first[1].get("format") != FORMAT:
+        raise BadRequest(f"{path} is not a PZLS backup")
+    if first[1].get("formatVersion") != FORMAT_VERSION:
+        raise BadRequest(f"Unsupported backup format version {first[1].get('formatVersion')!r}")
+    user_ids: set[str] = set()
+    usernames: set[str] = set()
+    repo_ids: set[str] = set()
+    current: tuple[str, Repository, list[dict[str, Any]]] | None = None
+    counts = [0, 0, 0]
+    ended = False
+    for number, obj in lines:
+        kind = obj.get("type")
+        if ended:
+            raise BadRequest(f"Line {number}: data after the end of the backup")
+        if kind == "user":
+            if repo_ids:
+                raise BadRequest(f"Line {number}: users must come before repositories")
+            user = _user_from(obj, number) if check else None
+            if obj.get("id") in user_ids:
+                raise BadRequest(f"Line {number}: user id {obj.get('id')} appears twice")
+            if user is not None:
+                key = username_key(user.username)
+                if key in usernames:
+                    raise BadRequest(f"Line {number}: username {user.username!r} appears twice")
+                usernames.add(key)
+            user_ids.add(obj["id"])
+            counts[0] += 1
+        elif kind == "repository":
+            user_id = obj.get("userId")
+            if user_id not in user_ids or user_id in repo_ids:
+                raise BadRequest(f"Line {number}: repository of an unknown user or a second one for {user_id}")
+            if current is not None and not check:
+                yield current
+            repo_ids.add(user_id)
+            current = (user_id, _repository_from(obj, number), [])
+            counts[1] += 1
+        elif kind == "change":
+            if current is None or obj.get("userId") != current[0]:
+                raise BadRequest(f"Line {number}: changelog entry not after its user's repository")
+            entry = _entry_from(obj, number, current[1].version)
+            if current[2] and entry["version"] <= current[2][-1]["version"]:
+                raise BadRequest(f"Line {number}: changelog versions must rise")
+            current[2].append(entry)
+            counts[2] += 1
+        elif kind == "end":
+            if [obj.get("users"), obj.get("repositories"), obj.get("changes")] != counts:
+                raise BadRequest(f"Line {number}: the backup's counts do not match its content")
+            ended = True
+        else:
+            raise BadRequest(f"Line {number}: unknown line type {kind!r}")
+    if not ended:
+        raise BadRequest("The backup is incomplete (no end line): it was cut short")
+    if current is not None and not check:
+        yield current
+
+
+def _users(path: Path) -> Iterator[User]:
+    for number, obj in _lines(path):
+        if obj.get("type") == "user":
+            yield _user_from(obj, number)
+
+
+def data_import(*, path: Path) -> BackupCounts:
+    """Restore a backup written by ``data_export`` into an empty server.
+
+    Refuses (Conflict) when any user exists, so a restore never mixes two
+    servers' accounts. The whole file is checked before anything is written;
+    users are created in one transaction, and if writing a repository fails
+    the repositories already written are removed and no user is kept.
+    """
+    path = Path(path)
+    if User.objects.exists():
+        raise Conflict("This server already has users; import_data restores into an empty server only")
+    for _ in _groups(path, check=True):
+        pass
+    store = get_repository_store()
+    written: list[str] = []
+    users = repositories = changes = 0
+    try:
+        with transaction.atomic():
+            if User.objects.select_for_update().exists():
+                raise Conflict("This server already has users; import_data restores into an empty server only")
+            for user in _users(path):
+                user.save(force_insert=True)
+                users += 1
+            for user_id, repository, entries in _groups(path, check=False):
+                written.append(user_id)
+                store.replace(user_id, repository, entries)
+                repositories += 1
+                changes += len(entries)
+    except BaseException:
+        for user_id in written:
+            with contextlib.suppress(Exception):
+                store.delete(user_id)
+        raise
+    return BackupCounts(users=users, repositories=repositories, changes=changes)

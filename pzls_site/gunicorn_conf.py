@@ -17,6 +17,8 @@ keepalive = 5
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 16384
+# No runtime control socket: one fixed path would be shared by every server on the machine.
+control_socket_disable = True
 accesslog = os.environ.get("PZLS_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("PZLS_LOG_LEVEL", "info").lower()

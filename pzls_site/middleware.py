@@ -1,7 +1,9 @@
 """The API's outer boundary, for what happens before or around DRF.
 
 - A body whose Content-Length is over PZLS_MAX_BODY_MB is refused with 413
-  before a byte of it is read (the parser catches bodies without a length).
+  before a byte of it is read. A chunked body (no Content-Length, which
+  Django would read as empty) is read here up to the limit and handed on as
+  an ordinary body, or refused with 413 once it passes the limit.
 - An error raised outside a DRF view under /api/ still answers JSON.
 - Every /api/ answer carries Access-Control-Allow-Origin, also to clients
   that sent no Origin header, when every origin is allowed.
@@ -9,13 +11,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Callable
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from pzls_site.exceptions import BodyTooLarge, PZLSError, json_error
+from pzls_site.json import read_body
 
 logger = logging.getLogger("pzls")
 
@@ -31,22 +36,37 @@ class ApiBoundaryMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        # Early refusals never reach corsheaders (it sits inside this middleware);
+        # they get its headers from here, so narrowed origins can read them too.
+        self._cors = CorsMiddleware(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not is_api_path(request.path_info):
             return self.get_response(request)
-        response = self._early_refusal(request) or self.get_response(request)
+        refusal = self._early_refusal(request)
+        if refusal is not None:
+            self._cors.add_response_headers(request, refusal)
+        response = refusal or self.get_response(request)
         if settings.CORS_ALLOW_ALL_ORIGINS and "Access-Control-Allow-Origin" not in response:
             response["Access-Control-Allow-Origin"] = "*"
         return response
 
     def _early_refusal(self, request: HttpRequest) -> HttpResponse | None:
-        raw = request.META.get("CONTENT_LENGTH") or "0"
+        limit = settings.PZLS_MAX_BODY_BYTES
+        raw = request.META.get("CONTENT_LENGTH")
+        if not raw and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            try:
+                body = read_body(request.META["wsgi.input"], limit)
+            except BodyTooLarge as exc:
+                return json_error(413, exc.message)
+            request.META["CONTENT_LENGTH"] = str(len(body))
+            request._stream = io.BytesIO(body)  # what Django reads the body from
+            return None
         try:
-            length = int(raw)
+            length = int(raw or "0")
         except ValueError:
             return json_error(400, "Invalid Content-Length header")
-        if length > settings.PZLS_MAX_BODY_BYTES:
+        if length > limit:
             return json_error(413, BodyTooLarge().message)
         return None
 

@@ -1,8 +1,11 @@
 """The login rate limit, counted in the database so every worker sees one count.
 
 Rates are written as DRF writes throttle rates: ``10/minute``, ``5/m``,
-``100/hour``, ``3/s``, ``1000/day``. Counting uses fixed windows of the
-period; a client over the limit is told how many seconds remain in the window.
+``100/hour``, ``3/s``, ``1000/day``. Attempts are counted per window of the
+period, and a sliding window is estimated from the current and previous
+counts (the previous one weighted by how much of it still lies within one
+period of now), so a burst cannot double its allowance at a window boundary.
+Attempts made while refused still count, so hammering keeps a client out.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def parse_rate(text: str) -> Rate:
     return Rate(limit=limit, period_s=period_s)
 
 
+def _estimate(previous: int, current: int, elapsed_fraction: float) -> float:
+    return previous * (1.0 - elapsed_fraction) + current
+
+
 def hit(key: str, rate: Rate, *, now: float | None = None) -> int | None:
     """Count one attempt for ``key``. Returns None when allowed, else the seconds to wait."""
     now = time.time() if now is None else now
@@ -56,7 +63,21 @@ def hit(key: str, rate: Rate, *, now: float | None = None) -> int | None:
                     LoginAttemptWindow.objects.create(key=digest, window=window, attempts=1)
             except IntegrityError:
                 LoginAttemptWindow.objects.filter(key=digest, window=window).update(attempts=F("attempts") + 1)
-        attempts = LoginAttemptWindow.objects.filter(key=digest, window=window).values_list("attempts", flat=True).get()
-    if attempts > rate.limit:
-        return max(1, int((window + 1) * rate.period_s - now + 0.999))
-    return None
+        counts = dict(
+            LoginAttemptWindow.objects.filter(key=digest, window__in=[window - 1, window]).values_list("window", "attempts")
+        )
+    previous, current = counts.get(window - 1, 0), counts.get(window, 0)
+    elapsed = (now - window * rate.period_s) / rate.period_s
+    if _estimate(previous, current, elapsed) <= rate.limit:
+        return None
+    # The first whole second from now at which one more attempt would be allowed.
+    for wait in range(1, 2 * rate.period_s + 1):
+        later = now + wait
+        if int(later // rate.period_s) == window:
+            allowed = _estimate(previous, current + 1, (later - window * rate.period_s) / rate.period_s) <= rate.limit
+        else:
+            next_elapsed = (later - (window + 1) * rate.period_s) / rate.period_s
+            allowed = _estimate(current, 1, next_elapsed) <= rate.limit
+        if allowed:
+            return wait
+    return 2 * rate.period_s

@@ -31,7 +31,7 @@ def register(server: LiveServer, username: str, password: str = "secret1") -> st
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("e2e") / "data", workers=2)
+    live = LiveServer(tmp_path_factory.mktemp("e2e") / "data", workers=2, env={"PZLS_LOGIN_RATE": "5/minute"})
     live.start()
     yield live
     live.stop()
@@ -183,3 +183,21 @@ def test_crash_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
         restarted.stop()
 
 
+
+
+def test_login_rate_limit_holds_across_workers(server: LiveServer) -> None:
+    register(server, "limited")
+    statuses = []
+    for n in range(8):
+        # A new connection each time, so the attempts land on different workers.
+        response = requests.post(
+            f"{server.url}/api/auth/login",
+            json={"username": "LIMITED", "password": "wrong-password" if n % 2 else "secret1"},
+            headers={"Connection": "close"},
+            timeout=30,
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"].startswith("Too many login attempts")
+            assert 1 <= int(response.headers["Retry-After"]) <= 120
+    assert statuses == [200, 401, 200, 401, 200, 429, 429, 429]

@@ -1,0 +1,647 @@
+"""PROTOCOL.md §2 (accounts) and §6 (administration), through the API as a client sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from unittest import mock
+
+import orjson
+import pytest
+from django.test import override_settings
+
+import pzls_site
+from accounts.models import User
+from tests.conftest import Api
+
+USER_KEYS = {"id", "username", "role", "createdAt"}
+ADMIN_ROW_KEYS = {"id", "username", "role", "createdAt", "disabled", "lastLogin", "version", "records", "lastSync"}
+INVALID = "Invalid username or password"
+
+
+def assert_error(response, status: int, message: str | None = None) -> str:
+    assert response.status_code == status, (response.status_code, response.content)
+    body = orjson.loads(response.content)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"], str) and body["error"]
+    if message is not None:
+        assert body["error"] == message
+    return body["error"]
+
+
+def assert_401(response) -> None:
+    assert_error(response, 401)
+    assert response["WWW-Authenticate"] == "Bearer"
+
+
+def user_count() -> int:
+    return User.objects.count()
+
+
+def login(api: Api, username: str, password: str, **extra):
+    return api.post("/api/auth/login", {"username": username, "password": password}, **extra)
+
+
+def all_file_bytes(directory: Path) -> list[tuple[Path, bytes]]:
+    return [(p, p.read_bytes()) for p in directory.rglob("*") if p.is_file()]
+
+
+class Clock:
+    """The time accounts.services sees, moved by hand instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock():
+    c = Clock()
+    with mock.patch("accounts.services.utcnow", side_effect=lambda: c.now):
+        yield c
+
+
+# --- register ------------------------------------------------------------------------
+
+
+def test_first_user_is_admin_later_ones_analysts(api):
+    first = api.register("alice", "secret1")
+    assert set(first) == {"token", "user"}
+    assert set(first["user"]) == USER_KEYS
+    assert first["user"]["username"] == "alice"
+    assert first["user"]["role"] == "admin"
+    assert str(uuid.UUID(first["user"]["id"])) == first["user"]["id"]
+    for name in ("bob", "carol"):
+        body = Api().register(name, "secret2")
+        assert body["user"]["role"] == "analyst"
+        assert body["user"]["username"] == name
+    ids = {u.pk for u in User.objects.all()}
+    assert len(ids) == 3
+
+
+def test_register_token_works_at_once(api):
+    body = api.register("alice", "secret1")
+    me = api.get("/api/auth/me")
+    assert me.status_code == 200
+    assert me.json() == {"user": body["user"]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"password": "secret1"},
+        {"username": "", "password": "secret1"},
+        {"username": None, "password": "secret1"},
+        {"username": "   ", "password": "secret1"},
+        {"username": 42, "password": "secret1"},
+        {"username": ["alice"], "password": "secret1"},
+        {"username": "a" * 65, "password": "secret1"},
+        {"username": "ä" * 65, "password": "secret1"},
+        {"username": "al\x00ice", "password": "secret1"},
+        {"username": "al\nice", "password": "secret1"},
+        {"username": "al\tice", "password": "secret1"},
+        {"username": "\x1falice", "password": "secret1"},
+        {"username": "alice\r", "password": "secret1"},
+        {"username": "al\x7fice", "password": "secret1"},
+        {"username": "alice", "password": "12345"},
+        {"username": "alice", "password": ""},
+        {"username": "alice"},
+        {"username": "alice", "password": None},
+        {"username": "alice", "password": 1234567},
+    ],
+)
+def test_register_invalid_is_400_and_creates_nobody(api, body):
+    assert_error(api.post("/api/auth/register", body), 400)
+    assert user_count() == 0
+    assert api.get("/api/sync/status").json()["registeredUsers"] == 0
+
+
+def test_register_limits_are_inclusive(api):
+    name = "a" * 64
+    body = api.register(name, "123456")
+    assert body["user"]["username"] == name
+    assert login(Api(), name, "123456").status_code == 200
+
+
+def test_register_non_object_body_is_400(api):
+    response = api.client.post("/api/auth/register", b"[]", content_type="application/json")
+    assert_error(response, 400)
+    assert user_count() == 0
+
+
+@pytest.mark.parametrize("second", ["alice", "ALICE", "aLiCe", "Alice"])
+def test_username_taken_case_insensitively_is_409(api, second):
+    first = api.register("Alice", "secret1")
+    assert_error(Api().post("/api/auth/register", {"username": second, "password": "other12"}), 409)
+    assert user_count() == 1
+    # Stored as typed, and the failed attempt changed nothing about the first user.
+    assert api.get("/api/auth/me").json()["user"] == first["user"]
+    assert first["user"]["username"] == "Alice"
+    assert login(Api(), "Alice", "secret1").status_code == 200
+    assert_error(login(Api(), "Alice", "other12"), 401, INVALID)
+
+
+def test_username_stored_as_typed(api):
+    api.register("MiXeD Case Ünïcode", "secret1")
+    assert User.objects.get().username == "MiXeD Case Ünïcode"
+    assert api.get("/api/auth/me").json()["user"]["username"] == "MiXeD Case Ünïcode"
+
+
+@override_settings(PZLS_REGISTRATION="closed")
+def test_registration_closed_is_403_and_creates_nobody(api):
+    assert_error(api.post("/api/auth/register", {"username": "alice", "password": "secret1"}), 403)
+    assert user_count() == 0
+
+
+def test_registration_closed_still_lets_existing_users_log_in(admin_api):
+    with override_settings(PZLS_REGISTRATION="closed"):
+        assert_error(Api().post("/api/auth/register", {"username": "bob", "password": "secret1"}), 403)
+        assert user_count() == 1
+        assert login(Api(), "admin", "adminpass").status_code == 200
+
+
+# --- tokens ------------------------------------------------------------------------
+
+
+def test_tokens_are_uuid4_strings(api):
+    tokens = [api.register("alice", "secret1")["token"]]
+    tokens.append(login(api, "alice", "secret1").json()["token"])
+    tokens.append(Api().register("bob", "secret1")["token"])
+    for token in tokens:
+        assert isinstance(token, str)
+        parsed = uuid.UUID(token)
+        assert parsed.version == 4
+        assert str(parsed) == token
+    assert len(set(tokens)) == 3
+
+
+def test_token_store_holds_only_sha256_digests(api, data_dir):
+    tokens = [api.register("alice", "secret1")["token"]]
+    tokens.append(login(api, "alice", "secret1").json()["token"])
+    api.token = tokens[1]
+    api.post("/api/sync", {"stores": {"humans": {"h1": {"name": "x"}}}})
+    stored = orjson.loads((data_dir / "tokens.json").read_bytes())
+    digests = set(stored["tokens"]) if "tokens" in stored else set(stored)
+    for token in tokens:
+        assert hashlib.sha256(token.encode()).hexdigest() in digests
+    files = all_file_bytes(data_dir)
+    assert files
+    for token in tokens:
+        for variant in (token, token.replace("-", ""), token.upper()):
+            for path, content in files:
+                assert variant.encode() not in content, path
+
+
+def test_a_leaked_digest_logs_nobody_in(api, data_dir):
+    token = api.register("alice", "secret1")["token"]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert_401(api.get("/api/auth/me", token=digest))
+
+
+def test_unused_token_expires_after_ttl(clock):
+    api = Api()
+    token = api.register("alice", "secret1")["token"]
+    clock.advance(hours=24, seconds=1)
+    assert_401(api.get("/api/auth/me", token=token))
+    # Expired means gone: going back does not revive it.
+    clock.advance(hours=-2)
+    assert_401(api.get("/api/auth/me", token=token))
+
+
+def test_token_is_good_until_ttl(clock):
+    api = Api()
+    token = api.register("alice", "secret1")["token"]
+    clock.advance(hours=23, minutes=59)
+    assert api.get("/api/auth/me", token=token).status_code == 200
+
+
+def test_use_renews_the_token(clock):
+    api = Api()
+    token = api.register("alice", "secret1")["token"]
+    idle = Api()
+    idle_token = login(idle, "alice", "secret1").json()["token"]
+    clock.advance(hours=20)
+    assert api.get("/api/sync", token=token).status_code == 200
+    clock.advance(hours=20)  # 40 h after issue, 20 h after last use
+    assert api.get("/api/auth/me", token=token).status_code == 200
+    assert_401(idle.get("/api/auth/me", token=idle_token))
+    clock.advance(hours=23)
+    assert api.get("/api/auth/me", token=token).status_code == 200
+    clock.advance(hours=24, seconds=1)
+    assert_401(api.get("/api/auth/me", token=token))
+
+
+@override_settings(PZLS_TOKEN_TTL_HOURS=1)
+def test_ttl_setting_is_honoured(clock):
+    api = Api()
+    used = api.register("alice", "secret1")["token"]
+    unused = login(Api(), "alice", "secret1").json()["token"]
+    clock.advance(minutes=59)
+    assert api.get("/api/auth/me", token=used).status_code == 200
+    clock.advance(minutes=2)
+    assert_401(api.get("/api/auth/me", token=unused))
+    assert api.get("/api/auth/me", token=used).status_code == 200
+
+
+def test_renewal_is_written_at_most_once_a_minute(clock, data_dir):
+    api = Api()
+    token = api.register("alice", "secret1")["token"]
+    path = data_dir / "tokens.json"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+
+    def snapshot():
+        st = path.stat()
+        return (st.st_ino, st.st_mtime_ns, path.read_bytes())
+
+    after_issue = snapshot()
+    clock.advance(seconds=10)
+    assert api.get("/api/auth/me", token=token).status_code == 200
+    clock.advance(seconds=40)
+    assert api.get("/api/sync", token=token).status_code == 200
+    assert snapshot() == after_issue
+    clock.advance(seconds=11)  # 61 s after the last write
+    assert api.get("/api/auth/me", token=token).status_code == 200
+    renewed = snapshot()
+    assert renewed != after_issue
+    record = orjson.loads(renewed[2])["tokens"][digest]
+    assert record["lastUsed"] == pzls_site.clock.iso(clock.now)
+    clock.advance(seconds=30)
+    assert api.get("/api/auth/me", token=token).status_code == 200
+    assert snapshot() == renewed
+
+
+def test_disabling_a_user_revokes_their_tokens(admin_api, analyst_api):
+    other = login(Api(), "analyst", "analystpass").json()["token"]
+    user = User.objects.get(username="analyst")
+    user.is_active = False
+    user.save()
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert_401(analyst_api.get("/api/sync", token=other))
+    assert_error(login(Api(), "analyst", "analystpass"), 403)
+    # Re-enabling does not bring the revoked tokens back.
+    user.is_active = True
+    user.save()
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    assert admin_api.get("/api/auth/me").status_code == 200
+
+
+# --- login -------------------------------------------------------------------------
+
+
+def test_login_returns_a_new_token_and_the_user(api):
+    registered = api.register("alice", "secret1")
+    response = login(Api(), "alice", "secret1")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"token", "user"}
+    assert body["user"] == registered["user"]
+    assert body["token"] != registered["token"]
+    assert api.get("/api/auth/me", token=body["token"]).status_code == 200
+    assert api.get("/api/auth/me", token=registered["token"]).status_code == 200
+
+
+def test_login_failures_say_the_same_for_unknown_user_and_wrong_password(admin_api):
+    unknown = login(Api(), "nobody", "adminpass")
+    wrong = login(Api(), "admin", "wrongpass")
+    assert_error(unknown, 401, INVALID)
+    assert_error(wrong, 401, INVALID)
+    assert unknown.content == wrong.content
+
+
+def test_login_is_case_sensitive_about_passwords(admin_api):
+    assert_error(login(Api(), "admin", "ADMINPASS"), 401, INVALID)
+
+
+@pytest.mark.parametrize("body", [{}, {"username": "admin"}, {"password": "adminpass"}, {"username": 1, "password": 2}])
+def test_login_incomplete_is_an_error_and_issues_nothing(admin_api, body):
+    response = Api().post("/api/auth/login", body)
+    assert response.status_code in (400, 401)
+    assert_error(response, response.status_code)
+
+
+def test_login_of_disabled_account_is_403(admin_api, analyst_api):
+    User.objects.filter(username="analyst").update(is_active=False)
+    assert_error(login(Api(), "analyst", "analystpass"), 403)
+    # The wrong password still says 401, not 403: nothing is revealed without the password.
+    assert_error(login(Api(), "analyst", "wrongpass"), 401, INVALID)
+
+
+RATE_NOW = 60 * 29_000_000 + 20.0  # 20 s into a minute
+
+
+@override_settings(PZLS_LOGIN_RATE="3/minute")
+def test_login_rate_limit_answers_429_with_retry_after(admin_api):
+    with mock.patch("accounts.ratelimit.time") as fake_time:
+        fake_time.time.return_value = RATE_NOW
+        for _ in range(3):
+            assert_error(login(Api(), "admin", "wrongpass"), 401, INVALID)
+        response = login(Api(), "admin", "wrongpass")
+        assert_error(response, 429)
+        assert 1 <= int(response["Retry-After"]) <= 120
+        # Over the limit even the right password is refused, and no token is issued.
+        response = login(Api(), "admin", "adminpass")
+        assert_error(response, 429)
+        wait = int(response["Retry-After"])
+        assert 1 <= wait <= 120
+        # The limit is per client address and username.
+        assert login(Api(), "admin", "adminpass", REMOTE_ADDR="10.9.8.7").status_code == 200
+        assert_error(login(Api(), "someone-else", "whatever1"), 401, INVALID)
+        # Retry-After tells the truth: after that many seconds the login goes through.
+        fake_time.time.return_value = RATE_NOW + wait
+        assert login(Api(), "admin", "adminpass").status_code == 200
+
+
+@override_settings(PZLS_LOGIN_RATE="3/minute")
+def test_login_rate_limit_counts_usernames_case_insensitively(admin_api):
+    with mock.patch("accounts.ratelimit.time") as fake_time:
+        fake_time.time.return_value = RATE_NOW
+        for name in ("admin", "ADMIN", "Admin"):
+            assert_error(login(Api(), name, "wrongpass"), 401, INVALID)
+        assert_error(login(Api(), "aDmIn", "wrongpass"), 429)
+
+
+# --- logout, me, change-password -------------------------------------------------------
+
+
+def test_logout_revokes_only_that_token(api):
+    first = api.register("alice", "secret1")["token"]
+    second = login(Api(), "alice", "secret1").json()["token"]
+    response = api.post("/api/auth/logout", token=first)
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    assert_401(api.get("/api/auth/me", token=first))
+    assert_401(api.post("/api/auth/logout", token=first))
+    assert api.get("/api/auth/me", token=second).status_code == 200
+
+
+def test_logout_without_token_is_401(api):
+    assert_401(api.post("/api/auth/logout"))
+
+
+def test_me_returns_the_user_object(admin_api, analyst_api):
+    body = analyst_api.get("/api/auth/me").json()
+    assert set(body) == {"user"}
+    assert set(body["user"]) == USER_KEYS
+    assert body["user"]["username"] == "analyst"
+    assert body["user"]["role"] == "analyst"
+    assert body["user"]["id"] == str(User.objects.get(username="analyst").pk)
+
+
+def test_user_objects_never_contain_secrets(api):
+    registered = api.register("alice", "secret1")
+    logged_in = login(Api(), "alice", "secret1")
+    me = api.get("/api/auth/me")
+    password_hash = User.objects.get().password
+    assert password_hash
+    for response in (logged_in, me):
+        assert password_hash.encode() not in response.content
+        assert b"secret1" not in response.content
+    assert set(registered["user"]) == USER_KEYS
+    assert set(logged_in.json()["user"]) == USER_KEYS
+    assert registered["token"] not in orjson.dumps(me.json()).decode()
+
+
+def change_password(api: Api, current: object, new: object, **kw):
+    return api.post("/api/auth/change-password", {"currentPassword": current, "newPassword": new}, **kw)
+
+
+def test_change_password_revokes_other_tokens_and_keeps_the_calling_one(api):
+    calling = api.register("alice", "secret1")["token"]
+    other = login(Api(), "alice", "secret1").json()["token"]
+    bob = Api()
+    bob.register("bob", "bobpass")
+    response = change_password(api, "secret1", "newsecret")
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    assert api.get("/api/auth/me", token=calling).status_code == 200
+    assert_401(api.get("/api/auth/me", token=other))
+    assert bob.get("/api/auth/me").status_code == 200  # other users keep theirs
+    assert login(Api(), "alice", "newsecret").status_code == 200
+    assert_error(login(Api(), "alice", "secret1"), 401, INVALID)
+
+
+def test_change_password_wrong_current_is_403_and_changes_nothing(api):
+    api.register("alice", "secret1")
+    other = login(Api(), "alice", "secret1").json()["token"]
+    assert_error(change_password(api, "wrong-one", "newsecret"), 403)
+    # 403, not 401: the calling token is still good.
+    assert api.get("/api/auth/me").status_code == 200
+    assert api.get("/api/auth/me", token=other).status_code == 200
+    assert login(Api(), "alice", "secret1").status_code == 200
+    assert_error(login(Api(), "alice", "newsecret"), 401, INVALID)
+
+
+@pytest.mark.parametrize("new", ["12345", "", None, 123456])
+def test_change_password_invalid_new_is_400_and_changes_nothing(api, new):
+    api.register("alice", "secret1")
+    other = login(Api(), "alice", "secret1").json()["token"]
+    assert_error(change_password(api, "secret1", new), 400)
+    assert api.get("/api/auth/me", token=other).status_code == 200
+    assert login(Api(), "alice", "secret1").status_code == 200
+
+
+def test_change_password_without_token_is_401(admin_api):
+    assert_401(change_password(Api(), "adminpass", "newsecret"))
+    assert login(Api(), "admin", "adminpass").status_code == 200
+
+
+# --- health --------------------------------------------------------------------------
+
+
+def test_health_is_ok_without_token(api):
+    response = api.get("/api/auth/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "server": "PZLS", "version": pzls_site.__version__}
+    assert api.get("/api/auth/health", token="garbage").status_code == 200
+
+
+def test_health_is_503_when_the_data_dir_is_not_writable(api, data_dir):
+    # Tests run as root, so permissions would not stop a write: a path under a
+    # regular file cannot be written by anyone.
+    blocker = data_dir / "a-file"
+    blocker.write_text("not a directory")
+    with override_settings(PZLS_DATA_DIR=blocker / "data"):
+        response = api.get("/api/auth/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert set(body) == {"status", "error"}
+    assert body["status"] == "unavailable"
+    assert isinstance(body["error"], str) and body["error"]
+    assert response["Access-Control-Allow-Origin"] == "*"
+
+
+def test_health_is_503_when_the_database_does_not_answer(api):
+    with mock.patch("pzls_site.health.connection") as fake:
+        fake.cursor.side_effect = RuntimeError("database gone")
+        response = api.get("/api/auth/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable" and isinstance(body["error"], str) and body["error"]
+    assert "database gone" not in body["error"]
+
+
+# --- legacy migration -----------------------------------------------------------------
+
+LEGACY_DATA = {
+    "humans": {"h1": {"name": "Ann", "tags": ["a"]}, "h2": {"name": "Bo"}},
+    "tags": {"t1": {"label": "x"}},
+}
+LEGACY_CHANGELOG = [
+    {"version": 1, "timestamp": "2025-01-01T00:00:00.000Z", "clientVersion": 0,
+     "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
+    {"version": 2, "timestamp": "2025-01-02T00:00:00.000Z", "clientVersion": 1,
+     "added": [{"store": "humans", "id": "h2"}, {"store": "tags", "id": "t1"}], "modified": [], "action": "push"},
+    {"version": 3, "timestamp": "2025-01-03T00:00:00.000Z", "clientVersion": 2,
+     "added": [], "modified": [{"store": "humans", "id": "h1"}], "action": "push"},
+]
+
+
+def test_legacy_repository_becomes_the_first_users(api, data_dir):
+    repo_bytes = orjson.dumps({"version": 3, "data": LEGACY_DATA}, option=orjson.OPT_INDENT_2)
+    changelog_bytes = orjson.dumps(LEGACY_CHANGELOG, option=orjson.OPT_INDENT_2)
+    (data_dir / "repo.json").write_bytes(repo_bytes)
+    (data_dir / "changelog.json").write_bytes(changelog_bytes)
+
+    api.register("alice", "secret1")
+    pulled = api.get("/api/sync")
+    assert pulled.json() == {"version": 3, "data": LEGACY_DATA}
+    assert list(pulled.json()["data"]["humans"]) == ["h1", "h2"]
+    changes = api.get("/api/sync/changes?since=0").json()
+    assert changes["currentVersion"] == 3
+    assert changes["pendingChanges"] == 3
+    assert changes["changes"] == LEGACY_CHANGELOG
+
+    # Renamed, never deleted: the original bytes are still on disk under another name.
+    assert not (data_dir / "repo.json").exists()
+    assert not (data_dir / "changelog.json").exists()
+    kept = {p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+    assert repo_bytes in kept
+    assert changelog_bytes in kept
+
+    # Once only: the next user starts empty.
+    bob = Api()
+    bob.register("bob", "secret1")
+    assert bob.get("/api/sync").json() == {"version": 0, "data": {}}
+    assert bob.get("/api/sync/changes").json()["pendingChanges"] == 0
+
+    # The adopted repository goes on from its version.
+    result = api.post("/api/sync", {"clientVersion": 3, "stores": {"humans": {"h3": {"name": "Cy"}}}}).json()
+    assert result["version"] == 4
+
+
+def test_legacy_repository_without_changelog(api, data_dir):
+    (data_dir / "repo.json").write_bytes(orjson.dumps({"version": 7, "data": LEGACY_DATA}))
+    body = api.register("alice", "secret1")
+    assert body["user"]["role"] == "admin"
+    assert api.get("/api/sync").json() == {"version": 7, "data": LEGACY_DATA}
+    assert api.get("/api/sync/changes").json()["pendingChanges"] == 0
+    assert not (data_dir / "repo.json").exists()
+    assert any(p.name.startswith("repo.json") for p in data_dir.iterdir())
+
+
+def test_legacy_file_appearing_later_is_not_adopted_by_a_later_user(admin_api, data_dir):
+    (data_dir / "repo.json").write_bytes(orjson.dumps({"version": 2, "data": LEGACY_DATA}))
+    bob = Api()
+    bob.register("bob", "secret1")
+    assert bob.get("/api/sync").json() == {"version": 0, "data": {}}
+    assert admin_api.get("/api/sync").json() == {"version": 0, "data": {}}
+    assert (data_dir / "repo.json").exists()
+
+
+# --- administration (§6) -------------------------------------------------------------
+
+
+def test_admin_users_list(admin_api, analyst_api):
+    admin_api.post("/api/sync", {"stores": {"humans": {"h1": {"n": 1}, "h2": {"n": 2}}, "tags": {"t": {}}}})
+    admin_api.post("/api/sync", {"stores": {"humans": {"h1": {"n": 3}}}})
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    User.objects.filter(username="analyst").update(is_active=False)
+    response = admin_api.get("/api/admin/users")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"users"}
+    rows = {row["username"]: row for row in body["users"]}
+    assert set(rows) == {"admin", "analyst"}
+    for row in body["users"]:
+        assert set(row) == ADMIN_ROW_KEYS, row
+    admin, analyst = rows["admin"], rows["analyst"]
+    assert admin["id"] == str(User.objects.get(username="admin").pk)
+    assert admin["role"] == "admin" and analyst["role"] == "analyst"
+    assert admin["disabled"] is False and analyst["disabled"] is True
+    assert admin["lastLogin"] is None
+    assert isinstance(analyst["lastLogin"], str)
+    assert admin["version"] == 2 and admin["records"] == 3
+    changes = admin_api.get("/api/sync/changes").json()["changes"]
+    assert admin["lastSync"] == changes[-1]["timestamp"]
+    assert analyst["version"] == 0 and analyst["records"] == 0 and analyst["lastSync"] is None
+    me = admin_api.get("/api/auth/me").json()["user"]
+    assert {k: admin[k] for k in USER_KEYS} == me
+    assert User.objects.get(username="admin").password.encode() not in response.content
+
+
+def test_admin_users_requires_a_token(admin_api):
+    assert_401(Api().get("/api/admin/users"))
+
+
+def test_admin_users_is_403_for_an_analyst(analyst_api):
+    assert_error(analyst_api.get("/api/admin/users"), 403)
+
+
+def test_admin_delete_removes_user_tokens_repository_and_changelog(admin_api, analyst_api, data_dir):
+    analyst_api.post("/api/sync", {"stores": {"humans": {"h1": {"name": "x"}}}})
+    second = login(Api(), "analyst", "analystpass").json()["token"]
+    user_id = str(User.objects.get(username="analyst").pk)
+    assert (data_dir / f"repo_{user_id}.json").exists()
+    assert (data_dir / f"changelog_{user_id}.jsonl").exists()
+    admin_pull = admin_api.get("/api/sync").content
+
+    response = admin_api.delete(f"/api/admin/users/{user_id}")
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+
+    assert not User.objects.filter(pk=user_id).exists()
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert_401(analyst_api.get("/api/sync", token=second))
+    assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+    assert [p.name for p in data_dir.iterdir() if user_id in p.name] == []
+    tokens = orjson.loads((data_dir / "tokens.json").read_bytes())["tokens"]
+    assert all(raw["userId"] != user_id for raw in tokens.values())
+    assert [r["username"] for r in admin_api.get("/api/admin/users").json()["users"]] == ["admin"]
+    assert admin_api.get("/api/sync").content == admin_pull
+    assert admin_api.get("/api/auth/me").status_code == 200
+
+    # The name is free again, and the new account starts empty.
+    fresh = Api()
+    fresh.register("analyst", "analystpass")
+    assert fresh.get("/api/sync").json() == {"version": 0, "data": {}}
+
+
+def test_admin_cannot_delete_themself(admin_api):
+    admin_id = str(User.objects.get(username="admin").pk)
+    assert_error(admin_api.delete(f"/api/admin/users/{admin_id}"), 400)
+    assert User.objects.filter(pk=admin_id).exists()
+    assert admin_api.get("/api/auth/me").status_code == 200
+
+
+@pytest.mark.parametrize("user_id", [str(uuid.uuid4()), "not-a-uuid", "12345", "00000000-0000-0000-0000-000000000000"])
+def test_admin_delete_unknown_id_is_404(admin_api, analyst_api, user_id):
+    assert_error(admin_api.delete(f"/api/admin/users/{user_id}"), 404)
+    assert user_count() == 2
+
+
+def test_admin_delete_is_403_for_an_analyst_and_deletes_nothing(admin_api, analyst_api):
+    admin_id = str(User.objects.get(username="admin").pk)
+    assert_error(analyst_api.delete(f"/api/admin/users/{admin_id}"), 403)
+    assert user_count() == 2
+    assert admin_api.get("/api/auth/me").status_code == 200
+
+
+def test_admin_delete_without_token_is_401(admin_api, analyst_api):
+    analyst_id = str(User.objects.get(username="analyst").pk)
+    assert_401(Api().delete(f"/api/admin/users/{analyst_id}"))
+    assert user_count() == 2

@@ -38,6 +38,12 @@ def repository_load(*, user_id: str) -> Repository:
     return get_repository_store().load(user_id)
 
 
+# The largest clientVersion a changelog can record: a 64-bit signed integer, as
+# orjson writes it and a database column holds it. Larger whole numbers (which
+# arrive as floats such as 1e20) answered 500 when the entry was serialised.
+MAX_CLIENT_VERSION = 2**63 - 1
+
+
 def repository_push(*, user_id: str, body: dict[str, Any]) -> PushResult:
     """Validate a push body and merge it, all or nothing."""
     has_stores, has_data = "stores" in body, "data" in body
@@ -52,6 +58,7 @@ def repository_push(*, user_id: str, body: dict[str, Any]) -> PushResult:
         or not isinstance(client_version, (int, float))
         or client_version != client_version  # NaN cannot arrive as JSON, but be sure
         or client_version < 0
+        or client_version > MAX_CLIENT_VERSION
         or int(client_version) != client_version
     ):
         raise BadRequest("clientVersion must be a whole number >= 0 or null")

@@ -291,6 +291,8 @@ def data_import(*, path: Path) -> BackupCounts:
     the repositories already written are removed and no user is kept.
     """
     path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"No such file: {path}")
     if User.objects.exists():
         raise Conflict("This server already has users; import_data restores into an empty server only")
     for _ in _groups(path, check=True):

@@ -1,3 +1,9 @@
-"""Query API URLs."""
+"""Query API URLs; a trailing slash is accepted as the original's router did."""
 
-urlpatterns: list = []
+from django.urls import re_path
+
+from query import views
+
+urlpatterns = [
+    re_path(r"^query/?$", views.QueryView.as_view()),
+]

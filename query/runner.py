@@ -1,0 +1,618 @@
+"""Run one statement on a remote PostgreSQL (psycopg2) or MySQL/MariaDB (mysqlclient) server.
+
+Imports nothing from Django: the caller (``query.services``) passes the
+policy in. Every call opens its own connection to an address the caller has
+already checked, and closes it on every path. The guards, and why each is
+done this way:
+
+- Read-only: PostgreSQL sessions get ``default_transaction_read_only`` and
+  the statement runs in a transaction that is rolled back. MySQL/MariaDB
+  sessions get ``SET SESSION TRANSACTION READ ONLY`` as well as a ``START
+  TRANSACTION READ ONLY`` transaction: DDL commits implicitly and would
+  otherwise run outside the read-only transaction.
+- One statement: besides the scanner in ``query.statements``, MySQL's
+  multi-statement protocol flag is switched off, so the server itself refuses
+  ``SELECT 1; DROP TABLE t``.
+- Timeouts: the server's own limit (``statement_timeout``,
+  ``max_statement_time`` / ``max_execution_time``), and a watchdog thread
+  that cancels the statement from outside a moment later (``PQcancel``, or
+  ``KILL QUERY`` on a second connection), because a statement can lift the
+  server-side limit for itself (``SET STATEMENT max_statement_time=0 FOR ...``).
+- Row cap: rows come through a server-side cursor (PostgreSQL ``DECLARE``)
+  or an unbuffered result (MySQL ``SSCursor``, with ``sql_select_limit``), so
+  at most ``max_rows + 1`` rows are ever fetched; the rest is cancelled.
+- Nothing on the PZLS host is reachable from the connection string: no
+  ``LOAD DATA LOCAL INFILE`` (a hostile server can ask for any local file on
+  any query), no ``~/.pgpass`` or ``~/.my.cnf``.
+- Driver errors are turned into ``QueryFailed`` here, with the password
+  scrubbed and the driver exception not chained, so no log line or answer
+  can carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import MySQLdb
+import MySQLdb.cursors
+import psycopg2
+import psycopg2.extensions as pgext
+from MySQLdb.constants import FIELD_TYPE
+from MySQLdb.converters import conversions as mysql_conversions
+
+from query.connstring import ENGINE_LABELS, MYSQL, POSTGRESQL, ConnectionSpec
+from query.exceptions import QueryFailed, QueryForbidden, QueryTimeout
+from query.statements import Statement
+from query.values import rows_as_objects
+
+logger = logging.getLogger("pzls.query")
+
+# Seconds after the server-side limit at which the watchdog cancels from outside.
+WATCHDOG_GRACE_S = 0.5
+
+# libpq reads ~/.pgpass when no password is given; pointing passfile at a path
+# that cannot exist keeps the PZLS user's stored passwords out of reach.
+_NO_PASSFILE = "/nonexistent/pzls-query-no-passfile"
+
+# Statements PostgreSQL can run behind DECLARE ... CURSOR (a server-side cursor).
+_PG_CURSOR_KEYWORDS = {"SELECT", "WITH", "VALUES", "TABLE"}
+
+
+@dataclass(frozen=True)
+class QueryPolicy:
+    """The limits of one query, from settings."""
+
+    read_only: bool
+    timeout_s: float
+    connect_timeout_s: float
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The answer of PROTOCOL.md §5, before it is shaped into JSON."""
+
+    fields: list[str]
+    rows: list[dict[str, Any]]
+    row_count: int
+    truncated: bool
+    elapsed_ms: int
+
+
+ServerIdentity = tuple[Any, ...]
+
+
+def scrub(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` masked."""
+    return text.replace(secret, "***") if secret else text
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Watchdog:
+    """Calls ``cancel`` once if the block is still running after ``seconds``."""
+
+    def __init__(self, seconds: float, cancel: Callable[[], None]) -> None:
+        self.fired = False
+        self._cancel = cancel
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            self._cancel()
+        except Exception as exc:  # the statement still ends at the connection's close
+            logger.warning("Could not cancel a timed-out query: %s", type(exc).__name__)
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        self._timer.join(timeout=10)
+
+
+def run_query(
+    *,
+    spec: ConnectionSpec,
+    addresses: Sequence[str],
+    statement: Statement,
+    policy: QueryPolicy,
+    forbidden_identity: ServerIdentity | None = None,
+) -> QueryResult:
+    """Run ``statement`` on the server at one of ``addresses`` under ``policy``.
+
+    ``forbidden_identity`` is the identity of PZLS's own database server
+    (``identity_sql``); a connection that turns out to reach it is closed
+    before the statement runs, whatever address it went through.
+    """
+    runner = _PostgresRun if spec.engine == POSTGRESQL else _MySQLRun
+    started = time.monotonic()
+    try:
+        fields, raw_rows, row_count, truncated = runner(spec, addresses, statement, policy, forbidden_identity).run()
+    except (QueryFailed, QueryForbidden) as exc:
+        exc.message = scrub(exc.message, spec.password)
+        raise
+    rows = rows_as_objects(fields, raw_rows)
+    elapsed_ms = int(round((time.monotonic() - started) * 1000))
+    return QueryResult(fields=fields, rows=rows, row_count=row_count, truncated=truncated, elapsed_ms=elapsed_ms)
+
+
+class _Run:
+    """One query on one engine: connect, set the session up, execute, fetch, close."""
+
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        addresses: Sequence[str],
+        statement: Statement,
+        policy: QueryPolicy,
+        forbidden_identity: ServerIdentity | None,
+    ) -> None:
+        self.spec = spec
+        self.addresses = list(addresses)
+        self.statement = statement
+        self.policy = policy
+        self.forbidden_identity = forbidden_identity
+        self.label = f"{ENGINE_LABELS[spec.engine]} at {_host_port(spec.host, spec.port)}"
+
+    def run(self) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        conn = self.connect()
+        try:
+            self.check_identity(conn)
+            self.prepare(conn)
+            return self.execute(conn)
+        finally:
+            try:
+                conn.close()
+            except Exception:  # the connection is being dropped either way
+                pass
+
+    def connect(self) -> Any:
+        deadline = time.monotonic() + self.policy.connect_timeout_s
+        last_error: Exception | None = None
+        for address in self.addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return self.open(address, max(1, math.ceil(remaining)))
+            except Exception as exc:
+                if not self.is_network_error(exc):
+                    raise QueryFailed(self.connect_message(exc)) from None
+                last_error = exc
+        if last_error is None:
+            raise QueryFailed(
+                f"Could not connect to {self.label} within {self.policy.connect_timeout_s:g} s"
+            ) from None
+        raise QueryFailed(self.connect_message(last_error)) from None
+
+    def check_identity(self, conn: Any) -> None:
+        if self.forbidden_identity is None:
+            return
+        if self.identity(conn) == self.forbidden_identity:
+            raise QueryForbidden("Queries on PZLS's own database are not allowed")
+
+    def timeout_error(self) -> QueryTimeout:
+        return QueryTimeout(
+            f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled"
+        )
+
+    # Engine-specific parts.
+    def open(self, address: str, connect_timeout: int) -> Any:
+        raise NotImplementedError
+
+    def is_network_error(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    def connect_message(self, exc: Exception) -> str:
+        raise NotImplementedError
+
+    def identity(self, conn: Any) -> ServerIdentity | None:
+        raise NotImplementedError
+
+    def prepare(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        raise NotImplementedError
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- PostgreSQL ----------------------------------------------------------
+
+
+def _pg_text(value: str | None, cursor: Any) -> str | None:
+    return value
+
+
+def _pg_date_or_text(default: Any) -> Callable[[str | None, Any], Any]:
+    """psycopg2's own caster, except where it would lie: 'infinity' becomes
+    9999-12-31 there, and BC dates do not fit Python's date at all."""
+
+    def cast(value: str | None, cursor: Any) -> Any:
+        if value is None:
+            return None
+        if value in ("infinity", "-infinity") or value.endswith(" BC"):
+            return value
+        try:
+            return default(value, cursor)
+        except (ValueError, OverflowError, psycopg2.DataError):
+            return value
+
+    return cast
+
+
+def _pg_types() -> list[Any]:
+    text = [
+        # interval: psycopg2's timedelta turns "1 mon" into 30 days; the server's
+        # ISO 8601 text (IntervalStyle=iso_8601) is exact.
+        ((1186,), (1187,), "INTERVAL"),
+        # ranges and multiranges: their text form ("[1,5)") is what a client can read.
+        ((3904, 3926, 3906, 3908, 3910, 3912), (3905, 3927, 3907, 3909, 3911, 3913), "RANGE"),
+        ((4451, 4536, 4532, 4533, 4534, 4535), (6150, 6157, 6151, 6152, 6153, 6155), "MULTIRANGE"),
+    ]
+    types = []
+    for oids, array_oids, name in text:
+        scalar = pgext.new_type(oids, f"PZLS_{name}", _pg_text)
+        types += [scalar, pgext.new_array_type(array_oids, f"PZLS_{name}ARRAY", scalar)]
+    for oid, array_oid, default, name in (
+        (1082, 1182, pgext.PYDATE, "DATE"),
+        (1114, 1115, pgext.PYDATETIME, "TIMESTAMP"),
+        (1184, 1185, pgext.PYDATETIMETZ, "TIMESTAMPTZ"),
+    ):
+        scalar = pgext.new_type((oid,), f"PZLS_{name}", _pg_date_or_text(default))
+        types += [scalar, pgext.new_array_type((array_oid,), f"PZLS_{name}ARRAY", scalar)]
+    return types
+
+
+_PG_TYPES = _pg_types()
+
+
+class _PostgresRun(_Run):
+    def open(self, address: str, connect_timeout: int) -> Any:
+        options = self.spec.options
+        conn = psycopg2.connect(
+            # host names the server for TLS verification; hostaddr is where we
+            # actually connect: the address the policy checked.
+            host=self.spec.host,
+            hostaddr=address,
+            port=self.spec.port,
+            user=self.spec.user,
+            password=self.spec.password,
+            dbname=self.spec.database or self.spec.user,
+            connect_timeout=connect_timeout,
+            passfile=_NO_PASSFILE,
+            sslmode=options.get("sslmode", "prefer"),
+            application_name=options.get("application_name", "pzls-query"),
+        )
+        for caster in _PG_TYPES:
+            pgext.register_type(caster, conn)
+        return conn
+
+    def is_network_error(self, exc: Exception) -> bool:
+        # libpq reports a server's refusal (bad password, unknown database) as FATAL.
+        return isinstance(exc, psycopg2.OperationalError) and "FATAL" not in str(exc)
+
+    def connect_message(self, exc: Exception) -> str:
+        detail = _one_line(str(exc))
+        if "timeout expired" in detail:
+            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
+        detail = detail.replace("FATAL: ", "")
+        return f"Could not connect to {self.label}: {detail}"
+
+    def identity(self, conn: Any) -> ServerIdentity | None:
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(identity_sql(POSTGRESQL))
+                return identity_from_row(POSTGRESQL, cursor.fetchone())
+        except psycopg2.Error as exc:
+            raise QueryFailed(f"Could not read from {self.label}: {_pg_message(exc)}") from None
+
+    def prepare(self, conn: Any) -> None:
+        timeout_ms = max(1, int(self.policy.timeout_s * 1000))
+        settings = [
+            f"statement_timeout = {timeout_ms}",
+            f"lock_timeout = {timeout_ms}",
+            f"idle_in_transaction_session_timeout = {timeout_ms + 60_000}",
+            "TimeZone = 'UTC'",
+            "DateStyle = 'ISO, MDY'",
+            "IntervalStyle = 'iso_8601'",
+            # query.statements scans strings by this rule.
+            "standard_conforming_strings = on",
+            f"default_transaction_read_only = {'on' if self.policy.read_only else 'off'}",
+        ]
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("".join(f"SET {item};" for item in settings))
+        except psycopg2.Error as exc:
+            raise QueryFailed(f"Could not prepare the session on {self.label}: {_pg_message(exc)}") from None
+
+    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        cursor_keyword = self.statement.first in _PG_CURSOR_KEYWORDS
+        # Writes outside a transaction only when the policy allows writes:
+        # VACUUM and friends cannot run inside one.
+        conn.autocommit = not cursor_keyword and not self.policy.read_only
+        watchdog = _Watchdog(self.policy.timeout_s + WATCHDOG_GRACE_S, conn.cancel)
+        try:
+            with watchdog:
+                if cursor_keyword:
+                    result = self._fetch_from_cursor(conn)
+                else:
+                    result = self._fetch_plain(conn)
+                if not conn.autocommit:
+                    if self.policy.read_only:
+                        conn.rollback()
+                    else:
+                        conn.commit()
+        except psycopg2.Error as exc:
+            if watchdog.fired or exc.pgcode == "57014":
+                raise self.timeout_error() from None
+            if exc.pgcode == "25006":
+                raise QueryFailed(f"Refused in a read-only session: {_pg_message(exc)}") from None
+            raise QueryFailed(f"SQL error: {_pg_message(exc)}") from None
+        if watchdog.fired:
+            raise self.timeout_error()
+        return result
+
+    def _fetch_from_cursor(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        cap = self.policy.max_rows
+        cursor = conn.cursor(name="pzls_query", scrollable=False, withhold=False)
+        cursor.execute(self.statement.text)
+        rows = cursor.fetchmany(cap + 1)
+        fields = [column.name for column in cursor.description or ()]
+        truncated = len(rows) > cap
+        # Closing the transaction (rollback/commit, then close) drops the
+        # portal: the rows past the cap are never produced.
+        rows = rows[:cap]
+        return fields, rows, len(rows), truncated
+
+    def _fetch_plain(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        cap = self.policy.max_rows
+        cursor = conn.cursor()
+        cursor.execute(self.statement.text)
+        if cursor.description is None:
+            return [], [], max(cursor.rowcount, 0), False
+        fields = [column.name for column in cursor.description]
+        rows = cursor.fetchmany(cap + 1)
+        truncated = len(rows) > cap
+        rows = rows[:cap]
+        return fields, rows, len(rows), truncated
+
+
+def _pg_message(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    message = primary or _one_line(str(exc)) or type(exc).__name__
+    code = getattr(exc, "pgcode", None)
+    return f"{message} (SQLSTATE {code})" if code else message
+
+
+# --- MySQL / MariaDB -----------------------------------------------------
+
+
+def _mysql_text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _mysql_datetime(value: bytes | str) -> str:
+    # The server's own text, made ISO 8601: also keeps zero dates
+    # ("0000-00-00 00:00:00"), which Python's datetime cannot hold.
+    return _mysql_text(value).replace(" ", "T", 1)
+
+
+def _mysql_bit(value: bytes | str) -> int:
+    data = value.encode("latin-1") if isinstance(value, str) else value
+    return int.from_bytes(data, "big")
+
+
+def _mysql_json(value: bytes | str) -> Any:
+    return json.loads(value)
+
+
+_MYSQL_CONV = dict(mysql_conversions)
+_MYSQL_CONV.update(
+    {
+        FIELD_TYPE.DATE: _mysql_text,
+        # TIME is a duration up to ±838:59:59; its text is the clearest form.
+        FIELD_TYPE.TIME: _mysql_text,
+        FIELD_TYPE.DATETIME: _mysql_datetime,
+        FIELD_TYPE.TIMESTAMP: _mysql_datetime,
+        # The exact decimal text, without a detour through Decimal.
+        FIELD_TYPE.DECIMAL: _mysql_text,
+        FIELD_TYPE.NEWDECIMAL: _mysql_text,
+        FIELD_TYPE.BIT: _mysql_bit,
+        FIELD_TYPE.JSON: _mysql_json,
+    }
+)
+
+# Client errors that mean "nothing answered at this address": try the next one.
+_MYSQL_NETWORK_ERRORS = {2002, 2003, 2005, 2006, 2013}
+_MYSQL_TIMEOUT_ERRORS = {1969, 3024}
+_MYSQL_READ_ONLY_ERRORS = {1792, 1290}
+_MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
+
+
+def _mysql_code(exc: Exception) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _mysql_message(exc: Exception) -> str:
+    args = getattr(exc, "args", ())
+    code = _mysql_code(exc)
+    if code is not None and len(args) > 1:
+        return f"{_one_line(args[1])} (error {code})"
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+class _MySQLRun(_Run):
+    def connect_kwargs(self, address: str, connect_timeout: int) -> dict[str, Any]:
+        options = self.spec.options
+        kwargs: dict[str, Any] = {
+            "host": address,
+            "port": self.spec.port,
+            "user": self.spec.user,
+            "password": self.spec.password,
+            "connect_timeout": connect_timeout,
+            # Socket-level backstop behind the watchdog.
+            "read_timeout": math.ceil(self.policy.timeout_s + WATCHDOG_GRACE_S) + 5,
+            "write_timeout": math.ceil(self.policy.timeout_s + WATCHDOG_GRACE_S) + 5,
+            "charset": options.get("charset", "utf8mb4"),
+            "use_unicode": True,
+            "conv": _MYSQL_CONV,
+            "local_infile": 0,
+            "autocommit": False,
+        }
+        if self.spec.database:
+            kwargs["database"] = self.spec.database
+        if "ssl_mode" in options:
+            kwargs["ssl_mode"] = options["ssl_mode"]
+        return kwargs
+
+    def open(self, address: str, connect_timeout: int) -> Any:
+        kwargs = self.connect_kwargs(address, connect_timeout)
+        conn = MySQLdb.connect(**kwargs)
+        self.address = address
+        try:
+            conn.set_server_option(_MYSQL_OPTION_MULTI_STATEMENTS_OFF)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def is_network_error(self, exc: Exception) -> bool:
+        return isinstance(exc, MySQLdb.OperationalError) and _mysql_code(exc) in _MYSQL_NETWORK_ERRORS
+
+    def connect_message(self, exc: Exception) -> str:
+        if not isinstance(exc, MySQLdb.Error):
+            return f"Could not connect to {self.label}: {type(exc).__name__}"
+        detail = _mysql_message(exc)
+        if _mysql_code(exc) == 2013 and "system error: 110" in detail:
+            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
+        return f"Could not connect to {self.label}: {detail}"
+
+    def identity(self, conn: Any) -> ServerIdentity | None:
+        cursor = conn.cursor()
+        try:
+            mariadb = "mariadb" in conn.get_server_info().lower()
+            cursor.execute(identity_sql(MYSQL, mariadb=mariadb))
+            return identity_from_row(MYSQL, cursor.fetchone())
+        except MySQLdb.OperationalError as exc:
+            if _mysql_code(exc) == 1193:  # an old server without a server id variable
+                return None
+            raise QueryFailed(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
+        except MySQLdb.Error as exc:
+            raise QueryFailed(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
+        finally:
+            cursor.close()
+
+    def prepare(self, conn: Any) -> None:
+        mariadb = "mariadb" in conn.get_server_info().lower()
+        timeout = self.policy.timeout_s
+        limit = (
+            f"SESSION max_statement_time = {timeout:.6f}"
+            if mariadb
+            else f"SESSION max_execution_time = {max(1, int(timeout * 1000))}"
+        )
+        statements = [
+            f"SET SESSION time_zone = '+00:00', SESSION sql_select_limit = {self.policy.max_rows + 1}, {limit}"
+        ]
+        if self.policy.read_only:
+            statements += ["SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"]
+        cursor = conn.cursor()
+        try:
+            for sql in statements:
+                cursor.execute(sql)
+        except MySQLdb.Error as exc:
+            raise QueryFailed(f"Could not prepare the session on {self.label}: {_mysql_message(exc)}") from None
+        finally:
+            cursor.close()
+
+    def kill(self, thread_id: int) -> None:
+        """Stop the running statement from a second connection."""
+        helper = MySQLdb.connect(**self.connect_kwargs(self.address, max(1, math.ceil(self.policy.connect_timeout_s))))
+        try:
+            helper.cursor().execute(f"KILL QUERY {int(thread_id)}")
+        finally:
+            helper.close()
+
+    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+        thread_id = conn.thread_id()
+        cap = self.policy.max_rows
+        cursor = MySQLdb.cursors.SSCursor(conn)
+        started = time.monotonic()
+        watchdog = _Watchdog(self.policy.timeout_s + WATCHDOG_GRACE_S, lambda: self.kill(thread_id))
+        try:
+            with watchdog:
+                cursor.execute(self.statement.text)
+                if cursor.description is None:
+                    fields: list[str] = []
+                    rows: list[Sequence[Any]] = []
+                    row_count, truncated = max(conn.affected_rows(), 0), False
+                else:
+                    fields = [column[0] for column in cursor.description]
+                    rows = list(cursor.fetchmany(cap + 1))
+                    truncated = len(rows) > cap
+                    if truncated and cursor.fetchone() is not None:
+                        # Still streaming (the statement has its own LIMIT above
+                        # sql_select_limit): stop it rather than read it to the end.
+                        self.kill(thread_id)
+                    rows = rows[:cap]
+                    row_count = len(rows)
+                try:
+                    cursor.close()
+                except MySQLdb.Error:
+                    pass  # the killed remainder of a truncated result
+                if self.policy.read_only:
+                    conn.rollback()
+                else:
+                    conn.commit()
+        except MySQLdb.Error as exc:
+            code = _mysql_code(exc)
+            if watchdog.fired or code in _MYSQL_TIMEOUT_ERRORS:
+                raise self.timeout_error() from None
+            if code in _MYSQL_READ_ONLY_ERRORS:
+                raise QueryFailed(f"Refused in a read-only session: {_mysql_message(exc)}") from None
+            raise QueryFailed(f"SQL error: {_mysql_message(exc)}") from None
+        # SLEEP() and BENCHMARK() end early without an error when interrupted:
+        # a statement that only returned at the limit was cut off, not finished.
+        if watchdog.fired or time.monotonic() - started >= self.policy.timeout_s:
+            raise self.timeout_error()
+        return fields, rows, row_count, truncated
+
+
+# --- The identity of a server --------------------------------------------
+
+
+def identity_sql(engine: str, *, mariadb: bool = True) -> str:
+    """SQL whose one row identifies a database server (and, on PostgreSQL, the database).
+
+    PostgreSQL: the postmaster's start time (microseconds) and the database.
+    MariaDB: ``@@server_uid``; MySQL: ``@@server_uuid``. Both are readable by
+    any user, and the same query run on PZLS's own connection gives the value
+    to compare with.
+    """
+    if engine == POSTGRESQL:
+        return "SELECT extract(epoch FROM pg_postmaster_start_time())::text, current_database()"
+    return "SELECT @@server_uid" if mariadb else "SELECT @@server_uuid"
+
+
+def identity_from_row(engine: str, row: Sequence[Any] | None) -> ServerIdentity | None:
+    if not row or row[0] is None:
+        return None
+    return (engine, *(str(value) for value in row))

@@ -1,0 +1,140 @@
+"""Turn the values a database driver returns into JSON-safe ones (PROTOCOL.md §5).
+
+Pure: imports nothing from Django or a driver. The rules, chosen so that a
+JavaScript client reads every value without losing precision:
+
+- integers as numbers while JavaScript can hold them exactly
+  (|n| <= 2^53 - 1, ``Number.MAX_SAFE_INTEGER``), as decimal strings beyond;
+- decimals as strings (``"12.50"``: a float would round them);
+- floats as numbers; NaN and the infinities, which JSON cannot carry, as null;
+- dates as ``YYYY-MM-DD``; times as ``HH:MM:SS[.ffffff][+HH:MM]``; timestamps
+  without a time zone as ``YYYY-MM-DDTHH:MM:SS[.ffffff]``, with one in UTC as
+  ``...Z``; durations as ISO 8601 (``P1DT2H3M4.5S``);
+- binary as standard base64; UUIDs and network addresses as strings;
+- JSON values, arrays and sets as their items, each converted by these rules.
+
+The runner leaves some values as the server's own text where a Python type
+would lose information (PostgreSQL intervals, ``infinity`` dates, MySQL TIME
+values beyond 24 hours); strings pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import uuid
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Sequence
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _integer(value: int) -> int | str:
+    value = int(value)
+    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+
+
+def _float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _binary(value: bytes | bytearray | memoryview) -> str:
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def _datetime(value: dt.datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.isoformat()
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+
+
+def duration_iso(value: dt.timedelta) -> str:
+    """An ISO 8601 duration: ``P2DT3H4M5.5S``, ``-PT1S``, ``PT0S``."""
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    days, micros = divmod(micros, 86_400_000_000)
+    hours, micros = divmod(micros, 3_600_000_000)
+    minutes, micros = divmod(micros, 60_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    out = f"{sign}P{days}D" if days else f"{sign}P"
+    clock = ""
+    if hours:
+        clock += f"{hours}H"
+    if minutes:
+        clock += f"{minutes}M"
+    if micros:
+        clock += f"{seconds}.{micros:06d}".rstrip("0") + "S"
+    elif seconds:
+        clock += f"{seconds}S"
+    if clock:
+        out += "T" + clock
+    elif not days:
+        out += "T0S"
+    return out
+
+
+def _sequence(value: Iterable[Any]) -> list[Any]:
+    return [json_safe(item) for item in value]
+
+
+def _mapping(value: dict[Any, Any]) -> dict[str, Any]:
+    return {str(key): json_safe(item) for key, item in value.items()}
+
+
+def _set(value: set[Any] | frozenset[Any]) -> list[Any]:
+    return sorted((json_safe(item) for item in value), key=lambda item: (str(type(item)), str(item)))
+
+
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {
+    int: _integer,
+    float: _float,
+    Decimal: str,
+    bytes: _binary,
+    bytearray: _binary,
+    memoryview: _binary,
+    dt.datetime: _datetime,
+    dt.date: dt.date.isoformat,
+    dt.time: dt.time.isoformat,
+    dt.timedelta: duration_iso,
+    uuid.UUID: str,
+    list: _sequence,
+    tuple: _sequence,
+    dict: _mapping,
+    set: _set,
+    frozenset: _set,
+}
+
+
+def json_safe(value: Any) -> Any:
+    """One value, converted by the rules in the module docstring."""
+    kind = type(value)
+    if value is None or kind is str or kind is bool:
+        return value
+    if kind is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+    converter = _CONVERTERS.get(kind)
+    if converter is not None:
+        return converter(value)
+    # Subclasses (a driver's own str, int or datetime types) by their base.
+    for base, converter in _CONVERTERS.items():
+        if isinstance(value, base):
+            return converter(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    # Anything else a driver may hand over (network addresses, ranges, ...)
+    # has a readable text form; an object the client cannot read is worse.
+    return str(value)
+
+
+def rows_as_objects(fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Rows as objects keyed by column name, in column order, with JSON-safe values.
+
+    When two columns share a name the object has one key, holding the later
+    column's value (as node-postgres and mysql2 do); ``fields`` still lists both.
+    """
+    convert = json_safe
+    return [dict(zip(fields, [convert(value) for value in row])) for row in rows]

@@ -191,26 +191,24 @@ def jaro(a: str, b: str) -> float:
         return 0.0
     window = max(la, lb) // 2 - 1
     b_matched = [False] * lb
-    a_matched = [False] * la
-    m = 0
+    a_chars: list[str] = []
     for i in range(la):
         ch = a[i]
-        for j in range(max(0, i - window), min(lb, i + window + 1)):
-            if not b_matched[j] and b[j] == ch:
-                a_matched[i] = b_matched[j] = True
-                m += 1
-                break
+        lo = i - window if i > window else 0
+        hi = min(lb, i + window + 1)
+        # The first not yet matched position of b inside the window that holds ch.
+        j = b.find(ch, lo, hi)
+        while j != -1 and b_matched[j]:
+            j = b.find(ch, j + 1, hi)
+        if j != -1:
+            b_matched[j] = True
+            a_chars.append(ch)
+    m = len(a_chars)
     if m == 0:
         return 0.0
-    t = 0
-    k = 0
-    for i in range(la):
-        if a_matched[i]:
-            while not b_matched[k]:
-                k += 1
-            if a[i] != b[k]:
-                t += 1
-            k += 1
+    b_chars = [b[j] for j in range(lb) if b_matched[j]]
+    # Transpositions: matched characters of a and b, taken in order, that differ.
+    t = sum(1 for x, y in zip(a_chars, b_chars) if x != y)
     return (m / la + m / lb + (m - t / 2) / m) / 3
 
 

@@ -1,0 +1,60 @@
+"""Entity resolution rules: reading the threshold and finding a user's likely duplicates.
+
+Views call these. The scoring itself lives in the pure modules
+``resolve.reference`` (the definition) and ``resolve.engine`` (the fast
+implementation the API uses); the repository is read through the sync
+services, never from storage directly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pzls_site.exceptions import BadRequest
+from resolve.engine import resolve_fast
+from sync.services import repository_load
+
+DEFAULT_THRESHOLD = 0.6
+
+# A complete decimal number: "0.6", "1", ".5", "1e-1". Not "0x1", "0.6abc", "Infinity" or "".
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The answer of ``GET /api/resolve``: all matches counted, the best 200 listed."""
+
+    count: int
+    threshold: float | int
+    results: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "threshold": self.threshold, "results": self.results}
+
+
+def threshold_parse(*, raw: str | None) -> float | int:
+    """The ``threshold`` query parameter as a number in [0, 1]; missing means 0.6.
+
+    The value is echoed in the answer the way JavaScript prints the original's
+    ``parseFloat`` result: a whole number without a fraction (``1``, not ``1.0``).
+    Anything that is not a number in [0, 1] is a 400.
+    """
+    if raw is None:
+        return DEFAULT_THRESHOLD
+    text = raw.strip()
+    if not _NUMBER.fullmatch(text):
+        raise BadRequest("threshold must be a number between 0 and 1")
+    value = float(text)
+    if math.isnan(value) or not 0 <= value <= 1:
+        raise BadRequest("threshold must be a number between 0 and 1")
+    return int(value) if value.is_integer() else value
+
+
+def matches_find(*, user_id: str, threshold: float) -> Resolution:
+    """Likely duplicates among the user's ``humans`` and ``others`` at ``threshold`` (PROTOCOL.md §4)."""
+    repository = repository_load(user_id=user_id)
+    count, results = resolve_fast(repository.data, threshold)
+    return Resolution(count=count, threshold=threshold, results=results)

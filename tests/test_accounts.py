@@ -318,10 +318,12 @@ def test_login_is_case_sensitive_about_passwords(admin_api):
 
 
 @pytest.mark.parametrize("body", [{}, {"username": "admin"}, {"password": "adminpass"}, {"username": 1, "password": 2}])
-def test_login_incomplete_is_an_error_and_issues_nothing(admin_api, body):
+def test_login_incomplete_is_an_error_and_issues_nothing(admin_api, data_dir, body):
+    tokens_before = (data_dir / "tokens.json").read_bytes()
     response = Api().post("/api/auth/login", body)
     assert response.status_code in (400, 401)
     assert_error(response, response.status_code)
+    assert (data_dir / "tokens.json").read_bytes() == tokens_before
 
 
 def test_login_of_disabled_account_is_403(admin_api, analyst_api):
@@ -551,6 +553,15 @@ def test_legacy_file_appearing_later_is_not_adopted_by_a_later_user(admin_api, d
     assert bob.get("/api/sync").json() == {"version": 0, "data": {}}
     assert admin_api.get("/api/sync").json() == {"version": 0, "data": {}}
     assert (data_dir / "repo.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": -1, "data": {}}', b'{"version": 1, "data": []}'])
+def test_unreadable_legacy_file_does_not_block_registration_and_is_kept(api, data_dir, content):
+    (data_dir / "repo.json").write_bytes(content)
+    body = api.register("alice", "secret1")
+    assert body["user"]["role"] == "admin"
+    assert api.get("/api/sync").json() == {"version": 0, "data": {}}
+    assert (data_dir / "repo.json").read_bytes() == content
 
 
 # --- administration (§6) -------------------------------------------------------------

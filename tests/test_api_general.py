@@ -451,3 +451,25 @@ def test_trailing_slash_is_accepted(admin_api):
     assert admin_api.get("/api/sync/").status_code == 200
     assert admin_api.get("/api/sync/status/").status_code == 200
     assert admin_api.get("/api/auth/me/").status_code == 200
+
+
+def test_push_over_djangos_own_upload_limit_but_under_ours_is_accepted(admin_api):
+    # Django refuses request.body past DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB);
+    # the API's limit is PZLS_MAX_BODY_MB (50 MiB) and must be the only one.
+    body = _push_of_size(3 * 1024 * 1024)
+    response = raw_post(admin_api, "/api/sync", body, token=admin_api.token)
+    assert response.status_code == 200, response.content
+    assert len(admin_api.get("/api/sync").content) > 3 * 1024 * 1024 - 100
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/json;charset=UTF-8"])
+def test_json_content_type_with_charset_is_accepted(admin_api, content_type):
+    response = admin_api.client.generic(
+        "POST",
+        "/api/sync",
+        b'{"stores": {"humans": {"h1": {"name": "\xc3\xa9"}}}}',
+        content_type=content_type,
+        HTTP_AUTHORIZATION=f"Bearer {admin_api.token}",
+    )
+    assert response.status_code == 200, response.content
+    assert pull(admin_api)["data"] == {"humans": {"h1": {"name": "é"}}}

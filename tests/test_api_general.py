@@ -27,6 +27,8 @@ PROTECTED = [
     ("post", "/api/auth/change-password"),
     ("get", "/api/admin/users"),
     ("delete", "/api/admin/users/00000000-0000-4000-8000-000000000000"),
+    ("get", "/api/resolve"),
+    ("post", "/api/query"),
 ]
 
 

@@ -40,6 +40,8 @@ from sync.backends import RepositorySummary
 admin.site.site_header = "PZLS administration"
 admin.site.site_title = "PZLS admin"
 admin.site.index_title = "Users and their data"
+# PZLS serves no pages at "/", so the admin has no "View site" link to offer.
+admin.site.site_url = None
 # PZLS has roles, not groups or per-model permissions.
 if admin.site.is_registered(Group):
     admin.site.unregister(Group)
@@ -92,7 +94,7 @@ class UserAdmin(DjangoUserAdmin):
 
     # --- users page columns --------------------------------------------------
 
-    @admin.display(description="repository version")
+    @admin.display(description="repo version")
     def repository_version(self, user: User) -> Any:
         summary = _summary(user)
         return summary.version if summary else "?"

@@ -115,7 +115,7 @@ def test_the_users_page_shows_role_state_and_repository_of_each_user(browser: Cl
     assert page.status_code == 200
     row = page.context["cl"].result_list.get(username="analyst")
     html = page.content.decode()
-    for header in ("Username", "Role", "Active", "Created", "Last login", "Repository version", "Records", "Last sync"):
+    for header in ("Username", "Role", "Active", "Created", "Last login", "Repo version", "Records", "Last sync"):
         assert f">{header}<" in html
     cells = re.search(rf'<tr>.*?{row.pk}.*?</tr>', html, re.S).group(0)
     assert re.search(r'field-repository_version">2<', cells)

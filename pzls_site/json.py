@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
 
@@ -58,3 +59,16 @@ class ORJSONRenderer(BaseRenderer):
         if data is None:
             return b""
         return orjson.dumps(data)
+
+
+class JSONOnlyNegotiation(BaseContentNegotiation):
+    """The API speaks JSON whatever ``Accept`` says, as the original did: no 406."""
+
+    def select_parser(self, request: Any, parsers: list) -> Any:
+        for parser in parsers:
+            if request.content_type.split(";")[0].strip().lower() == parser.media_type:
+                return parser
+        return None
+
+    def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple:
+        return renderers[0], renderers[0].media_type

@@ -177,6 +177,7 @@ PZLS_MAX_BODY_BYTES = int(PZLS_MAX_BODY_MB * 1024 * 1024)
 REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["pzls_site.json.ORJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["pzls_site.json.ORJSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "pzls_site.json.JSONOnlyNegotiation",
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "pzls_site.exceptions.api_exception_handler",

@@ -134,6 +134,15 @@ def test_unsupported_content_type_is_an_error_object(admin_api):
     assert pull(admin_api) == {"version": 0, "data": {}}
 
 
+@pytest.mark.parametrize("accept", ["text/html", "text/plain", "application/xml", "*/*"])
+def test_answers_are_json_whatever_accept_says(admin_api, accept):
+    response = admin_api.get("/api/auth/me", HTTP_ACCEPT=accept)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["user"]["username"] == "admin"
+    assert_error(admin_api.get("/api/nowhere", HTTP_ACCEPT=accept), 404, "Not found")
+
+
 def test_body_that_is_not_an_object_is_400(admin_api):
     for payload in (b"[]", b'"stores"', b"42", b"null", b"true"):
         response = raw_post(admin_api, "/api/sync", payload, token=admin_api.token)

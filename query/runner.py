@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import MySQLdb
 import MySQLdb.cursors
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions as pgext
 from MySQLdb.constants import FIELD_TYPE
 from MySQLdb.converters import conversions as mysql_conversions
@@ -301,6 +302,9 @@ class _PostgresRun(_Run):
         )
         for caster in _PG_TYPES:
             pgext.register_type(caster, conn)
+        # Set-up and the identity check run outside a transaction; execute()
+        # opens the one the statement runs in.
+        conn.autocommit = True
         return conn
 
     def is_network_error(self, exc: Exception) -> bool:
@@ -335,7 +339,6 @@ class _PostgresRun(_Run):
             "standard_conforming_strings = on",
             f"default_transaction_read_only = {'on' if self.policy.read_only else 'off'}",
         ]
-        conn.autocommit = True
         try:
             with conn.cursor() as cursor:
                 cursor.execute("".join(f"SET {item};" for item in settings))
@@ -351,7 +354,15 @@ class _PostgresRun(_Run):
         try:
             with watchdog:
                 if cursor_keyword:
-                    result = self._fetch_from_cursor(conn)
+                    try:
+                        result = self._fetch_from_cursor(conn)
+                    except psycopg2.errors.FeatureNotSupported:
+                        if self.statement.first != "WITH":
+                            raise
+                        # A WITH holding INSERT/UPDATE/DELETE cannot sit behind
+                        # DECLARE; run it as it is (read-only still applies).
+                        conn.rollback()
+                        result = self._fetch_plain(conn)
                 else:
                     result = self._fetch_plain(conn)
                 if not conn.autocommit:

@@ -30,9 +30,10 @@ class QueryView(APIView):
         )
 
     def handle_exception(self, exc: Exception) -> Response:
-        # §5: failures answer {"success": false, "error": ...}. A 401 stays the
-        # generic answer: Pazator logs out on it, whatever the endpoint.
+        # §5: a refused (403) or failed (400) query answers {"success": false,
+        # "error": ...}, which Pazator's connector reads. Everything else keeps
+        # the generic body; above all 401, on which Pazator logs out.
         response = super().handle_exception(exc)
-        if response.status_code != 401 and isinstance(response.data, dict) and set(response.data) == {"error"}:
+        if response.status_code in (400, 403) and isinstance(response.data, dict) and set(response.data) == {"error"}:
             response.data = {"success": False, "error": response.data["error"]}
         return response

@@ -1,0 +1,310 @@
+"""The pure parts of remote SQL: connection strings, statement splitting, values, host patterns."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from query import hosts
+from query.connstring import ConnectionStringError, parse_connection_string
+from query.statements import StatementError, single_statement
+from query.values import duration_iso, json_safe, rows_as_objects
+
+# --- connection strings --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, engine, port",
+    [
+        ("postgres://u:p@db.example.com/sales", "postgresql", 5432),
+        ("postgresql://u:p@db.example.com:6543/sales", "postgresql", 6543),
+        ("mysql://u:p@db.example.com/sales", "mysql", 3306),
+        ("MariaDB://u:p@db.example.com:3307/sales", "mysql", 3307),
+    ],
+)
+def test_schemes_and_default_ports(url: str, engine: str, port: int) -> None:
+    spec = parse_connection_string(url)
+    assert (spec.engine, spec.host, spec.port, spec.user, spec.password, spec.database) == (
+        engine,
+        "db.example.com",
+        port,
+        "u",
+        "p",
+        "sales",
+    )
+
+
+def test_percent_encoded_user_password_and_database() -> None:
+    spec = parse_connection_string("postgres://al%40ice:p%40ss%3Aw%2Fo%23rd%25@DB.Example.com:5432/my%20db")
+    assert spec.user == "al@ice"
+    assert spec.password == "p@ss:w/o#rd%"
+    assert spec.host == "db.example.com"
+    assert spec.database == "my db"
+
+
+def test_ipv6_host() -> None:
+    spec = parse_connection_string("mysql://root@[::1]:3306/test")
+    assert (spec.host, spec.port) == ("::1", 3306)
+    assert spec.label == "mysql://[::1]:3306/test"
+
+
+def test_password_is_not_in_repr_or_label() -> None:
+    spec = parse_connection_string("postgres://u:hunter2secret@h/db")
+    assert "hunter2secret" not in repr(spec)
+    assert "hunter2secret" not in spec.label
+
+
+@pytest.mark.parametrize(
+    "url, options",
+    [
+        ("postgres://u@h/db?sslmode=require", {"sslmode": "require"}),
+        ("postgres://u@h/db?ssl=true", {"sslmode": "require"}),
+        ("postgres://u@h/db?application_name=pipeline", {"application_name": "pipeline"}),
+        ("mysql://u@h/db?charset=utf8mb4", {"charset": "utf8mb4"}),
+        ("mysql://u@h/db?ssl-mode=required", {"ssl_mode": "REQUIRED"}),
+        ("mysql://u@h/db?sslmode=verify-full", {"ssl_mode": "VERIFY_IDENTITY"}),
+        ("mariadb://u@h/db?ssl=0", {"ssl_mode": "DISABLED"}),
+    ],
+)
+def test_supported_options(url: str, options: dict[str, str]) -> None:
+    assert parse_connection_string(url).options == options
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("", "connectionString must be a non-empty string"),
+        ("sqlite:///tmp/x.db", "Unsupported database scheme 'sqlite': use postgres://, postgresql://, mysql:// or mariadb://"),
+        ("mongodb://u:p@h/db", "Unsupported database scheme 'mongodb': use postgres://, postgresql://, mysql:// or mariadb://"),
+        ("just some text", "connectionString must be a URL such as postgres://user:password@host:5432/database"),
+        ("postgres://u:p@h:notaport/db", "connectionString is not a valid URL (check the host and port)"),
+        ("postgres://u:p@h:70000/db", "connectionString is not a valid URL (check the host and port)"),
+        ("postgres://u:p@[::1/db", "connectionString is not a valid URL (check the host and port)"),
+        ("postgres://u:p@/db", "connectionString has no host"),
+        ("postgres://u:p@h/a/b", "connectionString's path must be a single database name"),
+        ("postgres://u:p@h/d\tb", "connectionString must not contain control characters"),
+        ("postgres://u:p%0A@h/db", "connectionString must not contain control characters"),
+        (
+            "postgres://u@h/db?hostaddr=10.0.0.1",
+            "Unsupported connection option 'hostaddr' for PostgreSQL (supported: sslmode, ssl, application_name)",
+        ),
+        (
+            "postgres://u@h/db?options=-c%20default_transaction_read_only%3Doff",
+            "Unsupported connection option 'options' for PostgreSQL (supported: sslmode, ssl, application_name)",
+        ),
+        (
+            "mysql://u@h/db?read_default_file=/etc/my.cnf",
+            "Unsupported connection option 'read_default_file' for MySQL/MariaDB (supported: charset, ssl-mode, ssl_mode, sslmode, ssl)",
+        ),
+        ("postgres://u@h/db?sslmode=maybe", "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"),
+        ("postgres://u@h/db?sslmode=require&sslmode=disable", "Connection option 'sslmode' is given twice"),
+        ("mysql://u@h/db?charset=utf8;drop", "charset must be a character set name such as utf8mb4"),
+    ],
+)
+def test_bad_connection_strings(url: str, message: str) -> None:
+    with pytest.raises(ConnectionStringError) as info:
+        parse_connection_string(url)
+    assert str(info.value) == message
+
+
+def test_bad_port_message_does_not_quote_the_password() -> None:
+    with pytest.raises(ConnectionStringError) as info:
+        parse_connection_string("postgres://u:topsecret42@h:99999/db")
+    assert "topsecret42" not in str(info.value)
+
+
+# --- one statement per request -------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+@pytest.mark.parametrize(
+    "sql, sent",
+    [
+        ("SELECT 1", "SELECT 1"),
+        ("SELECT 1;", "SELECT 1"),
+        ("  SELECT 1 ;  \n", "SELECT 1"),
+        ("SELECT 1; -- done\n", "SELECT 1"),
+        ("SELECT 1; /* done */ ;", "SELECT 1"),
+        ("SELECT ';' AS semi", "SELECT ';' AS semi"),
+        ("SELECT 'it''s; fine'", "SELECT 'it''s; fine'"),
+        ('SELECT 1 AS "a;b"', 'SELECT 1 AS "a;b"'),
+        ("SELECT 1 /* ; */", "SELECT 1 /* ; */"),
+        ("SELECT 1 -- ; DROP TABLE t", "SELECT 1 -- ; DROP TABLE t"),
+    ],
+)
+def test_one_statement_is_accepted(dialect: str, sql: str, sent: str) -> None:
+    assert single_statement(sql, dialect=dialect).text == sent
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT 1; SELECT 2", "SELECT 1;DELETE FROM t;", "SELECT ';'; SELECT 2", "/* a */ SELECT 1 ; UPDATE t SET a = 1"],
+)
+def test_several_statements_are_refused(dialect: str, sql: str) -> None:
+    with pytest.raises(StatementError) as info:
+        single_statement(sql, dialect=dialect)
+    assert str(info.value) == "The query contains 2 statements; send one statement per request"
+
+
+def test_postgres_quoting() -> None:
+    # With standard_conforming_strings a backslash does not escape the quote...
+    with pytest.raises(StatementError):
+        single_statement(r"SELECT 'a\'; DELETE FROM t", dialect="postgresql")
+    # ... except in E'' strings.
+    assert single_statement(r"SELECT E'a\'; b'", dialect="postgresql").text == r"SELECT E'a\'; b'"
+    assert single_statement("SELECT $$a; b$$", dialect="postgresql").text == "SELECT $$a; b$$"
+    assert single_statement("SELECT $fn$ ; $$ ; $fn$", dialect="postgresql").text == "SELECT $fn$ ; $$ ; $fn$"
+    assert single_statement("SELECT 1 /* outer /* inner ; */ still ; */", dialect="postgresql").words == ("SELECT",)
+    assert single_statement("SELECT a$b$ FROM t", dialect="postgresql").words == ("SELECT", "A$B$", "FROM", "T")
+    with pytest.raises(StatementError):
+        # "1" then a dollar quote, as PostgreSQL reads it: the ';' is inside it.
+        single_statement("SELECT 1$x$; DELETE FROM t", dialect="postgresql")
+    with pytest.raises(StatementError) as info:
+        single_statement("SELECT $q$ unterminated", dialect="postgresql")
+    assert str(info.value) == "The query has an unterminated dollar-quoted string"
+
+
+def test_mysql_quoting() -> None:
+    # A backslash escapes the quote in MySQL, so this is one statement.
+    assert single_statement(r"SELECT 'a\'; DELETE FROM t'", dialect="mysql").words == ("SELECT",)
+    assert single_statement("SELECT `a;b` FROM t # ; comment", dialect="mysql").words == ("SELECT", "FROM", "T")
+    # "--" without a space is two minus signs in MySQL.
+    with pytest.raises(StatementError):
+        single_statement("SELECT 1 --1; DELETE FROM t", dialect="mysql")
+    # The server executes /*! ... */: its words count, its ';' splits.
+    assert single_statement("/*!SET STATEMENT x=1 FOR*/ CREATE TABLE t (i int)", dialect="mysql").words[:2] == (
+        "SET",
+        "STATEMENT",
+    )
+    with pytest.raises(StatementError):
+        single_statement("SELECT 1 /*! ; DELETE FROM t */", dialect="mysql")
+
+
+@pytest.mark.parametrize("sql", ["", "   ", ";", " ; ; ", "-- nothing\n", "/* nothing */"])
+def test_empty_query(sql: str) -> None:
+    with pytest.raises(StatementError) as info:
+        single_statement(sql, dialect="postgresql")
+    assert str(info.value) == "The query is empty"
+
+
+@pytest.mark.parametrize("sql, what", [("SELECT 'abc", "string"), ('SELECT "abc', "quoted identifier"), ("SELECT /* x", "comment")])
+def test_unterminated(sql: str, what: str) -> None:
+    with pytest.raises(StatementError) as info:
+        single_statement(sql, dialect="mysql")
+    assert str(info.value) == f"The query has an unterminated {what}"
+
+
+def test_statement_words_classify() -> None:
+    statement = single_statement("(SELECT 1) UNION (SELECT 2)", dialect="postgresql")
+    assert statement.first == "SELECT"
+    assert single_statement("select 1 into outfile '/x'", dialect="mysql").contains("INTO", "OUTFILE")
+    assert not single_statement("select 'into outfile'", dialect="mysql").contains("INTO", "OUTFILE")
+
+
+# --- JSON-safe values ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None),
+        (True, True),
+        ("text", "text"),
+        (2**53 - 1, 2**53 - 1),
+        (-(2**53 - 1), -(2**53 - 1)),
+        (2**53, "9007199254740992"),
+        (-(2**63), "-9223372036854775808"),
+        (2**64 - 1, "18446744073709551615"),
+        (Decimal("12.50"), "12.50"),
+        (Decimal("NaN"), "NaN"),
+        (1.5, 1.5),
+        (float("nan"), None),
+        (float("inf"), None),
+        (float("-inf"), None),
+        (b"\x00\xff", base64.b64encode(b"\x00\xff").decode()),
+        (memoryview(b"abc"), "YWJj"),
+        (dt.date(2024, 2, 29), "2024-02-29"),
+        (dt.time(13, 14, 15, 500000), "13:14:15.500000"),
+        (dt.datetime(2024, 2, 29, 13, 14, 15, 123456), "2024-02-29T13:14:15.123456"),
+        (dt.datetime(2024, 2, 29, 13, 14, 15, tzinfo=dt.timezone(dt.timedelta(hours=2))), "2024-02-29T11:14:15Z"),
+        (dt.timedelta(days=1, hours=2, minutes=3, seconds=4, microseconds=500000), "P1DT2H3M4.5S"),
+        (uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        ({"a": [1, 2**60, float("nan")], "b": None}, {"a": [1, str(2**60), None], "b": None}),
+        ([Decimal("1.5"), None, [1, 2]], ["1.5", None, [1, 2]]),
+        ({"b", "a"}, ["a", "b"]),
+        (ipaddress.ip_address("10.0.0.1"), "10.0.0.1"),
+    ],
+)
+def test_json_safe(value: object, expected: object) -> None:
+    assert json_safe(value) == expected
+
+
+@pytest.mark.parametrize(
+    "delta, text",
+    [
+        (dt.timedelta(0), "PT0S"),
+        (dt.timedelta(seconds=-1), "-PT1S"),
+        (dt.timedelta(days=2), "P2D"),
+        (dt.timedelta(hours=838, minutes=59, seconds=59), "P34DT22H59M59S"),
+        (dt.timedelta(microseconds=1), "PT0.000001S"),
+    ],
+)
+def test_duration_iso(delta: dt.timedelta, text: str) -> None:
+    assert duration_iso(delta) == text
+
+
+def test_rows_as_objects_keeps_column_order() -> None:
+    rows = rows_as_objects(["b", "a"], [(1, Decimal("2.0")), (None, None)])
+    assert rows == [{"b": 1, "a": "2.0"}, {"b": None, "a": None}]
+    assert list(rows[0]) == ["b", "a"]
+
+
+# --- host patterns -------------------------------------------------------
+
+
+def _allowed(patterns: list[str], name: str, port: int, addresses: list[str]) -> list[str]:
+    return hosts.allowed_addresses(name=name, port=port, addresses=addresses, patterns=hosts.parse_patterns(patterns))
+
+
+def test_host_patterns() -> None:
+    assert _allowed(["db.example.com"], "db.example.com", 5432, ["10.0.0.5"]) == ["10.0.0.5"]
+    assert _allowed(["db.example.com:5432"], "db.example.com", 5433, ["10.0.0.5"]) == []
+    assert _allowed(["*.corp.example"], "pg.corp.example", 5432, ["10.0.0.5"]) == ["10.0.0.5"]
+    assert _allowed(["*.corp.example"], "corp.example", 5432, ["10.0.0.5"]) == []
+    # Network patterns look at the resolved addresses, whatever the name.
+    assert _allowed(["10.0.0.0/8"], "anything.example", 3306, ["10.1.2.3", "192.168.1.1"]) == ["10.1.2.3"]
+    assert _allowed(["127.0.0.1:5432"], "localhost", 5432, ["127.0.0.1"]) == ["127.0.0.1"]
+    assert _allowed(["[::1]:5432"], "localhost", 5432, ["::1", "127.0.0.1"]) == ["::1"]
+    assert _allowed(["[fd00::/8]"], "v6.example", 5432, ["fd12::1"]) == ["fd12::1"]
+
+
+@pytest.mark.parametrize("pattern", ["host:port", "host:0", "[::1", "[::1]x", ":5432"])
+def test_bad_host_patterns(pattern: str) -> None:
+    with pytest.raises(hosts.HostError):
+        hosts.parse_pattern(pattern)
+
+
+def test_resolve_literal_and_mapped_addresses() -> None:
+    assert hosts.resolve("::ffff:127.0.0.1", 5432, timeout=1) == ["127.0.0.1"]
+    assert hosts.resolve("localhost", 5432, timeout=5)[0] in ("127.0.0.1", "::1")
+    with pytest.raises(hosts.HostError) as info:
+        hosts.resolve("no-such-host.invalid", 5432, timeout=5)
+    assert str(info.value) == "Could not resolve host 'no-such-host.invalid'"
+
+
+def test_own_database_on_loopback_matches_every_local_alias() -> None:
+    own = hosts.OwnDatabase.from_settings(engine="postgresql", host="localhost", port=5432, database="pzls", timeout=1)
+    for address in ["127.0.0.1", "127.0.0.2", "::1", "0.0.0.0", "::"]:
+        assert own.is_target(port=5432, database="pzls", addresses=[address])
+    assert not own.is_target(port=5432, database="other", addresses=["127.0.0.1"])
+    assert not own.is_target(port=5433, database="pzls", addresses=["127.0.0.1"])
+    assert not own.is_target(port=5432, database="pzls", addresses=["10.9.9.9"])
+    remote = hosts.OwnDatabase.from_settings(engine="mysql", host="10.9.9.9", port=3306, database=None, timeout=1)
+    assert remote.is_target(port=3306, database="any", addresses=["10.9.9.9"])
+    assert not remote.is_target(port=3306, database="any", addresses=["127.0.0.1"])

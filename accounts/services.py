@@ -128,33 +128,14 @@ def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
 
 
 def user_register(*, username: object, password: object) -> tuple[str, User]:
-    """Create an account and return (token, user).
+    """Create an account through the API and return (token, user).
 
-    The first account ever is an admin, every later one an analyst. The
-    registration gate row serialises registrations, so two simultaneous first
-    registrations cannot both become admin. The first registration also takes
-    over a legacy single-user repository, if one is in the data directory.
+    The first account ever is an admin, every later one an analyst; the first
+    also takes over a legacy single-user repository (see ``user_create``).
     """
     if settings.PZLS_REGISTRATION == "closed":
         raise Forbidden("Registration is closed")
-    username = validate_username(username)
-    password = validate_password(password)
-    password_hash = make_password(password)  # slow; done before taking the gate
-    from sync import services as sync_services
-
-    try:
-        with transaction.atomic():
-            RegistrationGate.objects.get_or_create(pk=1)
-            RegistrationGate.objects.select_for_update().get(pk=1)
-            if User.objects.filter(username_key=username_key(username)).exists():
-                raise Conflict("Username already taken")
-            first = not User.objects.exists()
-            user = User(username=username, role=Role.ADMIN if first else Role.ANALYST, password=password_hash)
-            user.save()
-            if first:
-                sync_services.repository_adopt_legacy(user_id=str(user.pk))
-    except IntegrityError:
-        raise Conflict("Username already taken") from None
+    user = user_create(username=username, password=password)
     return token_issue(user=user), user
 
 
@@ -211,11 +192,8 @@ def user_get(*, user_id: object) -> User:
 
 
 def user_delete(*, actor: User, user_id: object) -> None:
-    """Delete a user with their tokens, repository and changelog (see ``accounts.signals``)."""
-    user = user_get(user_id=user_id)
-    if user.pk == actor.pk:
-        raise BadRequest("You cannot delete your own account")
-    user.delete()
+    """Delete a user by id with their tokens, repository and changelog (the admin API)."""
+    user_delete_with_data(user=user_get(user_id=user_id), actor=actor)
 
 
 # --- administration rules shared by the admin site, the API and the shell -----
@@ -318,15 +296,17 @@ def user_set_password(*, user: User, password: object) -> None:
 def user_create(*, username: object, password: object, role: str | None = None) -> User:
     """Create an account from the shell or the admin site.
 
-    Validated exactly like registration. Without a ``role`` the registration
-    rule applies (the first account is an admin, later ones analysts), and the
-    first account takes over a legacy single-user repository, as registration does.
+    Without a ``role`` the registration rule applies: the first account is an
+    admin, later ones analysts. The registration gate row serialises account
+    creation, so two simultaneous first registrations cannot both become
+    admin. The first account ever also takes over a legacy single-user
+    repository, if one is in the data directory.
     """
     username = validate_username(username)
     password = validate_password(password)
     if role is not None and role not in Role.values:
         raise BadRequest(f"Role must be one of: {', '.join(Role.values)}")
-    password_hash = make_password(password)
+    password_hash = make_password(password)  # slow; done before taking the gate
     from sync import services as sync_services
 
     try:

@@ -81,6 +81,23 @@ def test_pull_bytes_are_compact_json_of_the_repository(store: BaseRepositoryStor
     assert raw == orjson.dumps({"version": 1, "data": {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}}})
 
 
+def test_pull_tag_changes_exactly_when_the_pull_changes(store: BaseRepositoryStore) -> None:
+    tags = [store.pull_tag(U1)]
+    push(store, {"humans": {"h1": {"a": 1}}})
+    tags.append(store.pull_tag(U1))
+    push(store, {"humans": {"h1": {"a": 1}}})  # no change
+    assert store.pull_tag(U1) == tags[-1] == fresh(store).pull_tag(U1)
+    push(store, {"humans": {"h1": {"a": 2}}})
+    tags.append(store.pull_tag(U1))
+    store.replace(U1, Repository(version=2, data={"humans": {"h1": {"a": 3}}}), [])  # same version, new content
+    tags.append(store.pull_tag(U1))
+    store.delete(U1)
+    push(store, {"humans": {"h1": {"a": 1}}})  # version 1 again, after a delete
+    tags.append(store.pull_tag(U1))
+    assert len(set(tags)) == len(tags)
+    assert store.pull_tag(U2) != tags[-1]
+
+
 def test_identical_push_changes_nothing(store: BaseRepositoryStore) -> None:
     push(store, {"humans": {"h1": {"a": 1, "b": [1, 2]}}})
     before = store.pull_bytes(U1)

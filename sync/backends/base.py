@@ -61,6 +61,10 @@ class BaseRepositoryStore:
         """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""
         raise NotImplementedError
 
+    def pull_tag(self, user_id: str) -> str:
+        """A short string that changes whenever the pull body changes (an HTTP ETag), cheaply."""
+        raise NotImplementedError
+
     def load(self, user_id: str) -> Repository:
         """The parsed repository (version 0 and no stores when the user has none)."""
         raise NotImplementedError

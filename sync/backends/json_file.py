@@ -92,6 +92,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except OSError as exc:
             raise StorageError("cannot read repository") from exc
 
+    def pull_tag(self, user_id: str) -> str:
+        # Every commit writes a new file, so its identity changes with every push.
+        identity = file_identity(self._path(user_id, "repo"))
+        if identity is None:
+            return "empty"
+        return "-".join(f"{n:x}" for n in identity)
+
     def load(self, user_id: str) -> Repository:
         path = self._path(user_id, "repo")
         try:

@@ -240,43 +240,46 @@ def _pg_text(value: str | None, cursor: Any) -> str | None:
     return value
 
 
-def _pg_date_or_text(default: Any) -> Callable[[str | None, Any], Any]:
-    """psycopg2's own caster, except where it would lie: 'infinity' becomes
-    9999-12-31 there, and BC dates do not fit Python's date at all."""
+def _pg_timestamp(value: str | None, cursor: Any) -> str | None:
+    # "2024-02-29 13:14:15.5" -> "2024-02-29T13:14:15.5"; infinity and BC stay as the server wrote them.
+    if value is None or value[-1] == "y" or value.endswith(" BC"):
+        return value
+    return value.replace(" ", "T", 1)
 
-    def cast(value: str | None, cursor: Any) -> Any:
-        if value is None:
-            return None
-        if value in ("infinity", "-infinity") or value.endswith(" BC"):
-            return value
-        try:
-            return default(value, cursor)
-        except (ValueError, OverflowError, psycopg2.DataError):
-            return value
 
-    return cast
+def _pg_timestamptz(value: str | None, cursor: Any) -> str | None:
+    # The session's TimeZone is UTC, so the server writes "+00": ISO 8601's "Z".
+    if value is None or value[-1] == "y" or value.endswith(" BC"):
+        return value
+    value = value.replace(" ", "T", 1)
+    return value[:-3] + "Z" if value.endswith("+00") else value
 
 
 def _pg_types() -> list[Any]:
-    text = [
-        # interval: psycopg2's timedelta turns "1 mon" into 30 days; the server's
-        # ISO 8601 text (IntervalStyle=iso_8601) is exact.
-        ((1186,), (1187,), "INTERVAL"),
-        # ranges and multiranges: their text form ("[1,5)") is what a client can read.
-        ((3904, 3926, 3906, 3908, 3910, 3912), (3905, 3927, 3907, 3909, 3911, 3913), "RANGE"),
-        ((4451, 4536, 4532, 4533, 4534, 4535), (6150, 6157, 6151, 6152, 6153, 6155), "MULTIRANGE"),
+    """Type casters for the date, time, interval, numeric and range types: the server's text.
+
+    With DateStyle=ISO, IntervalStyle=iso_8601 and TimeZone=UTC that text
+    already is ISO 8601, exact to the server's precision, and it also holds
+    what Python's types cannot: 'infinity' (psycopg2 would answer
+    9999-12-31), BC dates, months in an interval (a timedelta turns "1 mon"
+    into 30 days), NaN numerics. It is also faster than building Python
+    objects only to print them again.
+    """
+    casters = [
+        ((1082,), (1182,), "DATE", _pg_text),
+        ((1083,), (1183,), "TIME", _pg_text),
+        ((1266,), (1270,), "TIMETZ", _pg_text),
+        ((1114,), (1115,), "TIMESTAMP", _pg_timestamp),
+        ((1184,), (1185,), "TIMESTAMPTZ", _pg_timestamptz),
+        ((1186,), (1187,), "INTERVAL", _pg_text),
+        ((1700,), (1231,), "NUMERIC", _pg_text),
+        ((3904, 3926, 3906, 3908, 3910, 3912), (3905, 3927, 3907, 3909, 3911, 3913), "RANGE", _pg_text),
+        ((4451, 4536, 4532, 4533, 4534, 4535), (6150, 6157, 6151, 6152, 6153, 6155), "MULTIRANGE", _pg_text),
     ]
     types = []
-    for oids, array_oids, name in text:
-        scalar = pgext.new_type(oids, f"PZLS_{name}", _pg_text)
+    for oids, array_oids, name, cast in casters:
+        scalar = pgext.new_type(oids, f"PZLS_{name}", cast)
         types += [scalar, pgext.new_array_type(array_oids, f"PZLS_{name}ARRAY", scalar)]
-    for oid, array_oid, default, name in (
-        (1082, 1182, pgext.PYDATE, "DATE"),
-        (1114, 1115, pgext.PYDATETIME, "TIMESTAMP"),
-        (1184, 1185, pgext.PYDATETIMETZ, "TIMESTAMPTZ"),
-    ):
-        scalar = pgext.new_type((oid,), f"PZLS_{name}", _pg_date_or_text(default))
-        types += [scalar, pgext.new_array_type((array_oid,), f"PZLS_{name}ARRAY", scalar)]
     return types
 
 

@@ -259,6 +259,14 @@ def test_duration_iso(delta: dt.timedelta, text: str) -> None:
     assert duration_iso(delta) == text
 
 
+def test_rows_as_objects_converts_what_the_fast_path_must_not_pass() -> None:
+    rows = rows_as_objects(
+        ["nan", "inf", "big", "neg", "ok", "dec"],
+        [(float("nan"), float("-inf"), 2**53, -(2**53), 2.5, Decimal("1.10"))],
+    )
+    assert rows == [{"nan": None, "inf": None, "big": "9007199254740992", "neg": "-9007199254740992", "ok": 2.5, "dec": "1.10"}]
+
+
 def test_rows_as_objects_keeps_column_order() -> None:
     rows = rows_as_objects(["b", "a"], [(1, Decimal("2.0")), (None, None)])
     assert rows == [{"b": 1, "a": "2.0"}, {"b": None, "a": None}]

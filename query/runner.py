@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ logger = logging.getLogger("pzls.query")
 
 # Seconds after the server-side limit at which the watchdog cancels from outside.
 WATCHDOG_GRACE_S = 0.5
+# Seconds after that cancel at which the watchdog cuts the connection's socket.
+HARD_STOP_AFTER_S = 3.0
 
 # libpq reads ~/.pgpass when no password is given; pointing passfile at a path
 # that cannot exist keeps the PZLS user's stored passwords out of reach.
@@ -99,20 +103,40 @@ def _one_line(text: str) -> str:
 
 
 class _Watchdog:
-    """Calls ``cancel`` once if the block is still running after ``seconds``."""
+    """Cancels the session's statement if it is still running after ``seconds``.
 
-    def __init__(self, seconds: float, cancel: Callable[[], None]) -> None:
+    If the server ignores the cancel (or is not a real database server at
+    all), the socket is shut down ``HARD_STOP_AFTER_S`` later, so that no
+    server can hold a PZLS worker past its limit.
+    """
+
+    def __init__(self, seconds: float, cancel: Callable[[], None], fileno: int) -> None:
         self.fired = False
         self._cancel = cancel
+        self._fileno = fileno
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
+        self._hard: threading.Timer | None = None
 
     def _fire(self) -> None:
         self.fired = True
         try:
             self._cancel()
-        except Exception as exc:  # the statement still ends at the connection's close
+        except Exception as exc:  # the hard stop below still ends it
             logger.warning("Could not cancel a timed-out query: %s", type(exc).__name__)
+        self._hard = threading.Timer(HARD_STOP_AFTER_S, self._stop)
+        self._hard.daemon = True
+        self._hard.start()
+
+    def _stop(self) -> None:
+        logger.warning("A timed-out query ignored its cancel; closing its connection")
+        try:
+            # A duplicate of the driver's descriptor: shutting it down wakes the
+            # driver's blocked read, while the driver still owns (and closes) its own.
+            with socket.socket(fileno=os.dup(self._fileno)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def __enter__(self) -> "_Watchdog":
         self._timer.start()
@@ -120,7 +144,10 @@ class _Watchdog:
 
     def __exit__(self, *exc: Any) -> None:
         self._timer.cancel()
-        self._timer.join(timeout=10)
+        self._timer.join(timeout=30)
+        if self._hard is not None:
+            self._hard.cancel()
+            self._hard.join(timeout=30)
 
 
 def run_query(
@@ -169,10 +196,18 @@ class _Run:
 
     def run(self) -> tuple[list[str], list[Sequence[Any]], int, bool]:
         conn = self.connect()
+        # One watchdog for everything after the connect: a server that stalls
+        # the identity check or the session set-up is cut off too.
+        self.watchdog = _Watchdog(self.policy.timeout_s + WATCHDOG_GRACE_S, lambda: self.cancel(conn), conn.fileno())
         try:
-            self.check_identity(conn)
-            self.prepare(conn)
-            return self.execute(conn)
+            with self.watchdog:
+                self.check_identity(conn)
+                self.prepare(conn)
+                self.started = time.monotonic()
+                result = self.execute(conn)
+            if self.watchdog.fired:
+                raise self.timeout_error()
+            return result
         finally:
             try:
                 conn.close()
@@ -209,8 +244,16 @@ class _Run:
             f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled"
         )
 
+    def failure(self, message: str) -> QueryFailed:
+        """``message`` as the error, unless the watchdog's cancel is what caused it."""
+        return self.timeout_error() if self.watchdog.fired else QueryFailed(message)
+
     # Engine-specific parts.
     def open(self, address: str, connect_timeout: int) -> Any:
+        raise NotImplementedError
+
+    def cancel(self, conn: Any) -> None:
+        """Stop the statement running on ``conn``, from another thread."""
         raise NotImplementedError
 
     def is_network_error(self, exc: Exception) -> bool:
@@ -310,6 +353,9 @@ class _PostgresRun(_Run):
         conn.autocommit = True
         return conn
 
+    def cancel(self, conn: Any) -> None:
+        conn.cancel()
+
     def is_network_error(self, exc: Exception) -> bool:
         # libpq reports a server's refusal (bad password, unknown database) as FATAL.
         return isinstance(exc, psycopg2.OperationalError) and "FATAL" not in str(exc)
@@ -327,7 +373,7 @@ class _PostgresRun(_Run):
                 cursor.execute(identity_sql(POSTGRESQL))
                 return identity_from_row(POSTGRESQL, cursor.fetchone())
         except psycopg2.Error as exc:
-            raise QueryFailed(f"Could not read from {self.label}: {_pg_message(exc)}") from None
+            raise self.failure(f"Could not read from {self.label}: {_pg_message(exc)}") from None
 
     def prepare(self, conn: Any) -> None:
         timeout_ms = max(1, int(self.policy.timeout_s * 1000))
@@ -346,41 +392,37 @@ class _PostgresRun(_Run):
             with conn.cursor() as cursor:
                 cursor.execute("".join(f"SET {item};" for item in settings))
         except psycopg2.Error as exc:
-            raise QueryFailed(f"Could not prepare the session on {self.label}: {_pg_message(exc)}") from None
+            raise self.failure(f"Could not prepare the session on {self.label}: {_pg_message(exc)}") from None
 
     def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
         cursor_keyword = self.statement.first in _PG_CURSOR_KEYWORDS
         # Writes outside a transaction only when the policy allows writes:
         # VACUUM and friends cannot run inside one.
         conn.autocommit = not cursor_keyword and not self.policy.read_only
-        watchdog = _Watchdog(self.policy.timeout_s + WATCHDOG_GRACE_S, conn.cancel)
         try:
-            with watchdog:
-                if cursor_keyword:
-                    try:
-                        result = self._fetch_from_cursor(conn)
-                    except psycopg2.errors.FeatureNotSupported:
-                        if self.statement.first != "WITH":
-                            raise
-                        # A WITH holding INSERT/UPDATE/DELETE cannot sit behind
-                        # DECLARE; run it as it is (read-only still applies).
-                        conn.rollback()
-                        result = self._fetch_plain(conn)
-                else:
+            if cursor_keyword:
+                try:
+                    result = self._fetch_from_cursor(conn)
+                except psycopg2.errors.FeatureNotSupported:
+                    if self.statement.first != "WITH":
+                        raise
+                    # A WITH holding INSERT/UPDATE/DELETE cannot sit behind
+                    # DECLARE; run it as it is (read-only still applies).
+                    conn.rollback()
                     result = self._fetch_plain(conn)
-                if not conn.autocommit:
-                    if self.policy.read_only:
-                        conn.rollback()
-                    else:
-                        conn.commit()
+            else:
+                result = self._fetch_plain(conn)
+            if not conn.autocommit:
+                if self.policy.read_only:
+                    conn.rollback()
+                else:
+                    conn.commit()
         except psycopg2.Error as exc:
-            if watchdog.fired or exc.pgcode == "57014":
+            if exc.pgcode == "57014":
                 raise self.timeout_error() from None
             if exc.pgcode == "25006":
-                raise QueryFailed(f"Refused in a read-only session: {_pg_message(exc)}") from None
-            raise QueryFailed(f"SQL error: {_pg_message(exc)}") from None
-        if watchdog.fired:
-            raise self.timeout_error()
+                raise self.failure(f"Refused in a read-only session: {_pg_message(exc)}") from None
+            raise self.failure(f"SQL error: {_pg_message(exc)}") from None
         return result
 
     def _fetch_from_cursor(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
@@ -502,6 +544,7 @@ class _MySQLRun(_Run):
         kwargs = self.connect_kwargs(address, connect_timeout)
         conn = MySQLdb.connect(**kwargs)
         self.address = address
+        self.thread_id = conn.thread_id()
         try:
             conn.set_server_option(_MYSQL_OPTION_MULTI_STATEMENTS_OFF)
         except Exception:
@@ -529,9 +572,9 @@ class _MySQLRun(_Run):
         except MySQLdb.OperationalError as exc:
             if _mysql_code(exc) == 1193:  # an old server without a server id variable
                 return None
-            raise QueryFailed(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
+            raise self.failure(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
         except MySQLdb.Error as exc:
-            raise QueryFailed(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
+            raise self.failure(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
         finally:
             cursor.close()
 
@@ -553,9 +596,12 @@ class _MySQLRun(_Run):
             for sql in statements:
                 cursor.execute(sql)
         except MySQLdb.Error as exc:
-            raise QueryFailed(f"Could not prepare the session on {self.label}: {_mysql_message(exc)}") from None
+            raise self.failure(f"Could not prepare the session on {self.label}: {_mysql_message(exc)}") from None
         finally:
             cursor.close()
+
+    def cancel(self, conn: Any) -> None:
+        self.kill(self.thread_id)
 
     def kill(self, thread_id: int) -> None:
         """Stop the running statement from a second connection."""
@@ -566,46 +612,42 @@ class _MySQLRun(_Run):
             helper.close()
 
     def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        thread_id = conn.thread_id()
         cap = self.policy.max_rows
         cursor = MySQLdb.cursors.SSCursor(conn)
-        started = time.monotonic()
-        watchdog = _Watchdog(self.policy.timeout_s + WATCHDOG_GRACE_S, lambda: self.kill(thread_id))
         try:
-            with watchdog:
-                cursor.execute(self.statement.text)
-                if cursor.description is None:
-                    fields: list[str] = []
-                    rows: list[Sequence[Any]] = []
-                    row_count, truncated = max(conn.affected_rows(), 0), False
-                else:
-                    fields = [column[0] for column in cursor.description]
-                    rows = list(cursor.fetchmany(cap + 1))
-                    truncated = len(rows) > cap
-                    if truncated and cursor.fetchone() is not None:
-                        # Still streaming (the statement has its own LIMIT above
-                        # sql_select_limit): stop it rather than read it to the end.
-                        self.kill(thread_id)
-                    rows = rows[:cap]
-                    row_count = len(rows)
-                try:
-                    cursor.close()
-                except MySQLdb.Error:
-                    pass  # the killed remainder of a truncated result
-                if self.policy.read_only:
-                    conn.rollback()
-                else:
-                    conn.commit()
+            cursor.execute(self.statement.text)
+            if cursor.description is None:
+                fields: list[str] = []
+                rows: list[Sequence[Any]] = []
+                row_count, truncated = max(conn.affected_rows(), 0), False
+            else:
+                fields = [column[0] for column in cursor.description]
+                rows = list(cursor.fetchmany(cap + 1))
+                truncated = len(rows) > cap
+                if truncated and cursor.fetchone() is not None:
+                    # Still streaming (the statement has its own LIMIT above
+                    # sql_select_limit): stop it rather than read it to the end.
+                    self.kill(self.thread_id)
+                rows = rows[:cap]
+                row_count = len(rows)
+            try:
+                cursor.close()
+            except MySQLdb.Error:
+                pass  # the killed remainder of a truncated result
+            if self.policy.read_only:
+                conn.rollback()
+            else:
+                conn.commit()
         except MySQLdb.Error as exc:
             code = _mysql_code(exc)
-            if watchdog.fired or code in _MYSQL_TIMEOUT_ERRORS:
+            if code in _MYSQL_TIMEOUT_ERRORS:
                 raise self.timeout_error() from None
             if code in _MYSQL_READ_ONLY_ERRORS:
-                raise QueryFailed(f"Refused in a read-only session: {_mysql_message(exc)}") from None
-            raise QueryFailed(f"SQL error: {_mysql_message(exc)}") from None
+                raise self.failure(f"Refused in a read-only session: {_mysql_message(exc)}") from None
+            raise self.failure(f"SQL error: {_mysql_message(exc)}") from None
         # SLEEP() and BENCHMARK() end early without an error when interrupted:
         # a statement that only returned at the limit was cut off, not finished.
-        if watchdog.fired or time.monotonic() - started >= self.policy.timeout_s:
+        if time.monotonic() - self.started >= self.policy.timeout_s:
             raise self.timeout_error()
         return fields, rows, row_count, truncated
 

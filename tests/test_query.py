@@ -725,3 +725,31 @@ def test_copy_is_refused(admin_api: Any, pg: Server) -> None:
     assert_failed(
         query(admin_api, pg.url, "COPY (SELECT 1) TO PROGRAM 'true'"), 400, "COPY is not supported here; use SELECT"
     )
+
+
+def test_a_server_that_ignores_the_cancel_cannot_hold_the_worker(admin_api: Any, server: Server, monkeypatch: Any) -> None:
+    from query import runner
+
+    engine_run = runner._PostgresRun if server.kind == "pg" else runner._MySQLRun
+    original = engine_run.prepare
+
+    def prepare_without_server_limit(self: Any, conn: Any) -> None:
+        original(self, conn)
+        cursor = conn.cursor()
+        cursor.execute("SET statement_timeout = 0" if server.kind == "pg" else "SET SESSION max_statement_time = 0")
+        cursor.close()
+
+    monkeypatch.setattr(engine_run, "prepare", prepare_without_server_limit)
+    monkeypatch.setattr(engine_run, "cancel", lambda self, conn: None)
+    marker = f"pzls_hard_{uuid.uuid4().hex[:10]}"
+    sleep = "pg_sleep(30)" if server.kind == "pg" else "SLEEP(30)"
+    try:
+        with override_settings(PZLS_QUERY_TIMEOUT_S=1):
+            started = time.monotonic()
+            response = query(admin_api, server.url, f"SELECT {sleep}, '{marker}'")
+            elapsed = time.monotonic() - started
+        assert_failed(response, 400, "Query exceeded the time limit of 1 s and was cancelled")
+        assert elapsed < 1 + runner.WATCHDOG_GRACE_S + runner.HARD_STOP_AFTER_S + 2
+    finally:
+        for row in server.running(marker):
+            server.run(f"SELECT pg_terminate_backend({row[0]})" if server.kind == "pg" else f"KILL {row[0]}")

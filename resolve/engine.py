@@ -100,6 +100,9 @@ class _Index:
     repeats: dict[int, dict[int, int]]  # record -> {tag id: multiplicity - 1} for repeated tags
     is_repeat: np.ndarray  # bool per record: a key of ``repeats``
     tag_weight: dict[int, int]  # tag id -> largest multiplicity in any record
+    tag_ptr: np.ndarray  # (n + 1,) offsets into tag_flat: record p's distinct tag ids are tag_flat[tag_ptr[p]:tag_ptr[p+1]]
+    tag_flat: np.ndarray
+    irregular: np.ndarray  # bool per record: carries a tag that some record repeats (so it weighs more than 5)
 
     @property
     def n(self) -> int:
@@ -109,27 +112,27 @@ class _Index:
 def _codes(values: list[Any]) -> np.ndarray:
     """A small integer per distinct ``===`` key (see ``reference.truthy_key``), -1 where the rule cannot apply."""
     table: dict[Any, int] = {}
-    out = np.full(len(values), -1, dtype=np.int64)
-    for pos, value in enumerate(values):
+    out = []
+    for value in values:
         # Non-empty strings, by far the usual case, are their own key: no tuple key equals a str.
         key = value if type(value) is str and value else ref.truthy_key(value)
-        if key is not None:
-            out[pos] = table.setdefault(key, len(table))
-    return out
+        out.append(-1 if key is None else table.setdefault(key, len(table)))
+    return np.array(out, dtype=np.int64)
 
 
 def _build_index(entities: list[ref.Entity]) -> _Index:
     n = len(entities)
     names = [ref.utf16_units(e.name) for e in entities]
-    prefix_a = np.full((n, 4), -1, dtype=np.int32)
-    prefix_b = np.full((n, 4), -2, dtype=np.int32)
-    for pos, name in enumerate(names):
-        head = [ord(ch) for ch in name[:4]]
-        prefix_a[pos, : len(head)] = head
-        prefix_b[pos, : len(head)] = head
+    # The first four code units of each name; padding differs between the two copies so it never matches.
+    heads = np.frombuffer(
+        "".join([name[:4].ljust(4, "\0") for name in names]).encode("utf-32-le", "surrogatepass"), dtype=np.uint32
+    ).reshape(n, 4).astype(np.int32)
+    short = np.arange(4) >= np.fromiter((len(name) for name in names), dtype=np.int64, count=n)[:, None]
+    prefix_a = np.where(short, -1, heads)
+    prefix_b = np.where(short, -2, heads)
     records = [e.record for e in entities]
 
-    tag_table: dict[tuple, int] = {}
+    tag_table: dict[Any, int] = {}
     tag_sets: list[frozenset[int]] = []
     repeats: dict[int, dict[int, int]] = {}
     tag_weight: dict[int, int] = {}
@@ -141,7 +144,8 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
             continue
         counts: dict[int, int] = {}
         for item in tags:
-            key = ref.strict_key(item)
+            # Strings, the usual tags, are their own key: no tuple key equals a str.
+            key = item if type(item) is str else ref.strict_key(item)
             if key is None:
                 continue
             tag_id = tag_table.get(key)
@@ -175,6 +179,15 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
     else:
         rare_codes, rare_counts = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
 
+    tag_counts = np.fromiter(map(len, tag_sets), dtype=np.int64, count=n)
+    tag_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(tag_counts, out=tag_ptr[1:])
+    tag_flat = np.fromiter((t for tags in tag_sets for t in tags), dtype=np.int64, count=int(tag_ptr[-1]))
+    irregular = np.zeros(n, dtype=bool)
+    repeated_tags = [tag_id for tag_id, weight in tag_weight.items() if weight > 1]
+    if repeated_tags:
+        owner = np.repeat(np.arange(n), tag_counts)
+        irregular[owner[np.isin(tag_flat, repeated_tags)]] = True
     names_array = np.empty(n, dtype=object)
     names_array[:] = names
     is_repeat = np.zeros(n, dtype=bool)
@@ -195,6 +208,9 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
         repeats=repeats,
         is_repeat=is_repeat,
         tag_weight=tag_weight,
+        tag_ptr=tag_ptr,
+        tag_flat=tag_flat,
+        irregular=irregular,
     )
 
 
@@ -257,59 +273,114 @@ def _record_features(
     return features
 
 
-def _group_pairs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Codes i*n+j of all pairs within each group (members ascending within a group)."""
+def _group_pairs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (members[a], members[b]), a < b, within each group of consecutive ``members``."""
     ends = np.repeat(starts + sizes, sizes)
     positions = np.arange(len(members))
     partners = ends - positions - 1
     total = int(partners.sum())
     first = np.repeat(positions, partners)
     offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
-    second = first + 1 + offsets
-    return members[first], members[second]
+    return members[first], members[first + 1 + offsets]
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, on uint64 arrays (wrapping multiplication is intended)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _row_hashes(keys: np.ndarray) -> np.ndarray:
+    """One 64-bit hash per row of feature ids. Equal rows hash equally; a collision only adds candidates."""
+    h = np.full(len(keys), keys.shape[1], dtype=np.uint64)
+    for column in keys.T:
+        h = _mix(h ^ _mix(column.astype(np.uint64)))
+    return h
+
+
+def _feature_blocks(index: _Index) -> list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]]:
+    """Records grouped by the weights of their exact features: (records, feature ids per record, weights).
+
+    Weights are heaviest first and the feature-id columns follow them. Within
+    one weight the column order does not matter, because keys are sorted.
+    """
+    n = index.n
+    fields = []
+    for codes, kind, points in (
+        (index.birth, _KIND_BIRTH, ref.BIRTH_DATE_POINTS),
+        (index.nationality, _KIND_NATIONALITY, ref.NATIONALITY_POINTS),
+        (index.workplace, _KIND_WORKPLACE, ref.WORKPLACE_POINTS),
+    ):
+        fields.append((codes >= 0, codes * 4 + kind, points))
+    counts = np.diff(index.tag_ptr)
+    signature = counts.copy()
+    for bit, (present, _, _) in enumerate(fields):
+        signature += present.astype(np.int64) << (40 + bit)
+    blocks = []
+    regular = ~index.irregular
+    for value in np.unique(signature[regular]).tolist():
+        rows = np.nonzero(regular & (signature == value))[0]
+        k = value & ((1 << 40) - 1)
+        columns, weights = [], []
+        for bit, (_, ids, points) in enumerate(fields):
+            if value >> (40 + bit) & 1:
+                columns.append(ids[rows])
+                weights.append(points)
+        if k:
+            tags = index.tag_flat[index.tag_ptr[rows][:, None] + np.arange(k)] * 4 + _KIND_TAG
+            columns.extend(tags.T)
+            weights.extend([ref.TAG_POINTS] * k)
+        if columns:
+            blocks.append((rows, np.column_stack(columns), tuple(weights)))
+    # Records with a tag that someone repeats: weights vary, so sort their features one by one.
+    irregular: dict[tuple[int, ...], tuple[list[int], list[list[int]]]] = {}
+    birth, nationality, workplace = index.birth.tolist(), index.nationality.tolist(), index.workplace.tolist()
+    for pos in np.nonzero(index.irregular)[0].tolist():
+        features = _record_features(index, pos, birth, nationality, workplace)
+        rows, ids = irregular.setdefault(tuple(w for w, _ in features), ([], []))
+        rows.append(pos)
+        ids.append([f for _, f in features])
+    for weights, (rows, ids) in irregular.items():
+        blocks.append((np.asarray(rows, dtype=np.int64), np.asarray(ids, dtype=np.int64), weights))
+    return blocks
 
 
 def _sparse_candidates(index: _Index, need: float) -> np.ndarray | None:
     """Sorted unique codes of every pair whose exact part may reach ``need``, or None when too many."""
     n = index.n
-    groups: dict[tuple[int, ...], list[int]] = {}
-    heavy: list[int] = []
-    # Records with the same weights have the same minimal sets by position: work them out once.
-    patterns: dict[tuple[int, ...], list[tuple[int, ...]] | None] = {}
-    birth, nationality, workplace = index.birth.tolist(), index.nationality.tolist(), index.workplace.tolist()
-    for pos in range(n):
-        features = _record_features(index, pos, birth, nationality, workplace)
-        weights = tuple(w for w, _ in features)
-        sets = patterns.get(weights, ())
-        if sets == ():
-            sets = patterns[weights] = _minimal_sets(weights, need)
+    hashes, owners, heavy = [], [], []
+    for rows, ids, weights in _feature_blocks(index):
+        sets = _minimal_sets(weights, need)
         if sets is None:
-            heavy.append(pos)
+            heavy.append(rows)
             continue
-        ids = [f for _, f in features]
         for positions in sets:
-            key = tuple([ids[k] for k in positions])
-            bucket = groups.get(key)
-            if bucket is None:
-                groups[key] = [pos]
-            else:
-                bucket.append(pos)
-    all_pairs = n * (n - 1) // 2
-    buckets = [bucket for bucket in groups.values() if len(bucket) > 1]
-    sizes = np.fromiter((len(b) for b in buckets), dtype=np.int64, count=len(buckets))
-    estimate = int((sizes * (sizes - 1) // 2).sum()) + len(heavy) * n
-    if estimate > SPARSE_MAX_PAIRS or estimate > SPARSE_MAX_SHARE * all_pairs:
+            keys = np.sort(ids[:, list(positions)], axis=1)
+            hashes.append(_row_hashes(keys))
+            owners.append(rows)
+    heavy_rows = np.concatenate(heavy) if heavy else np.empty(0, dtype=np.int64)
+    if hashes:
+        h = np.concatenate(hashes)
+        owner = np.concatenate(owners)
+        order = np.lexsort((owner, h))
+        h, owner = h[order], owner[order]
+        starts = np.flatnonzero(np.concatenate(([True], h[1:] != h[:-1])))
+        sizes = np.diff(np.append(starts, len(h)))
+    else:
+        owner = starts = sizes = np.empty(0, dtype=np.int64)
+    estimate = int((sizes * (sizes - 1) // 2).sum()) + len(heavy_rows) * n
+    if estimate > SPARSE_MAX_PAIRS or estimate > SPARSE_MAX_SHARE * (n * (n - 1) // 2):
         return None
     parts = []
-    if buckets:
-        members = np.fromiter((p for b in buckets for p in b), dtype=np.int64, count=int(sizes.sum()))
-        starts = np.cumsum(sizes) - sizes
-        first, second = _group_pairs(members, starts, sizes)
-        parts.append(first * n + second)
+    if len(owner):
+        first, second = _group_pairs(owner, starts, sizes)
+        distinct = first != second  # the same record under two colliding keys
+        parts.append(first[distinct] * n + second[distinct])
     everyone = np.arange(n, dtype=np.int64)
-    for h in heavy:
-        others = everyone[everyone != h]
-        parts.append(np.minimum(others, h) * n + np.maximum(others, h))
+    for h_pos in heavy_rows.tolist():
+        others = everyone[everyone != h_pos]
+        parts.append(np.minimum(others, h_pos) * n + np.maximum(others, h_pos))
     if not parts:
         return np.empty(0, dtype=np.int64)
     return np.unique(np.concatenate(parts))

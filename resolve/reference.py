@@ -22,9 +22,8 @@ Pure Python: nothing here imports Django.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 # The original sends at most this many matches; ``count`` still counts all of them.
 MAX_RESULTS = 200
@@ -44,14 +43,13 @@ _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
 _MAX_ARRAY_INDEX = 4294967294  # 2**32 - 2: the largest canonical array index in JavaScript
 
 
-@dataclass(frozen=True)
-class Entity:
+class Entity(NamedTuple):
     """One record of ``humans`` or ``others`` as the original sees it."""
 
     id: Any
     name: Any
     type: str
-    record: Mapping[str, Any]
+    record: dict[str, Any]
 
     @property
     def has_name(self) -> bool:
@@ -67,7 +65,9 @@ class Entity:
 
 def is_array_index(key: str) -> bool:
     """True for keys JavaScript orders as integers: "0", "17", not "01", "-1" or "1.0"."""
-    return len(key) <= 10 and _ARRAY_INDEX.fullmatch(key) is not None and int(key) <= _MAX_ARRAY_INDEX
+    return (
+        key[:1].isdigit() and len(key) <= 10 and _ARRAY_INDEX.fullmatch(key) is not None and int(key) <= _MAX_ARRAY_INDEX
+    )
 
 
 def js_key_order(store: Mapping[str, Any]) -> list[str]:
@@ -278,16 +278,16 @@ def entities_of(data: Mapping[str, Any]) -> list[Entity]:
 
     An entity's id is its record's ``id``, or the record's key when the record
     has no ``id`` (missing or null). Stores that are missing or not objects
-    contribute nothing.
+    contribute nothing. Parsed JSON only: stores and records are dicts.
     """
     entities: list[Entity] = []
     for store_name, entity_type in ENTITY_STORES:
         store = data.get(store_name)
-        if not isinstance(store, Mapping):
+        if not isinstance(store, dict):
             continue
         for key in js_key_order(store):
             record = store[key]
-            if not isinstance(record, Mapping):
+            if not isinstance(record, dict):
                 continue
             record_id = record.get("id")
             entities.append(

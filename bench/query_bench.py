@@ -69,6 +69,19 @@ def _driver_fetch(url: str, sql: str) -> Callable[[], object]:
     return fetch
 
 
+def _api_query(session: requests.Session, base: str, label: str, url: str, sql: str) -> Callable[[], int]:
+    """One checked POST /api/query; returns the answer's size in bytes."""
+
+    def request() -> int:
+        answer = session.post(base + "/api/query", json={"connectionString": url, "query": sql})
+        body = answer.json()
+        if answer.status_code != 200 or body.get("rowCount") != ROWS or len(body["fields"]) != 10:
+            raise RuntimeError(f"{label}: unexpected answer {answer.status_code} {str(body)[:300]}")
+        return len(answer.content)
+
+    return request
+
+
 def run(args: Any) -> list[Table]:
     runs = 3 if args.quick else 9
     targets = [
@@ -93,23 +106,15 @@ def run(args: Any) -> list[Table]:
                 except Exception as exc:
                     table.add(label, "unavailable", type(exc).__name__, "", "")
                     continue
-                sizes: list[int] = []
-
-                def request() -> None:
-                    answer = session.post(server.url + "/api/query", json={"connectionString": url, "query": sql})
-                    body = answer.json()
-                    if answer.status_code != 200 or body.get("rowCount") != ROWS or len(body["fields"]) != 10:
-                        raise RuntimeError(f"{label}: unexpected answer {answer.status_code} {str(body)[:300]}")
-                    sizes.append(len(answer.content))
-
-                request()  # warm the worker (imports, type casters)
+                request = _api_query(session, server.url, label, url, sql)
+                size = request()  # warms the worker (imports, type casters)
                 http = median_seconds(request, runs)
                 driver = median_seconds(_driver_fetch(url, sql), runs)
                 table.add(
                     label,
                     fmt_s(http),
                     fmt_s(driver),
-                    f"{sizes[-1] / 1048576:.1f} MB",
+                    f"{size / 1048576:.1f} MB",
                     "yes" if http < TARGET_SECONDS else "NO",
                 )
     table.notes.append(

@@ -103,7 +103,9 @@ def _refuse_escapes(statement: Statement, *, engine: str, read_only: bool) -> No
             # outside the read-only transaction on MariaDB.
             raise QueryFailed("SET STATEMENT ... FOR is not allowed in a read-only session")
         if statement.contains("INTO", "OUTFILE") or statement.contains("INTO", "DUMPFILE"):
-            raise QueryFailed("SELECT ... INTO OUTFILE/DUMPFILE writes a file on the database server; not allowed in a read-only session")
+            raise QueryFailed(
+                "SELECT ... INTO OUTFILE/DUMPFILE writes a file on the database server; not allowed in a read-only session"
+            )
 
 
 @lru_cache(maxsize=4)

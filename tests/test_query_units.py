@@ -99,7 +99,8 @@ def test_supported_options(url: str, options: dict[str, str]) -> None:
         ),
         (
             "mysql://u@h/db?read_default_file=/etc/my.cnf",
-            "Unsupported connection option 'read_default_file' for MySQL/MariaDB (supported: charset, ssl-mode, ssl_mode, sslmode, ssl)",
+            "Unsupported connection option 'read_default_file' for MySQL/MariaDB"
+            " (supported: charset, ssl-mode, ssl_mode, sslmode, ssl)",
         ),
         ("postgres://u@h/db?sslmode=maybe", "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"),
         ("postgres://u@h/db?sslmode=require&sslmode=disable", "Connection option 'sslmode' is given twice"),
@@ -193,7 +194,9 @@ def test_empty_query(sql: str) -> None:
     assert str(info.value) == "The query is empty"
 
 
-@pytest.mark.parametrize("sql, what", [("SELECT 'abc", "string"), ('SELECT "abc', "quoted identifier"), ("SELECT /* x", "comment")])
+@pytest.mark.parametrize(
+    "sql, what", [("SELECT 'abc", "string"), ('SELECT "abc', "quoted identifier"), ("SELECT /* x", "comment")]
+)
 def test_unterminated(sql: str, what: str) -> None:
     with pytest.raises(StatementError) as info:
         single_statement(sql, dialect="mysql")
@@ -316,3 +319,20 @@ def test_own_database_on_loopback_matches_every_local_alias() -> None:
     remote = hosts.OwnDatabase.from_settings(engine="mysql", host="10.9.9.9", port=3306, database=None, timeout=1)
     assert remote.is_target(port=3306, database="any", addresses=["10.9.9.9"])
     assert not remote.is_target(port=3306, database="any", addresses=["127.0.0.1"])
+
+
+# --- settings checks -----------------------------------------------------
+
+
+def test_settings_check_reports_bad_patterns_and_unknown_roles() -> None:
+    from django.test import override_settings
+
+    from query.apps import check_query_settings
+
+    assert check_query_settings() == []
+    with override_settings(PZLS_QUERY_ALLOWED_HOSTS=["db.example.com", "host:port"], PZLS_QUERY_ROLES=["admin", "root"]):
+        problems = check_query_settings()
+    assert [(p.id, p.msg) for p in problems] == [
+        ("pzls.E401", "PZLS_QUERY_ALLOWED_HOSTS: Host pattern 'host:port' has an invalid port"),
+        ("pzls.W402", "PZLS_QUERY_ROLES names unknown roles: root"),
+    ]

@@ -29,23 +29,38 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | list[bytes], *, durable: bool = True) -> FileIdentity:
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _write_all(fd: int, chunks: list) -> None:
+    """Write every chunk (anything with the buffer protocol) in order, many per system call."""
+    views = [memoryview(chunk).cast("B") for chunk in chunks]
+    i = 0
+    while i < len(views):
+        batch = views[i : i + _IOV_MAX]
+        written = os.writev(fd, batch)
+        for view in batch:
+            if written >= len(view):
+                written -= len(view)
+                i += 1
+            else:
+                views[i] = view[written:]
+                break
+
+
+def atomic_write(path: Path, data: bytes | list, *, durable: bool = True) -> FileIdentity:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one.
 
-    ``data`` may be a list of chunks, written in order, to avoid joining large
-    buffers. With ``durable`` the new content and the rename are fsynced before
-    returning. Returns the identity of the new file.
+    ``data`` may be a list of chunks (bytes or any buffer), written in order
+    without joining them. With ``durable`` the new content and the rename are
+    fsynced before returning. Returns the identity of the new file.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     chunks = data if isinstance(data, list) else [data]
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+            _write_all(fd, chunks)
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)

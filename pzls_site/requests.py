@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 
 from pzls_site.exceptions import BadRequest
+from pzls_site.json import read_body
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -16,6 +18,18 @@ def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
+
+
+def raw_json_body(request: Request) -> bytes:
+    """The request body as bytes, for views that decode JSON themselves (a push).
+
+    Same rules as the JSON parser: a body needs a JSON content type (else 415)
+    and may not pass PZLS_MAX_BODY_MB (else 413).
+    """
+    body = read_body(request.stream, settings.PZLS_MAX_BODY_BYTES)
+    if body.strip() and request.content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(request.content_type)
+    return body
 
 
 def client_ip(request: Request) -> str:

@@ -1,53 +1,174 @@
 """The pure rules of a push, shared by every repository backend.
 
-``validate_stores`` checks a push body's shape (all or nothing: the first
-offence is reported and nothing is written). ``plan_merge`` compares incoming
-records with stored ones as JSON values: key order does not matter, ``true``
-is not ``1``, and ``1`` equals ``1.0``.
+A push body is decoded without turning records into Python objects: each
+record stays the exact JSON text the client sent (a ``msgspec.Raw``), which is
+what a store keeps and what a pull sends back. Only records whose text
+differs from the stored text are parsed, to tell a real modification from the
+same value written differently. That keeps a re-push of a whole repository
+cheap in time and memory.
+
+Validation is all or nothing: the first offence is reported, naming the store
+and the record id, and nothing is written. Records compare as JSON values: key
+order does not matter, ``true`` is not ``1``, and ``1`` equals ``1.0``.
 """
 
 from __future__ import annotations
 
+import codecs
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import msgspec
 import orjson
 
 STORE_NAME_MAX = 64
 RECORD_ID_MAX = 256
 
+RawRecord = msgspec.Raw
+RawStores = dict[str, dict[str, msgspec.Raw]]
 Stores = dict[str, dict[str, dict[str, Any]]]
+
+_RAW_OBJECT = dict[str, msgspec.Raw]
+# Numbers a double cannot hold (1e400, or 400 digits) are accepted by a JSON
+# scanner but not by orjson; where this matches, every record is fully parsed.
+_HUGE_NUMBER = re.compile(rb"[0-9][eE]\+?[0-9]{3,}|[0-9]{300,}")
 
 
 class InvalidStores(ValueError):
-    """The push body's ``stores`` is not an object of objects of objects."""
+    """The push is not an object of stores, each an object of records, each a JSON object."""
+
+
+class MalformedBody(ValueError):
+    """The body is not JSON (the message says where)."""
+
+
+@dataclass(frozen=True)
+class PushBody:
+    stores: RawStores
+    client_version: int | None
 
 
 def _has_control(text: str) -> bool:
     return any(ord(ch) < 0x20 for ch in text)
 
 
+def check_store_name(name: str) -> None:
+    if not 1 <= len(name) <= STORE_NAME_MAX:
+        raise InvalidStores(f"Store name {name[:80]!r} must be 1 to {STORE_NAME_MAX} characters")
+    if _has_control(name):
+        raise InvalidStores(f"Store name {name!r} contains control characters")
+
+
+def check_record_id(name: str, record_id: str) -> None:
+    if not 1 <= len(record_id) <= RECORD_ID_MAX:
+        raise InvalidStores(f"Record id {record_id[:80]!r} in store {name!r} must be 1 to {RECORD_ID_MAX} characters")
+    if _has_control(record_id):
+        raise InvalidStores(f"Record id {record_id!r} in store {name!r} contains control characters")
+
+
 def validate_stores(stores: object) -> Stores:
-    """Return ``stores`` unchanged if it is a valid push; raise InvalidStores naming the offender."""
+    """Check already parsed stores (legacy files, backups); return them unchanged."""
     if not isinstance(stores, dict):
         raise InvalidStores("stores must be an object mapping store names to objects of records")
     for name, records in stores.items():
-        if not 1 <= len(name) <= STORE_NAME_MAX:
-            raise InvalidStores(f"Store name {name[:80]!r} must be 1 to {STORE_NAME_MAX} characters")
-        if _has_control(name):
-            raise InvalidStores(f"Store name {name!r} contains control characters")
+        check_store_name(name)
         if not isinstance(records, dict):
             raise InvalidStores(f"Store {name!r} must be an object mapping record ids to records")
         for record_id, record in records.items():
-            if not 1 <= len(record_id) <= RECORD_ID_MAX:
-                raise InvalidStores(
-                    f"Record id {record_id[:80]!r} in store {name!r} must be 1 to {RECORD_ID_MAX} characters"
-                )
-            if _has_control(record_id):
-                raise InvalidStores(f"Record id {record_id!r} in store {name!r} contains control characters")
+            check_record_id(name, record_id)
             if not isinstance(record, dict):
                 raise InvalidStores(f"Record {record_id!r} in store {name!r} must be a JSON object")
     return stores
+
+
+def encode_stores(stores: Stores) -> RawStores:
+    """Parsed stores as a store takes them: each record as compact JSON text."""
+    return {name: {rid: msgspec.Raw(orjson.dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()}
+
+
+def _decode_object(raw: bytes | msgspec.Raw, what: str) -> dict[str, msgspec.Raw]:
+    try:
+        return msgspec.json.decode(raw, type=_RAW_OBJECT)
+    except msgspec.ValidationError:
+        raise InvalidStores(what) from None
+
+
+def _check_utf8(body: bytes) -> None:
+    """Reject invalid UTF-8 anywhere in the body, in bounded memory (the scanner skips record texts)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    step = 1 << 20
+    try:
+        for start in range(0, len(view), step):
+            decoder.decode(view[start : start + step])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"invalid UTF-8 at byte {exc.start}") from None
+
+
+def parse_record(raw: msgspec.Raw) -> Any:
+    """The parsed value of a record text."""
+    return orjson.loads(memoryview(raw))
+
+
+def _client_version(raw: msgspec.Raw | None) -> int | None:
+    if raw is None:
+        return None
+    value = parse_record(raw)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or value > 2**63 - 1
+        or int(value) != value
+    ):
+        raise InvalidStores("clientVersion must be a whole number >= 0 or null")
+    return int(value)
+
+
+def decode_push(body: bytes) -> PushBody:
+    """Decode and validate a push body ``{clientVersion, stores}`` (or the older ``data`` key).
+
+    Raises MalformedBody when the body is not JSON and InvalidStores when its
+    shape is wrong; both name what is wrong.
+    """
+    try:
+        top = msgspec.json.decode(body, type=_RAW_OBJECT)
+    except msgspec.ValidationError:
+        raise InvalidStores("Request body must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(str(exc)) from None
+    except RecursionError:
+        raise MalformedBody("nesting too deep") from None
+    _check_utf8(body)
+    has_stores, has_data = "stores" in top, "data" in top
+    if not has_stores and not has_data:
+        raise InvalidStores("No data provided")
+    if has_stores and has_data:
+        raise InvalidStores("Send stores or data, not both")
+    client_version = _client_version(top.get("clientVersion"))
+    stores_raw = top["stores"] if has_stores else top["data"]
+    stores = _decode_object(stores_raw, "stores must be an object mapping store names to objects of records")
+    decoded: RawStores = {}
+    for name, records_raw in stores.items():
+        check_store_name(name)
+        records = _decode_object(records_raw, f"Store {name!r} must be an object mapping record ids to records")
+        for record_id, record in records.items():
+            check_record_id(name, record_id)
+            if bytes(memoryview(record)[:1]) != b"{":
+                raise InvalidStores(f"Record {record_id!r} in store {name!r} must be a JSON object")
+        decoded[name] = records
+    if _HUGE_NUMBER.search(body):
+        for name, records in decoded.items():
+            for record_id, record in records.items():
+                try:
+                    parse_record(record)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidStores(f"Record {record_id!r} in store {name!r} is not valid JSON: {exc}") from None
+    return PushBody(stores=decoded, client_version=client_version)
 
 
 def _canonical(value: Any) -> bytes:
@@ -75,35 +196,40 @@ def json_equal(a: Any, b: Any) -> bool:
     return _canonical(a) == _canonical(b) or _strict_equal(a, b)
 
 
+def records_equal(a: msgspec.Raw, b: msgspec.Raw) -> bool:
+    """Whether two record texts hold the same JSON value (same text first, then parsed)."""
+    return a == b or json_equal(parse_record(a), parse_record(b))
+
+
 @dataclass
 class MergePlan:
     """What a push changes: ids added and modified, and each touched store's new contents."""
 
     added: list[dict[str, str]] = field(default_factory=list)
     modified: list[dict[str, str]] = field(default_factory=list)
-    new_stores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_stores: dict[str, dict[str, msgspec.Raw]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.modified)
 
 
-def plan_merge(current: Mapping[str, Mapping[str, Any]], incoming: Stores) -> MergePlan:
+def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawStores) -> MergePlan:
     """Merge ``incoming`` over ``current`` without mutating either.
 
-    Touched stores are copied (records themselves are shared, never mutated),
-    so a failed write leaves the caller's copy as it was. New ids go to the end
-    of their store, so pulls keep first-insertion order.
+    Touched stores are copied (records are shared, never mutated), so a failed
+    write leaves the caller's copy as it was. New ids go to the end of their
+    store and new stores after the existing ones, so pulls keep first-insertion order.
     """
     plan = MergePlan()
     for name, records in incoming.items():
         existing = current.get(name, {})
-        updated: dict[str, Any] | None = None
+        updated: dict[str, msgspec.Raw] | None = None
         for record_id, record in records.items():
             old = existing.get(record_id)
             if old is None:
                 plan.added.append({"store": name, "id": record_id})
-            elif json_equal(old, record):
+            elif records_equal(old, record):
                 continue
             else:
                 plan.modified.append({"store": name, "id": record_id})

@@ -15,9 +15,10 @@ import orjson
 from django.conf import settings
 
 from pzls_site.clock import iso, utcnow
-from pzls_site.exceptions import BadRequest
-from sync.backends import ChangesPage, PushResult, Repository, RepositorySummary, get_repository_store
-from sync.merge import InvalidStores, validate_stores
+from pzls_site.exceptions import BadRequest, MalformedJSON
+from sync import pullcache
+from sync.backends import ChangesPage, PullSource, PushResult, Repository, RepositorySummary, get_repository_store
+from sync.merge import InvalidStores, MalformedBody, decode_push, encode_stores, validate_stores
 
 logger = logging.getLogger("pzls.sync")
 
@@ -33,44 +34,39 @@ def repository_pull_bytes(*, user_id: str) -> bytes:
     return get_repository_store().pull_bytes(user_id)
 
 
+def repository_pull(*, user_id: str) -> PullSource:
+    """The body of ``GET /api/sync`` with its tag (an open file or bytes; see PullSource)."""
+    return get_repository_store().pull(user_id)
+
+
+def repository_pull_tag(*, user_id: str) -> str:
+    """A tag that changes whenever the pull body changes (the pull's ETag)."""
+    return get_repository_store().pull_tag(user_id)
+
+
+def repository_pull_gzip(*, user_id: str) -> tuple[str, Path]:
+    """(tag, path of the gzip-compressed pull body), compressed at most once per tag."""
+    source = get_repository_store().pull(user_id)
+    return source.tag, pullcache.gzip_path(user_id=user_id, source=source)
+
+
 def repository_load(*, user_id: str) -> Repository:
     """The user's parsed repository (read-only), for resolve and the admin site."""
     return get_repository_store().load(user_id)
 
 
-# The largest clientVersion a changelog can record: a 64-bit signed integer, as
-# orjson writes it and a database column holds it. Larger whole numbers (which
-# arrive as floats such as 1e20) answered 500 when the entry was serialised.
-MAX_CLIENT_VERSION = 2**63 - 1
-
-
-def repository_push(*, user_id: str, body: dict[str, Any]) -> PushResult:
-    """Validate a push body and merge it, all or nothing."""
-    has_stores, has_data = "stores" in body, "data" in body
-    if not has_stores and not has_data:
+def repository_push(*, user_id: str, body: bytes) -> PushResult:
+    """Validate a push body (JSON bytes) and merge it, all or nothing."""
+    if not body.strip():
         raise BadRequest("No data provided")
-    if has_stores and has_data:
-        raise BadRequest("Send stores or data, not both")
-    stores = body["stores"] if has_stores else body["data"]
-    client_version = body.get("clientVersion")
-    if client_version is not None and (
-        isinstance(client_version, bool)
-        or not isinstance(client_version, (int, float))
-        or client_version != client_version  # NaN cannot arrive as JSON, but be sure
-        or client_version < 0
-        or client_version > MAX_CLIENT_VERSION
-        or int(client_version) != client_version
-    ):
-        raise BadRequest("clientVersion must be a whole number >= 0 or null")
     try:
-        validate_stores(stores)
+        push = decode_push(body)
+    except MalformedBody as exc:
+        raise MalformedJSON(str(exc)) from None
     except InvalidStores as exc:
         raise BadRequest(str(exc)) from None
     return get_repository_store().push(
-        user_id,
-        stores,
-        client_version=int(client_version) if client_version is not None else None,
-        timestamp=iso(utcnow()),
+        user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())
     )
 
 
@@ -89,6 +85,7 @@ def repository_summaries(*, user_ids: list[str]) -> dict[str, RepositorySummary]
 
 def repository_delete(*, user_id: str) -> None:
     get_repository_store().delete(user_id)
+    pullcache.forget(user_id=user_id)
 
 
 # --- the pre-authentication server's single repository ----------------------
@@ -185,7 +182,7 @@ def repository_import_legacy(*, user_id: str, path: Path | None = None, merge: b
                 f"The user already has a repository (version {current.version}, {current.records} records); "
                 "use --merge to push the legacy records over it"
             )
-        result = store.push(user_id, repository.data, client_version=None, timestamp=iso(utcnow()))
+        result = store.push(user_id, encode_stores(repository.data), client_version=None, timestamp=iso(utcnow()))
     else:
         store.replace(user_id, repository, changelog)
         result = PushResult(version=repository.version, added=sum(len(s) for s in repository.data.values()), modified=0)

@@ -1,8 +1,18 @@
-"""Sync endpoints (PROTOCOL.md §3)."""
+"""Sync endpoints (PROTOCOL.md §3).
+
+Pulls are conditional and compressed, additions to the protocol that old
+clients ignore: every pull carries an ``ETag``; ``If-None-Match`` with the
+current one answers 304 with no body; a client that accepts gzip gets the
+body compressed (compressed once per repository version, see ``sync.pullcache``).
+"""
 
 from __future__ import annotations
 
-from django.http import HttpResponse
+import re
+from typing import BinaryIO
+
+from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.utils.cache import patch_vary_headers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,17 +20,79 @@ from rest_framework.views import APIView
 
 from accounts.authentication import optional_user
 from accounts.models import User
-from pzls_site.requests import json_object
+from pzls_site.health import server_version
+from pzls_site.requests import raw_json_body
 from sync import services
+
+_GZIP_SUFFIX = "-gz"
+
+
+def _etag(tag: str, gzip: bool = False) -> str:
+    return f'"{tag}{_GZIP_SUFFIX if gzip else ""}"'
+
+
+def _matches(if_none_match: str, tag: str) -> bool:
+    """Whether If-None-Match names this tag (in either encoding) or is ``*``."""
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        candidate = candidate.removeprefix("W/").strip('"')
+        if candidate.removesuffix(_GZIP_SUFFIX) == tag:
+            return True
+    return False
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            quality = re.search(r"q\s*=\s*([0-9.]+)", params)
+            return quality is None or float(quality.group(1) or 0) > 0
+    return False
+
+
+def _file_response(request: Request, fh: BinaryIO, *, etag: str, gzip: bool) -> HttpResponseBase:
+    """Send an open file: with sendfile under gunicorn, as plain bytes where the server has no file wrapper."""
+    if request.META.get("wsgi.file_wrapper"):
+        response: HttpResponseBase = FileResponse(fh, content_type="application/json")
+        if response.has_header("Content-Disposition"):
+            del response["Content-Disposition"]
+    else:
+        with fh:
+            response = HttpResponse(fh.read(), content_type="application/json")
+    if gzip:
+        response["Content-Encoding"] = "gzip"
+    response["ETag"] = etag
+    return response
 
 
 class SyncView(APIView):
-    def get(self, request: Request) -> HttpResponse:
-        body = services.repository_pull_bytes(user_id=str(request.user.pk))
-        return HttpResponse(body, content_type="application/json")
+    def get(self, request: Request) -> HttpResponseBase:
+        user_id = str(request.user.pk)
+        if_none_match = request.headers.get("If-None-Match", "")
+        if if_none_match:
+            tag = services.repository_pull_tag(user_id=user_id)
+            if _matches(if_none_match, tag):
+                response = HttpResponse(status=304)
+                response["ETag"] = _etag(tag)
+                patch_vary_headers(response, ("Accept-Encoding",))
+                return response
+        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            tag, path = services.repository_pull_gzip(user_id=user_id)
+            response: HttpResponseBase = _file_response(request, open(path, "rb"), etag=_etag(tag, gzip=True), gzip=True)
+        else:
+            source = services.repository_pull(user_id=user_id)
+            if source.file is not None:
+                response = _file_response(request, source.file, etag=_etag(source.tag), gzip=False)
+            else:
+                response = HttpResponse(source.body, content_type="application/json")
+                response["ETag"] = _etag(source.tag)
+        patch_vary_headers(response, ("Accept-Encoding",))
+        return response
 
     def post(self, request: Request) -> Response:
-        result = services.repository_push(user_id=str(request.user.pk), body=json_object(request))
+        result = services.repository_push(user_id=str(request.user.pk), body=raw_json_body(request))
         return Response(
             {
                 "version": result.version,
@@ -73,8 +145,6 @@ class StatusView(APIView):
                 "totalSyncs": summary.total_syncs,
                 "lastSync": summary.last_sync,
             }
-        from pzls_site.health import server_version
-
         return Response(
             {
                 "server": "PZLS",

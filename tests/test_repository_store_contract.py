@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 
 from sync.backends import BaseRepositoryStore, Repository, get_repository_store, repository_stores
 from sync.backends.base import CHANGES_PAGE, EMPTY_PULL, EMPTY_SUMMARY
+from sync.merge import encode_stores
 from tests.backends import REPOSITORY_BACKENDS
 
 U1 = "11111111-1111-4111-8111-111111111111"
@@ -37,7 +38,7 @@ def fresh(store: BaseRepositoryStore) -> BaseRepositoryStore:
 
 
 def push(store: BaseRepositoryStore, stores: dict, user: str = U1, client_version: int | None = 0, ts: str = TS):
-    return store.push(user, stores, client_version=client_version, timestamp=ts)
+    return store.push(user, encode_stores(stores), client_version=client_version, timestamp=ts)
 
 
 def pulled(store: BaseRepositoryStore, user: str = U1) -> dict:

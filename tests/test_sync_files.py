@@ -14,6 +14,7 @@ from accounts.backends.base import TokenRecord
 from accounts.backends.json_file import JSONFileTokenStore
 from accounts.services import token_digest
 from sync.backends.json_file import JSONFileRepositoryStore
+from sync.merge import encode_stores
 
 U = "33333333-3333-4333-8333-333333333333"
 TS = "2026-05-17T10:04:05.123Z"
@@ -25,7 +26,7 @@ def store(data_dir: Path) -> JSONFileRepositoryStore:
 
 
 def push(store: JSONFileRepositoryStore, stores: dict, cv: int | None = 0):
-    return store.push(U, stores, client_version=cv, timestamp=TS)
+    return store.push(U, encode_stores(stores), client_version=cv, timestamp=TS)
 
 
 def changelog_lines(data_dir: Path) -> list[bytes]:
@@ -80,7 +81,7 @@ def test_a_worker_never_serves_a_copy_another_worker_replaced(store: JSONFileRep
     assert other_worker.load(U).version == 1  # now cached in the other worker
     push(store, {"humans": {"h2": {}}})
     assert other_worker.load(U).version == 2
-    result = other_worker.push(U, {"humans": {"h3": {}}}, client_version=2, timestamp=TS)
+    result = push(other_worker, {"humans": {"h3": {}}}, cv=2)
     assert result.version == 3
     assert list(store.load(U).data["humans"]) == ["h1", "h2", "h3"]
 

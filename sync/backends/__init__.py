@@ -1,7 +1,7 @@
 """Repository stores: where each user's stores, version and changelog live (contract in ``base.py``)."""
 
 from pzls_site.backends import BackendHandler
-from sync.backends.base import BaseRepositoryStore, ChangesPage, PushResult, Repository, RepositorySummary
+from sync.backends.base import BaseRepositoryStore, ChangesPage, PullSource, PushResult, Repository, RepositorySummary
 
 repository_stores: BackendHandler[BaseRepositoryStore] = BackendHandler("PZLS_SYNC_STORE", BaseRepositoryStore)
 
@@ -14,6 +14,7 @@ def get_repository_store() -> BaseRepositoryStore:
 __all__ = [
     "BaseRepositoryStore",
     "ChangesPage",
+    "PullSource",
     "PushResult",
     "Repository",
     "RepositorySummary",

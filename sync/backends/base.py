@@ -11,7 +11,9 @@ and ``sync.merge``; a store receives validated data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
+
+from sync.merge import RawStores
 
 EMPTY_PULL = b'{"version":0,"data":{}}'
 
@@ -25,6 +27,27 @@ class Repository:
 
     version: int
     data: dict[str, dict[str, Any]]
+
+
+@dataclass
+class PullSource:
+    """A pull body and its tag, read consistently with each other.
+
+    Exactly one of ``file`` (an open file positioned at the start, which the
+    caller closes; sent with sendfile) and ``body`` is set.
+    """
+
+    tag: str
+    size: int
+    file: BinaryIO | None = None
+    body: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.body is not None:
+            return self.body
+        assert self.file is not None
+        with self.file:
+            return self.file.read()
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,10 @@ class BaseRepositoryStore:
         """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""
         raise NotImplementedError
 
+    def pull(self, user_id: str) -> PullSource:
+        """The pull body with its tag, as one consistent read (see PullSource)."""
+        raise NotImplementedError
+
     def pull_tag(self, user_id: str) -> str:
         """A short string that changes whenever the pull body changes (an HTTP ETag), cheaply."""
         raise NotImplementedError
@@ -69,12 +96,11 @@ class BaseRepositoryStore:
         """The parsed repository (version 0 and no stores when the user has none)."""
         raise NotImplementedError
 
-    def push(
-        self, user_id: str, stores: dict[str, dict[str, Any]], *, client_version: int | None, timestamp: str
-    ) -> PushResult:
-        """Merge validated ``stores``; if anything changed, raise the version by one and log it.
+    def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
+        """Merge validated ``stores`` (records as JSON text, see ``sync.merge``) by its rules.
 
-        Returns the (possibly unchanged) version and the counts. Durable on return.
+        If anything changed, raise the version by one and log it. Returns the
+        (possibly unchanged) version and the counts. Durable on return.
         """
         raise NotImplementedError
 

@@ -3,7 +3,7 @@
 Per user (``<id>`` is the user's UUID):
 
 - ``repo_<id>.json``: ``{"version": N, "data": {...}}`` compact, exactly the
-  body of a pull, so a pull sends the file's bytes unparsed. Its version is
+  body of a pull, so a pull sends the file itself (sendfile). Its version is
   the commit point of a push.
 - ``changelog_<id>.jsonl``: one entry per line, appended and fsynced before
   the repository file is replaced. Lines with a version above the repository
@@ -12,6 +12,10 @@ Per user (``<id>`` is the user's UUID):
 - ``repo_<id>.meta.json``: counts for ``status`` (stores, records, syncs), valid
   only for the repository file whose version and size it names; rebuilt when stale.
 - ``repo_<id>.lock``: the lock every writer of this user holds.
+
+A push never parses records into Python objects: the repository file is
+scanned into record texts (``msgspec.Raw`` views of the file's bytes), merged
+with the pushed texts, and the new file is written from those pieces.
 """
 
 from __future__ import annotations
@@ -21,26 +25,36 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import msgspec
 import orjson
 from django.conf import settings
 
 from pzls_site.exceptions import StorageError
-from pzls_site.files import IdentityCache, atomic_write, exclusive_lock, file_identity, fsync_dir
+from pzls_site.files import atomic_write, exclusive_lock, file_identity, fsync_dir
 from sync.backends.base import (
     CHANGES_PAGE,
     EMPTY_PULL,
     EMPTY_SUMMARY,
     BaseRepositoryStore,
     ChangesPage,
+    PullSource,
     PushResult,
     Repository,
     RepositorySummary,
 )
-from sync.merge import plan_merge
+from sync.merge import RawStores, encode_stores, plan_merge
 
 _USER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _VERSION_PREFIX = re.compile(rb'^\{"version":(\d+)[,}]')
-_TAIL_BLOCK = 1 << 16
+_BLOCK = 1 << 20
+
+
+class _RepoFile(msgspec.Struct):
+    version: int
+    data: dict[str, dict[str, msgspec.Raw]]
+
+
+_repo_decoder = msgspec.json.Decoder(_RepoFile)
 
 
 def _line_version(line: bytes) -> int | None:
@@ -57,17 +71,55 @@ def _entry_line(entry: dict[str, Any]) -> bytes:
     return orjson.dumps(ordered) + b"\n"
 
 
-def _parse_repository(raw: bytes) -> Repository:
-    doc = orjson.loads(raw)
-    return Repository(version=int(doc["version"]), data=doc["data"])
+def _key(text: str) -> bytes:
+    return orjson.dumps(text)
+
+
+def repository_pieces(version: int, data: RawStores) -> list[bytes | msgspec.Raw]:
+    """The pull body ``{"version":N,"data":{...}}`` as a list of pieces, records not copied."""
+    pieces: list[bytes | msgspec.Raw] = [b'{"version":%d,"data":{' % version]
+    append = pieces.append
+    for s, (name, records) in enumerate(data.items()):
+        append(b'%s%s:{' % (b"," if s else b"", _key(name)))
+        for r, (record_id, record) in enumerate(records.items()):
+            append(b'%s%s:' % (b"," if r else b"", _key(record_id)))
+            append(record)
+        append(b"}")
+    append(b"}}")
+    return pieces
+
+
+def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the lines in the first ``end`` bytes of ``fd``, newest first.
+
+    A newline ends a line; a last line without one (torn) is yielded too.
+    Reads blocks from the end, so the newest entries cost the least.
+    """
+    line_end = end
+    if end > 0 and os.pread(fd, 1, end - 1) == b"\n":
+        line_end = end - 1
+    buf, buf_start = b"", end
+    while True:
+        newline = buf.rfind(b"\n", 0, line_end - buf_start)
+        if newline >= 0:
+            line_start = buf_start + newline + 1
+            yield line_start, buf[line_start - buf_start : line_end - buf_start]
+            line_end = line_start - 1
+            continue
+        if buf_start == 0:
+            if line_end > 0:
+                yield 0, buf[:line_end]
+            return
+        read_start = max(0, buf_start - _BLOCK)
+        buf = os.pread(fd, buf_start - read_start, read_start) + buf[: line_end - buf_start]
+        buf_start = read_start
 
 
 class JSONFileRepositoryStore(BaseRepositoryStore):
     """The default repository store: a few files per user in the data directory."""
 
-    def __init__(self, directory: str | Path | None = None, cache_entries: int = 4) -> None:
+    def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory else Path(settings.PZLS_DATA_DIR)
-        self._cache = IdentityCache(max_entries=cache_entries)
 
     # --- paths -------------------------------------------------------------
 
@@ -84,28 +136,45 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     # --- reading -----------------------------------------------------------
 
-    def pull_bytes(self, user_id: str) -> bytes:
+    def pull(self, user_id: str) -> PullSource:
         try:
-            return self._path(user_id, "repo").read_bytes()
+            fh = open(self._path(user_id, "repo"), "rb")
         except FileNotFoundError:
-            return EMPTY_PULL
+            return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
         except OSError as exc:
             raise StorageError("cannot read repository") from exc
+        st = os.fstat(fh.fileno())
+        return PullSource(tag=_tag((st.st_ino, st.st_size, st.st_mtime_ns)), size=st.st_size, file=fh)
+
+    def pull_bytes(self, user_id: str) -> bytes:
+        return self.pull(user_id).read()
 
     def pull_tag(self, user_id: str) -> str:
-        # Every commit writes a new file, so its identity changes with every push.
         identity = file_identity(self._path(user_id, "repo"))
-        if identity is None:
-            return "empty"
-        return "-".join(f"{n:x}" for n in identity)
+        return "empty" if identity is None else _tag(identity)
 
     def load(self, user_id: str) -> Repository:
-        path = self._path(user_id, "repo")
         try:
-            _, repo = self._cache.load(path, _parse_repository)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"cannot read {path}") from exc
-        return repo if repo is not None else Repository(version=0, data={})
+            raw = self._path(user_id, "repo").read_bytes()
+        except FileNotFoundError:
+            return Repository(version=0, data={})
+        try:
+            doc = orjson.loads(raw)
+            return Repository(version=int(doc["version"]), data=doc["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError("repository file is not a repository") from exc
+
+    def _records(self, user_id: str) -> tuple[int, RawStores]:
+        """The committed version and every record's text, without parsing records."""
+        try:
+            raw = self._path(user_id, "repo").read_bytes()
+        except FileNotFoundError:
+            return 0, {}
+        try:
+            doc = _repo_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StorageError("repository file is not a repository") from exc
+        return doc.version, doc.data
 
     def _committed_version(self, user_id: str) -> int | None:
         """The repository file's version, read from its first bytes; None when there is none."""
@@ -119,22 +188,36 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise StorageError("repository file does not start with its version")
         return int(match.group(1))
 
-    def _changelog_lines(self, user_id: str, committed: int) -> Iterator[tuple[int, bytes]]:
-        """(version, line) of every committed changelog entry, oldest first."""
+    def _committed_lines_newest_first(self, user_id: str, committed: int) -> Iterator[tuple[int, bytes]]:
+        """(version, line) of committed changelog entries, newest first, read from the end."""
         try:
-            raw = self._path(user_id, "changelog").read_bytes()
+            fd = os.open(self._path(user_id, "changelog"), os.O_RDONLY)
         except FileNotFoundError:
             return
-        for line in raw.split(b"\n"):
-            version = _line_version(line)
-            if version is not None and version <= committed:
-                yield version, line
+        try:
+            for _, line in _reverse_lines(fd, os.fstat(fd).st_size):
+                version = _line_version(line)
+                if version is not None and version <= committed:
+                    yield version, line
+        finally:
+            os.close(fd)
 
     def changes(self, user_id: str, since: int) -> ChangesPage:
         committed = self._committed_version(user_id) or 0
-        pending = [line for version, line in self._changelog_lines(user_id, committed) if version > since]
-        entries = [orjson.loads(line) for line in pending[-CHANGES_PAGE:]]
-        return ChangesPage(current_version=committed, pending=len(pending), entries=entries)
+        page: list[bytes] = []
+        pending = 0
+        for version, line in self._committed_lines_newest_first(user_id, committed):
+            if version <= since:
+                break
+            pending += 1
+            if len(page) < CHANGES_PAGE:
+                page.append(line)
+        return ChangesPage(current_version=committed, pending=pending, entries=[orjson.loads(line) for line in reversed(page)])
+
+    def changelog(self, user_id: str) -> list[dict[str, Any]]:
+        committed = self._committed_version(user_id) or 0
+        lines = [line for _, line in self._committed_lines_newest_first(user_id, committed)]
+        return [orjson.loads(line) for line in reversed(lines)]
 
     def summary(self, user_id: str) -> RepositorySummary:
         identity = file_identity(self._path(user_id, "repo"))
@@ -161,20 +244,23 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def _rebuild_summary(self, user_id: str) -> RepositorySummary:
         with exclusive_lock(self._path(user_id, "lock")):
-            repo = self.load(user_id)
+            version, data = self._records(user_id)
             total, last = 0, None
-            for _, line in self._changelog_lines(user_id, repo.version):
+            for _, line in self._committed_lines_newest_first(user_id, version):
+                if last is None:
+                    last = line
                 total += 1
-                last = line
             last_sync = orjson.loads(last).get("timestamp") if last else None
-            return self._write_meta(user_id, repo, total_syncs=total, last_sync=last_sync)
+            return self._write_meta(user_id, version, data, total_syncs=total, last_sync=last_sync)
 
-    def _write_meta(self, user_id: str, repo: Repository, *, total_syncs: int, last_sync: str | None) -> RepositorySummary:
+    def _write_meta(
+        self, user_id: str, version: int, data: RawStores | dict, *, total_syncs: int, last_sync: str | None
+    ) -> RepositorySummary:
         size = file_identity(self._path(user_id, "repo"))
         summary = RepositorySummary(
-            version=repo.version,
-            stores=len(repo.data),
-            records=sum(len(records) for records in repo.data.values()),
+            version=version,
+            stores=len(data),
+            records=sum(len(records) for records in data.values()),
             data_size_bytes=size[1] if size else len(EMPTY_PULL),
             total_syncs=total_syncs,
             last_sync=last_sync,
@@ -193,45 +279,34 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     # --- writing -----------------------------------------------------------
 
-    def push(
-        self, user_id: str, stores: dict[str, dict[str, Any]], *, client_version: int | None, timestamp: str
-    ) -> PushResult:
+    def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
         try:
             with exclusive_lock(self._path(user_id, "lock")):
-                repo = self.load(user_id)
-                plan = plan_merge(repo.data, stores)
+                version, current = self._records(user_id)
+                plan = plan_merge(current, stores)
                 if not plan.changed:
-                    return PushResult(version=repo.version, added=0, modified=0)
-                version = repo.version + 1
+                    return PushResult(version=version, added=0, modified=0)
+                new_version = version + 1
                 entry = {
-                    "version": version,
+                    "version": new_version,
                     "timestamp": timestamp,
                     "clientVersion": client_version,
                     "added": plan.added,
                     "modified": plan.modified,
                     "action": "push",
                 }
-                self._append_changelog(user_id, _entry_line(entry), committed=repo.version)
-                new_repo = Repository(version=version, data={**repo.data, **plan.new_stores})
-                self._commit(user_id, new_repo)
+                self._append_changelog(user_id, _entry_line(entry), committed=version)
+                data = {**current, **plan.new_stores}
+                atomic_write(self._path(user_id, "repo"), repository_pieces(new_version, data))
                 previous = self._read_meta(user_id)
-                if previous is not None and previous.version == repo.version:
+                if previous is not None and previous.version == version:
                     total_syncs = previous.total_syncs + 1
                 else:
-                    total_syncs = self._count_syncs(user_id, version)
-                self._write_meta(user_id, new_repo, total_syncs=total_syncs, last_sync=timestamp)
-                return PushResult(version=version, added=len(plan.added), modified=len(plan.modified))
+                    total_syncs = sum(1 for _ in self._committed_lines_newest_first(user_id, new_version))
+                self._write_meta(user_id, new_version, data, total_syncs=total_syncs, last_sync=timestamp)
+                return PushResult(version=new_version, added=len(plan.added), modified=len(plan.modified))
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
-
-    def _count_syncs(self, user_id: str, committed: int) -> int:
-        return sum(1 for _ in self._changelog_lines(user_id, committed))
-
-    def _commit(self, user_id: str, repo: Repository) -> None:
-        """Replace the repository file (the commit point) and remember the parsed copy."""
-        path = self._path(user_id, "repo")
-        identity = atomic_write(path, orjson.dumps({"version": repo.version, "data": repo.data}))
-        self._cache.put(path, identity, repo)
 
     def _append_changelog(self, user_id: str, line: bytes, *, committed: int) -> None:
         """Cut off leftovers of a crashed push, append ``line`` and fsync it."""
@@ -252,18 +327,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     @staticmethod
     def _truncate_leftovers(fd: int, committed: int) -> None:
         """Drop a torn last line and any lines with a version above ``committed``."""
-        end = os.fstat(fd).st_size
-        truncated = False
-        while end > 0:
-            start = _line_start(fd, end)
-            line = os.pread(fd, end - start, start)
-            version = _line_version(line.rstrip(b"\n")) if line.endswith(b"\n") else None
-            if version is not None and version <= committed:
+        size = os.fstat(fd).st_size
+        keep = size
+        for offset, line in _reverse_lines(fd, size):
+            torn = offset + len(line) >= size  # no newline after it
+            version = _line_version(line)
+            if not torn and version is not None and version <= committed:
                 break
-            end = start
-            truncated = True
-        if truncated:
-            os.ftruncate(fd, end)
+            keep = offset
+        if keep < size:
+            os.ftruncate(fd, keep)
             os.fsync(fd)
 
     def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
@@ -271,9 +344,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             with exclusive_lock(self._path(user_id, "lock")):
                 lines = [_entry_line(entry) for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(self._path(user_id, "changelog"), lines or [b""])
-                self._commit(user_id, repository)
+                data = encode_stores(repository.data)
+                atomic_write(self._path(user_id, "repo"), repository_pieces(repository.version, data))
                 last = orjson.loads(lines[-1]).get("timestamp") if lines else None
-                self._write_meta(user_id, repository, total_syncs=len(lines), last_sync=last)
+                self._write_meta(user_id, repository.version, data, total_syncs=len(lines), last_sync=last)
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
 
@@ -281,10 +355,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
             for kind in ("repo", "changelog", "meta"):
-                path = self._path(user_id, kind)
-                self._cache.discard(path)
                 try:
-                    path.unlink()
+                    self._path(user_id, kind).unlink()
                 except FileNotFoundError:
                     pass
         try:
@@ -292,19 +364,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             pass
 
-    def changelog(self, user_id: str) -> list[dict[str, Any]]:
-        committed = self._committed_version(user_id) or 0
-        return [orjson.loads(line) for _, line in self._changelog_lines(user_id, committed)]
 
-
-def _line_start(fd: int, end: int) -> int:
-    """Offset of the first byte of the line whose last byte is at ``end - 1``."""
-    pos = end - 1  # skip the line's own newline, if it has one
-    while pos > 0:
-        block_start = max(0, pos - _TAIL_BLOCK)
-        block = os.pread(fd, pos - block_start, block_start)
-        newline = block.rfind(b"\n")
-        if newline >= 0:
-            return block_start + newline + 1
-        pos = block_start
-    return 0
+def _tag(identity: tuple[int, int, int]) -> str:
+    # Every commit writes a new file, so its identity changes with every push.
+    return "-".join(f"{n:x}" for n in identity)

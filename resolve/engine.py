@@ -71,6 +71,10 @@ SPARSE_MAX_SHARE = 0.25
 SPARSE_MAX_PAIRS = 40_000_000
 # Pairs evaluated at a time (bounds memory).
 CHUNK_PAIRS = 1_000_000
+# Names up to this many UTF-16 units are scored in bulk with numpy; longer ones one by one.
+VECTOR_NAME_UNITS = 64
+# Pairs scored together by the bulk Jaro-Winkler (bounds its (pairs x units) temporaries).
+NAME_CHUNK = 20_000
 # rapidfuzz threads (-1: all cores).
 WORKERS = -1
 
@@ -88,6 +92,8 @@ class _Index:
     entities: list[ref.Entity]
     names: list[str]  # UTF-16 code units
     names_array: np.ndarray  # the same, as an object array for fancy indexing
+    units: np.ndarray  # (n, width) UTF-16 code units of the names, padded with -1
+    lengths: np.ndarray  # name lengths in UTF-16 code units
     prefix_a: np.ndarray  # (n, 4) first four code units, padded with -1
     prefix_b: np.ndarray  # the same, padded with -2 so padding never matches padding
     birth: np.ndarray  # ``===`` key codes, -1 when the rule cannot apply
@@ -99,6 +105,7 @@ class _Index:
     rare_counts: np.ndarray  # how many distinct rare tags each of those pairs shares
     repeats: dict[int, dict[int, int]]  # record -> {tag id: multiplicity - 1} for repeated tags
     is_repeat: np.ndarray  # bool per record: a key of ``repeats``
+    tag_postings: dict[int, np.ndarray]  # repeated tag id -> the records (ascending) that carry it
     tag_weight: dict[int, int]  # tag id -> largest multiplicity in any record
     tag_ptr: np.ndarray  # (n + 1,) offsets into tag_flat: record p's distinct tag ids are tag_flat[tag_ptr[p]:tag_ptr[p+1]]
     tag_flat: np.ndarray
@@ -123,13 +130,17 @@ def _codes(values: list[Any]) -> np.ndarray:
 def _build_index(entities: list[ref.Entity]) -> _Index:
     n = len(entities)
     names = [ref.utf16_units(e.name) for e in entities]
-    # The first four code units of each name; padding differs between the two copies so it never matches.
-    heads = np.frombuffer(
-        "".join([name[:4].ljust(4, "\0") for name in names]).encode("utf-32-le", "surrogatepass"), dtype=np.uint32
-    ).reshape(n, 4).astype(np.int32)
-    short = np.arange(4) >= np.fromiter((len(name) for name in names), dtype=np.int64, count=n)[:, None]
-    prefix_a = np.where(short, -1, heads)
-    prefix_b = np.where(short, -2, heads)
+    # Names as a matrix of UTF-16 code units, padded with -1 (names longer than the matrix are
+    # scored one by one). The prefix copies pad differently so that padding never matches padding.
+    lengths = np.fromiter(map(len, names), dtype=np.int64, count=n)
+    width = max(4, min(VECTOR_NAME_UNITS, int(lengths.max()) if n else 0))
+    units = np.frombuffer(
+        "".join([name[:width].ljust(width, "\0") for name in names]).encode("utf-32-le", "surrogatepass"),
+        dtype=np.uint32,
+    ).reshape(n, width).astype(np.int32)
+    units[np.arange(width) >= lengths[:, None]] = -1
+    prefix_a = units[:, :4].copy()
+    prefix_b = np.where(prefix_a < 0, -2, prefix_a)
     records = [e.record for e in entities]
 
     tag_table: dict[Any, int] = {}
@@ -196,6 +207,8 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
         entities=entities,
         names=names,
         names_array=names_array,
+        units=units,
+        lengths=lengths,
         prefix_a=prefix_a,
         prefix_b=prefix_b,
         birth=_codes([r.get("birthDate") for r in records]),
@@ -207,6 +220,7 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
         rare_counts=rare_counts,
         repeats=repeats,
         is_repeat=is_repeat,
+        tag_postings={tag_id: np.asarray(postings[tag_id], dtype=np.int64) for tag_id in repeated_tags},
         tag_weight=tag_weight,
         tag_ptr=tag_ptr,
         tag_flat=tag_flat,
@@ -416,17 +430,68 @@ def _exact_part(index: _Index, first: np.ndarray, second: np.ndarray, codes: np.
     return fields, shared
 
 
+def _jaro_winkler_many(index: _Index, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``reference.jaro_winkler`` for many pairs at once, operation for operation.
+
+    The greedy matching runs over the positions of the first name, for all
+    pairs together: at step i, each pair takes the first not yet matched
+    position of the second name, inside the window, that holds the same code
+    unit. Transpositions compare the matched units of both names in order.
+    The floating-point expression is the reference's, evaluated in the same
+    order on doubles, so the results are the same bits.
+    """
+    la, lb = index.lengths[first], index.lengths[second]
+    width = int(max(la.max(), lb.max()))
+    a = index.units[first, :width]
+    b = index.units[second, :width]
+    b = np.where(b < 0, -2, b)  # padding of the two sides never matches
+    columns = np.arange(width)
+    window = np.maximum(la, lb) // 2 - 1
+    a_matched = np.zeros((len(first), width), dtype=bool)
+    b_matched = np.zeros((len(first), width), dtype=bool)
+    for i in range(width):
+        lo = np.maximum(0, i - window)[:, None]
+        hi = np.minimum(lb, i + window + 1)[:, None]
+        free = (b == a[:, i : i + 1]) & ~b_matched & (columns >= lo) & (columns < hi)
+        hit = np.flatnonzero(free.any(axis=1))  # a's padding (-1) never equals anything in b
+        j = free[hit].argmax(axis=1)
+        b_matched[hit, j] = True
+        a_matched[hit, i] = True
+    m = a_matched.sum(axis=1)
+    # The k-th matched unit of each side: a stable sort moves matched positions to the front in order.
+    a_in_order = np.take_along_axis(a, np.argsort(~a_matched, axis=1, kind="stable"), axis=1)
+    b_in_order = np.take_along_axis(b, np.argsort(~b_matched, axis=1, kind="stable"), axis=1)
+    t = ((a_in_order != b_in_order) & (columns < m[:, None])).sum(axis=1)
+    safe_m = np.maximum(m, 1)
+    jaro = np.where(m > 0, (m / la + m / lb + (m - t / 2) / safe_m) / 3, 0.0)
+    prefix = np.cumprod(a[:, : min(4, width)] == b[:, : min(4, width)], axis=1).sum(axis=1)
+    sim = jaro + prefix * 0.1 * (1 - jaro)
+    identical = (la == lb) & ((a == b) | (columns >= la[:, None])).all(axis=1)
+    sim[identical] = 1.0
+    return sim
+
+
 def _name_parts(index: _Index, first: np.ndarray, second: np.ndarray, rf_jaro: np.ndarray) -> np.ndarray:
     """``nameSim * 40`` where the original adds it, else 0, for each pair."""
     equal = index.prefix_a[first] == index.prefix_b[second]
     prefix = np.cumprod(equal, axis=1).sum(axis=1)
     bound = rf_jaro + prefix * 0.1 * (1 - rf_jaro)
     parts = np.zeros(len(first), dtype=np.float64)
+    close = np.flatnonzero(bound > ref.NAME_MIN_SIMILARITY - BOUND_MARGIN)
+    if not len(close):
+        return parts
+    f, s = first[close], second[close]
+    long = (index.lengths[f] > VECTOR_NAME_UNITS) | (index.lengths[s] > VECTOR_NAME_UNITS)
+    sim = np.empty(len(close), dtype=np.float64)
+    bulk = np.flatnonzero(~long)
+    for start in range(0, len(bulk), NAME_CHUNK):
+        part = bulk[start : start + NAME_CHUNK]
+        sim[part] = _jaro_winkler_many(index, f[part], s[part])
     names = index.names
-    for k in np.nonzero(bound > ref.NAME_MIN_SIMILARITY - BOUND_MARGIN)[0]:
-        sim = ref.jaro_winkler(names[first[k]], names[second[k]])
-        if sim > ref.NAME_MIN_SIMILARITY:
-            parts[k] = sim * ref.NAME_WEIGHT
+    for k in np.flatnonzero(long).tolist():
+        sim[k] = ref.jaro_winkler(names[f[k]], names[s[k]])
+    over = sim > ref.NAME_MIN_SIMILARITY
+    parts[close[over]] = sim[over] * ref.NAME_WEIGHT
     return parts
 
 
@@ -449,51 +514,51 @@ class _Best:
         self.s, self.first, self.second = s[order], first[order], second[order]
 
 
-def _evaluate(
-    index: _Index,
-    codes: np.ndarray,
-    threshold: float,
-    need_name: float,
-    best: _Best,
-    rf_jaro: np.ndarray | None = None,
-) -> None:
-    """Score the pairs ``codes`` (sorted i*n+j) exactly and record the matches."""
-    if not len(codes):
-        return
-    n = index.n
-    first, second = np.divmod(codes, n)
-    (birth, nationality, workplace), shared = _exact_part(index, first, second, codes)
-    exact = (
+def _exact_points(birth: np.ndarray, nationality: np.ndarray, workplace: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """The exact part E of the score, which bounds what a pair can reach without its name."""
+    return (
         birth * ref.BIRTH_DATE_POINTS
         + nationality * ref.NATIONALITY_POINTS
         + workplace * ref.WORKPLACE_POINTS
         + shared * ref.TAG_POINTS
     )
-    name_part = np.zeros(len(codes), dtype=np.float64)
-    wants_name = exact >= need_name
-    if wants_name.any():
-        sel = np.nonzero(wants_name)[0]
-        if rf_jaro is None:
-            jr = cpdist(
-                index.names_array[first[sel]],
-                index.names_array[second[sel]],
-                scorer=Jaro.similarity,
-                score_cutoff=JARO_CUTOFF,
-                dtype=np.float64,
-                workers=WORKERS,
-            )
-        else:
-            jr = rf_jaro[sel]
-        close = np.nonzero(jr >= JARO_CUTOFF)[0]
-        if len(close):
-            pick = sel[close]
-            name_part[pick] = _name_parts(index, first[pick], second[pick], jr[close])
-    # The original's additions, in its order, on doubles; adding 0 for a rule that did not apply changes nothing.
+
+
+def _score(name_part: np.ndarray, birth: np.ndarray, nationality: np.ndarray, workplace: np.ndarray, shared: np.ndarray):
+    """The original's score and ``s = min(score / 100, 1)``, element-wise.
+
+    The additions happen in the original's order on doubles; adding 0 for a
+    rule that did not apply changes no bit, so every pair can take every step.
+    """
     score = name_part + birth * ref.BIRTH_DATE_POINTS
     score = score + nationality * ref.NATIONALITY_POINTS
     score = score + workplace * ref.WORKPLACE_POINTS
     score = score + shared.astype(np.float64) * ref.TAG_POINTS
-    s = np.minimum(score / 100, 1.0)
+    return score, np.minimum(score / 100, 1.0)
+
+
+def _evaluate(index: _Index, codes: np.ndarray, threshold: float, need_name: float, best: _Best) -> None:
+    """Score the candidate pairs ``codes`` (sorted i*n+j) exactly and record the matches."""
+    if not len(codes):
+        return
+    first, second = np.divmod(codes, index.n)
+    (birth, nationality, workplace), shared = _exact_part(index, first, second, codes)
+    name_part = np.zeros(len(codes), dtype=np.float64)
+    sel = np.flatnonzero(_exact_points(birth, nationality, workplace, shared) >= need_name)
+    if len(sel):
+        jr = cpdist(
+            index.names_array[first[sel]],
+            index.names_array[second[sel]],
+            scorer=Jaro.similarity,
+            score_cutoff=JARO_CUTOFF,
+            dtype=np.float64,
+            workers=WORKERS,
+        )
+        close = np.flatnonzero(jr >= JARO_CUTOFF)
+        if len(close):
+            pick = sel[close]
+            name_part[pick] = _name_parts(index, first[pick], second[pick], jr[close])
+    score, s = _score(name_part, birth, nationality, workplace, shared)
     match = (score > 0) & (s >= threshold)
     if match.any():
         best.add(s[match], first[match], second[match])
@@ -505,12 +570,33 @@ def _chunks(codes: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _dense(index: _Index, threshold: float, need_name: float, best: _Best) -> None:
-    """Every pair, a block of rows at a time, with the names compared by rapidfuzz's cdist."""
+    """Every pair, as (rows x columns) matrices a block of rows at a time, names through rapidfuzz's cdist."""
     n = index.n
-    rows = max(1, CHUNK_PAIRS // max(n, 1))
+    words = index.tag_bits.shape[1]
+    rows = max(1, CHUNK_PAIRS // (max(n, 1) * max(words, 1)))
+    repeat_rows = np.flatnonzero(index.is_repeat)
     for a in range(0, n - 1, rows):
         b = min(n - 1, a + rows)
-        # Rows a..b-1 against columns a+1..n-1; keep j > i.
+        # Rows a..b-1 (first entity i) against columns a+1..n-1 (second entity j); only j > i counts.
+        upper = np.arange(a + 1, n)[None, :] > np.arange(a, b)[:, None]
+        fields = []
+        for codes in (index.birth, index.nationality, index.workplace):
+            mine = codes[a:b, None]
+            fields.append(((mine >= 0) & (mine == codes[None, a + 1 :])).astype(np.float64))
+        shared = np.zeros(upper.shape, dtype=np.int64)
+        if words:
+            shared += np.bitwise_count(index.tag_bits[a:b, None, :] & index.tag_bits[None, a + 1 :, :]).sum(
+                axis=2, dtype=np.int64
+            )
+        lo, hi = np.searchsorted(index.rare_codes, [a * n, b * n])
+        if hi > lo:
+            i, j = np.divmod(index.rare_codes[lo:hi], n)
+            shared[i - a, j - a - 1] += index.rare_counts[lo:hi]
+        for i in repeat_rows[(repeat_rows >= a) & (repeat_rows < b)].tolist():
+            for tag_id, extra in index.repeats[i].items():
+                holders = index.tag_postings[tag_id]
+                holders = holders[holders > i]
+                shared[i - a, holders - a - 1] += extra
         jr = cdist(
             index.names[a:b],
             index.names[a + 1 :],
@@ -519,10 +605,17 @@ def _dense(index: _Index, threshold: float, need_name: float, best: _Best) -> No
             dtype=np.float64,
             workers=WORKERS,
         )
-        i_local, j_local = np.nonzero(np.triu(np.ones(jr.shape, dtype=bool)))
-        first = i_local + a
-        second = j_local + a + 1
-        _evaluate(index, first * n + second, threshold, need_name, best, rf_jaro=jr[i_local, j_local])
+        name_part = np.zeros(upper.shape, dtype=np.float64)
+        wanted = upper & (jr >= JARO_CUTOFF)
+        if need_name > 0:
+            wanted &= _exact_points(*fields, shared) >= need_name
+        i, j = np.nonzero(wanted)
+        if len(i):
+            name_part[i, j] = _name_parts(index, i + a, j + a + 1, jr[i, j])
+        score, s = _score(name_part, *fields, shared)
+        i, j = np.nonzero(upper & (score > 0) & (s >= threshold))
+        if len(i):
+            best.add(s[i, j], i + a, j + a + 1)
 
 
 def resolve_fast(data: Mapping[str, Any], threshold: float) -> tuple[int, list[dict[str, Any]]]:

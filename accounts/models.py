@@ -132,3 +132,34 @@ class LoginAttemptWindow(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["key", "window"], name="login_attempt_key_window")]
         indexes = [models.Index(fields=["window"])]
+
+
+class Token(models.Model):
+    """One issued bearer token of the database token store (``PZLS_STORAGE=database``).
+
+    Only the SHA-256 digest of the token is kept, as in ``tokens.json``.
+    ``user_id`` is the user's id as the token store contract has it (a
+    string), not a foreign key: the store serves any id it is given, as the
+    file store does, and a deleted user's tokens go through the same
+    ``post_delete`` handler (``accounts.signals``) whichever storage is in use.
+    A foreign key would also make the admin site's delete confirmation list
+    every token row of the user.
+    """
+
+    digest = models.CharField(max_length=64, unique=True)
+    user_id = models.CharField(max_length=64)
+    created = models.DateTimeField()
+    last_used = models.DateTimeField()
+    expires = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # list_user / revoke_user, oldest first
+            models.Index(fields=["user_id", "created"], name="token_user_created"),
+            # purge_expired walks only the expired end of this index
+            models.Index(fields=["expires"], name="token_expires"),
+        ]
+
+    def __str__(self) -> str:
+        # The digest prefix the admin site and logs use; never the whole digest.
+        return f"token {self.digest[:12]}"

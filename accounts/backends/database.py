@@ -1,0 +1,91 @@
+"""Token store in a database table (``PZLS_STORAGE=database``): one ``accounts.Token`` row per token.
+
+Every server sharing the database sees a token issued or revoked by any
+other at once: there is no per-process copy to go stale. Only the SHA-256
+digest of a token is stored. Expired rows are purged whenever a token is
+issued, as the file store drops them whenever it rewrites its file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Iterator
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db.models import QuerySet
+
+from accounts.backends.base import BaseTokenStore, TokenRecord
+from accounts.models import Token
+from pzls_site.exceptions import StorageError
+
+_FIELDS = ("digest", "user_id", "created", "last_used", "expires")
+
+
+def _record(row: tuple) -> TokenRecord:
+    digest, user_id, created, last_used, expires = row
+    return TokenRecord(digest=digest, user_id=user_id, created=created, last_used=last_used, expires=expires)
+
+
+@contextlib.contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    """Turn a database failure into StorageError: views never see a driver's error."""
+    try:
+        yield
+    except DatabaseError as exc:
+        raise StorageError(f"cannot {action} tokens") from exc
+
+
+class DatabaseTokenStore(BaseTokenStore):
+    """Tokens as rows of the database ``DATABASE_URL`` names."""
+
+    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        self.using = using
+
+    def _tokens(self) -> QuerySet[Token]:
+        return Token.objects.using(self.using)
+
+    def add(self, record: TokenRecord) -> None:
+        with _storage_errors("write"):
+            # Measured on the issuing clock, the service's, like every other time here.
+            self._tokens().filter(expires__lte=record.created).delete()
+            self._tokens().create(
+                digest=record.digest,
+                user_id=record.user_id,
+                created=record.created,
+                last_used=record.last_used,
+                expires=record.expires,
+            )
+
+    def get(self, digest: str) -> TokenRecord | None:
+        with _storage_errors("read"):
+            row = self._tokens().filter(digest=digest).values_list(*_FIELDS).first()
+        return _record(row) if row else None
+
+    def touch(self, digest: str, *, last_used: datetime, expires: datetime) -> None:
+        # An UPDATE of a revoked (deleted) row changes nothing: no resurrection.
+        with _storage_errors("write"):
+            self._tokens().filter(digest=digest).update(last_used=last_used, expires=expires)
+
+    def revoke(self, digest: str) -> bool:
+        with _storage_errors("write"):
+            deleted, _ = self._tokens().filter(digest=digest).delete()
+        return deleted > 0
+
+    def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        tokens = self._tokens().filter(user_id=user_id)
+        if keep is not None:
+            tokens = tokens.exclude(digest=keep)
+        with _storage_errors("write"):
+            deleted, _ = tokens.delete()
+        return deleted
+
+    def list_user(self, user_id: str) -> list[TokenRecord]:
+        with _storage_errors("read"):
+            rows = list(self._tokens().filter(user_id=user_id).order_by("created", "id").values_list(*_FIELDS))
+        return [_record(row) for row in rows]
+
+    def purge_expired(self, now: datetime) -> int:
+        with _storage_errors("write"):
+            deleted, _ = self._tokens().filter(expires__lte=now).delete()
+        return deleted

@@ -17,9 +17,10 @@ three steps:
    in native code instead.
 2. **Exact part, vectorised.** ``E`` is computed for each candidate with numpy:
    integer codes for the ``===`` keys of the three fields, bitsets for tags
-   that many records carry, an explicit pair list for rare tags, and a small
-   Python correction for records that repeat a tag (the original counts the
-   first record's repeats).
+   that many records carry, an explicit pair list for rare tags, and a
+   correction for records that repeat a tag (the original counts the first
+   record's repeats). The dense scan does the same on (rows x columns)
+   matrices.
 3. **Names.** Rapidfuzz's plain Jaro (native code) bounds the original's
    Jaro from above: it uses the same matching window and greedy matching but
    halves the transposition count with integer division, so its value is
@@ -28,8 +29,10 @@ three steps:
    JavaScript's even outside the BMP. The original's Jaro-Winkler is increasing
    in Jaro for a fixed common prefix ``p``, so
    ``rf_jaro + p * 0.1 * (1 - rf_jaro) > 0.8`` (with a margin) is a necessary
-   condition for ``nameSim > 0.8``; only pairs that pass it are scored by the
-   reference's own ``jaro_winkler``.
+   condition for ``nameSim > 0.8``. Only pairs that pass it get their exact
+   ``nameSim``: in bulk with numpy, step for step and operation for operation
+   the reference's ``jaro_winkler`` (so the same doubles), or through the
+   reference function itself for names longer than VECTOR_NAME_UNITS.
 
 The scores are then summed with numpy in the original's order on doubles
 (adding a 0 for a missing rule changes no bit), compared with the threshold,

@@ -234,10 +234,6 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
 # --- candidate pairs -------------------------------------------------------------
 
 
-class _TooManyKeys(Exception):
-    pass
-
-
 def _minimal_sets(weights: tuple[int, ...], need: float) -> list[tuple[int, ...]] | None:
     """Positions of every minimal subset of ``weights`` (heaviest first) whose sum reaches ``need``.
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import psutil
 
 from tests.liveserver import LiveServer  # noqa: F401  (re-exported for the sections)
 
@@ -48,4 +52,55 @@ def fmt_s(seconds: float) -> str:
 
 
 def fmt_mb(nbytes: float) -> str:
-    return f"{nbytes / 1048576:.0f} MB"
+    if nbytes < 1048576:
+        return f"{nbytes / 1024:.0f} KB"
+    return f"{nbytes / 1048576:.1f} MB" if nbytes < 10 * 1048576 else f"{nbytes / 1048576:.0f} MB"
+
+
+def reset_peaks(pids: list[int]) -> None:
+    """Reset the peak resident memory (Linux VmHWM) of these processes to their current size."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+
+
+def peak_rss(pids: list[int]) -> int:
+    """The largest peak resident memory (VmHWM) among these processes, in bytes."""
+    peak = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+    return peak
+
+
+class PeakSampler:
+    """Polls the workers' RSS while requests run, for systems without VmHWM."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for process in self.processes:
+                try:
+                    self.peak = max(self.peak, process.memory_info().rss)
+                except psutil.Error:
+                    pass
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()

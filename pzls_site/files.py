@@ -34,17 +34,19 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 def _write_all(fd: int, chunks: list) -> None:
     """Write every chunk (anything with the buffer protocol) in order, many per system call."""
-    views = [memoryview(chunk).cast("B") for chunk in chunks]
     i = 0
-    while i < len(views):
-        batch = views[i : i + _IOV_MAX]
+    while i < len(chunks):
+        batch = chunks[i : i + _IOV_MAX]
         written = os.writev(fd, batch)
-        for view in batch:
-            if written >= len(view):
-                written -= len(view)
+        for chunk in batch:
+            size = len(chunk)
+            if written >= size:
+                written -= size
                 i += 1
             else:
-                views[i] = view[written:]
+                # A short write: go on from inside this chunk.
+                chunks = [memoryview(chunk)[written:], *chunks[i + 1 :]]
+                i = 0
                 break
 
 

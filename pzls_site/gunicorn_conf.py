@@ -10,6 +10,8 @@ import os
 bind = f"{os.environ.get('PZLS_BIND_HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '3456'))}"
 workers = int(os.environ.get("PZLS_WORKERS") or min(2 * multiprocessing.cpu_count() + 1, 8))
 worker_class = "sync"
+# Load Django once in the master: the workers share its memory pages.
+preload_app = True
 timeout = int(os.environ.get("PZLS_WORKER_TIMEOUT_S", "120"))
 graceful_timeout = 30
 keepalive = 5

@@ -140,6 +140,10 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": PZLS_DATA_DIR / "db.sqlite3",
             "OPTIONS": _SQLITE_OPTIONS,
+            # One connection per worker, kept: opening SQLite (and its PRAGMAs)
+            # for every request cost more than the request itself.
+            "CONN_MAX_AGE": None,
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -3,9 +3,9 @@
 A push body is decoded without turning records into Python objects: each
 record stays the exact JSON text the client sent (a ``msgspec.Raw``), which is
 what a store keeps and what a pull sends back. Only records whose text
-differs from the stored text are parsed, to tell a real modification from the
-same value written differently. That keeps a re-push of a whole repository
-cheap in time and memory.
+differs from the stored text are parsed (one at a time), which validates them
+and tells a real modification from the same value written differently. That
+keeps a re-push of a whole repository cheap in time and memory.
 
 Validation is all or nothing: the first offence is reported, naming the store
 and the record id, and nothing is written. Records compare as JSON values: key
@@ -14,7 +14,6 @@ order does not matter, ``true`` is not ``1``, and ``1`` equals ``1.0``.
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -30,9 +29,9 @@ RawStores = dict[str, dict[str, msgspec.Raw]]
 Stores = dict[str, dict[str, dict[str, Any]]]
 
 _RAW_OBJECT = dict[str, msgspec.Raw]
-# Numbers a double cannot hold (1e400, or 400 digits) are accepted by a JSON
-# scanner but not by orjson; where this matches, every record is fully parsed.
-_HUGE_NUMBER = re.compile(rb"[0-9][eE]\+?[0-9]{3,}|[0-9]{300,}")
+_RAW_STORES = dict[str, dict[str, msgspec.Raw]]
+_CONTROL = re.compile("[\x00-\x1f]")
+_PUSH_KEYS = ("stores", "data")
 
 
 class InvalidStores(ValueError):
@@ -50,7 +49,7 @@ class PushBody:
 
 
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 def check_store_name(name: str) -> None:
@@ -87,29 +86,38 @@ def encode_stores(stores: Stores) -> RawStores:
     return {name: {rid: msgspec.Raw(orjson.dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()}
 
 
+def _explain_shape(stores_raw: msgspec.Raw) -> None:
+    """Raise InvalidStores naming the first store that is not an object of records (the slow path)."""
+    stores = _decode_object(stores_raw, "stores must be an object mapping store names to objects of records")
+    for name, records_raw in stores.items():
+        check_store_name(name)
+        _decode_object(records_raw, f"Store {name!r} must be an object mapping record ids to records")
+
+
 def _decode_object(raw: bytes | msgspec.Raw, what: str) -> dict[str, msgspec.Raw]:
     try:
         return msgspec.json.decode(raw, type=_RAW_OBJECT)
     except msgspec.ValidationError:
         raise InvalidStores(what) from None
-
-
-def _check_utf8(body: bytes) -> None:
-    """Reject invalid UTF-8 anywhere in the body, in bounded memory (the scanner skips record texts)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(body)
-    step = 1 << 20
-    try:
-        for start in range(0, len(view), step):
-            decoder.decode(view[start : start + step])
-        decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        raise MalformedBody(f"invalid UTF-8 at byte {exc.start}") from None
+        raise MalformedBody(f"invalid UTF-8 in a name: {exc.reason}") from None
 
 
-def parse_record(raw: msgspec.Raw) -> Any:
-    """The parsed value of a record text."""
-    return orjson.loads(memoryview(raw))
+def parse_record(raw: msgspec.Raw, name: str = "", record_id: str = "") -> Any:
+    """The parsed value of a text; MalformedBody (naming the record) if it is not JSON orjson accepts.
+
+    The scanner that split the body checks syntax only, so this is where a
+    record's strings (UTF-8) and numbers (a double must hold them) are checked.
+    With a ``record_id`` the value must also be a JSON object (InvalidStores).
+    """
+    try:
+        value = orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError as exc:
+        where = f"record {record_id!r} in store {name!r}: " if record_id else ""
+        raise MalformedBody(f"{where}{exc}") from None
+    if record_id and not isinstance(value, dict):
+        raise InvalidStores(f"Record {record_id!r} in store {name!r} must be a JSON object")
+    return value
 
 
 def _client_version(raw: msgspec.Raw | None) -> int | None:
@@ -133,7 +141,9 @@ def decode_push(body: bytes) -> PushBody:
     """Decode and validate a push body ``{clientVersion, stores}`` (or the older ``data`` key).
 
     Raises MalformedBody when the body is not JSON and InvalidStores when its
-    shape is wrong; both name what is wrong.
+    shape is wrong; both name what is wrong. The scanner checks syntax and the
+    names it decodes; record texts are checked where they are parsed (see
+    ``plan_merge``), and every other field of the body is parsed here.
     """
     try:
         top = msgspec.json.decode(body, type=_RAW_OBJECT)
@@ -143,7 +153,11 @@ def decode_push(body: bytes) -> PushBody:
         raise MalformedBody(str(exc)) from None
     except RecursionError:
         raise MalformedBody("nesting too deep") from None
-    _check_utf8(body)
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"invalid UTF-8: {exc.reason}") from None
+    for key, value in top.items():
+        if key not in _PUSH_KEYS:
+            parse_record(value)  # ignored, but the body must still be valid JSON
     has_stores, has_data = "stores" in top, "data" in top
     if not has_stores and not has_data:
         raise InvalidStores("No data provided")
@@ -151,23 +165,15 @@ def decode_push(body: bytes) -> PushBody:
         raise InvalidStores("Send stores or data, not both")
     client_version = _client_version(top.get("clientVersion"))
     stores_raw = top["stores"] if has_stores else top["data"]
-    stores = _decode_object(stores_raw, "stores must be an object mapping store names to objects of records")
-    decoded: RawStores = {}
-    for name, records_raw in stores.items():
+    try:
+        decoded: RawStores = msgspec.json.decode(stores_raw, type=_RAW_STORES)
+    except msgspec.ValidationError:
+        _explain_shape(stores_raw)
+        raise InvalidStores("stores must be an object of objects of records") from None
+    for name, records in decoded.items():
         check_store_name(name)
-        records = _decode_object(records_raw, f"Store {name!r} must be an object mapping record ids to records")
-        for record_id, record in records.items():
+        for record_id in records:
             check_record_id(name, record_id)
-            if bytes(memoryview(record)[:1]) != b"{":
-                raise InvalidStores(f"Record {record_id!r} in store {name!r} must be a JSON object")
-        decoded[name] = records
-    if _HUGE_NUMBER.search(body):
-        for name, records in decoded.items():
-            for record_id, record in records.items():
-                try:
-                    parse_record(record)
-                except orjson.JSONDecodeError as exc:
-                    raise InvalidStores(f"Record {record_id!r} in store {name!r} is not valid JSON: {exc}") from None
     return PushBody(stores=decoded, client_version=client_version)
 
 
@@ -196,9 +202,9 @@ def json_equal(a: Any, b: Any) -> bool:
     return _canonical(a) == _canonical(b) or _strict_equal(a, b)
 
 
-def records_equal(a: msgspec.Raw, b: msgspec.Raw) -> bool:
-    """Whether two record texts hold the same JSON value (same text first, then parsed)."""
-    return a == b or json_equal(parse_record(a), parse_record(b))
+def records_equal(a: msgspec.Raw, b: msgspec.Raw, name: str = "", record_id: str = "") -> bool:
+    """Whether stored record text ``a`` and pushed text ``b`` hold the same JSON value (same text first, then parsed)."""
+    return a == b or json_equal(parse_record(a), parse_record(b, name, record_id))
 
 
 @dataclass
@@ -217,9 +223,11 @@ class MergePlan:
 def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawStores) -> MergePlan:
     """Merge ``incoming`` over ``current`` without mutating either.
 
-    Touched stores are copied (records are shared, never mutated), so a failed
-    write leaves the caller's copy as it was. New ids go to the end of their
-    store and new stores after the existing ones, so pulls keep first-insertion order.
+    Every pushed record that is not the stored text byte for byte is parsed,
+    which validates it: a record that is not valid JSON raises MalformedBody
+    before the caller has written anything. Touched stores are copied
+    (records are shared, never mutated). New ids go to the end of their store
+    and new stores after the existing ones, so pulls keep first-insertion order.
     """
     plan = MergePlan()
     for name, records in incoming.items():
@@ -228,9 +236,10 @@ def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawSt
         for record_id, record in records.items():
             old = existing.get(record_id)
             if old is None:
+                parse_record(record, name, record_id)
                 plan.added.append({"store": name, "id": record_id})
-            elif records_equal(old, record):
-                continue
+            elif old == record or records_equal(old, record, name, record_id):
+                continue  # the same text (the common case, checked inline) or the same value
             else:
                 plan.modified.append({"store": name, "id": record_id})
             if updated is None:

@@ -65,9 +65,15 @@ def repository_push(*, user_id: str, body: bytes) -> PushResult:
         raise MalformedJSON(str(exc)) from None
     except InvalidStores as exc:
         raise BadRequest(str(exc)) from None
-    return get_repository_store().push(
-        user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())
-    )
+    try:
+        return get_repository_store().push(
+            user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())
+        )
+    # Records are checked as the merge parses them; nothing has been written then.
+    except MalformedBody as exc:
+        raise MalformedJSON(str(exc)) from None
+    except InvalidStores as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def repository_changes(*, user_id: str, since: int) -> ChangesPage:

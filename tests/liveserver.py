@@ -106,11 +106,12 @@ class LiveServer:
                 self.kill()
 
     def worker_pids(self) -> list[int]:
-        """PIDs of the gunicorn workers (children of the master)."""
-        if self.process is None:
+        """PIDs of the gunicorn workers (children of the master, which ``serve.sh`` execs into)."""
+        import psutil
+
+        if self.process is None or self.process.poll() is not None:
             return []
-        out = subprocess.run(["pgrep", "-g", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
 
     def __enter__(self) -> "LiveServer":
         return self.start()

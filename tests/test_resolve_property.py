@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.resolve_bench import generate
+from bench.datasets import people as generate
 from resolve import engine
 from resolve.reference import Entity, name_similarity, resolve_reference
 

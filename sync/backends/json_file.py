@@ -15,7 +15,8 @@ Per user (``<id>`` is the user's UUID):
 
 A push never parses records into Python objects: the repository file is
 scanned into record texts (``msgspec.Raw`` views of the file's bytes), merged
-with the pushed texts, and the new file is written from those pieces.
+with the pushed texts, and the new file is written with those texts put in as
+they are (``orjson.Fragment``).
 """
 
 from __future__ import annotations
@@ -71,22 +72,15 @@ def _entry_line(entry: dict[str, Any]) -> bytes:
     return orjson.dumps(ordered) + b"\n"
 
 
-def _key(text: str) -> bytes:
-    return orjson.dumps(text)
+def _fragment(value: object) -> orjson.Fragment:
+    if isinstance(value, msgspec.Raw):
+        return orjson.Fragment(bytes(value))
+    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def repository_pieces(version: int, data: RawStores) -> list[bytes | msgspec.Raw]:
-    """The pull body ``{"version":N,"data":{...}}`` as a list of pieces, records not copied."""
-    pieces: list[bytes | msgspec.Raw] = [b'{"version":%d,"data":{' % version]
-    append = pieces.append
-    for s, (name, records) in enumerate(data.items()):
-        append(b'%s%s:{' % (b"," if s else b"", _key(name)))
-        for r, (record_id, record) in enumerate(records.items()):
-            append(b'%s%s:' % (b"," if r else b"", _key(record_id)))
-            append(record)
-        append(b"}")
-    append(b"}}")
-    return pieces
+def repository_bytes(version: int, data: RawStores) -> bytes:
+    """The pull body ``{"version":N,"data":{...}}`` with each record's text put in as it is."""
+    return orjson.dumps({"version": version, "data": data}, default=_fragment)
 
 
 def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -297,7 +291,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 }
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 data = {**current, **plan.new_stores}
-                atomic_write(self._path(user_id, "repo"), repository_pieces(new_version, data))
+                atomic_write(self._path(user_id, "repo"), repository_bytes(new_version, data))
                 previous = self._read_meta(user_id)
                 if previous is not None and previous.version == version:
                     total_syncs = previous.total_syncs + 1
@@ -345,7 +339,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 lines = [_entry_line(entry) for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(self._path(user_id, "changelog"), lines or [b""])
                 data = encode_stores(repository.data)
-                atomic_write(self._path(user_id, "repo"), repository_pieces(repository.version, data))
+                atomic_write(self._path(user_id, "repo"), repository_bytes(repository.version, data))
                 last = orjson.loads(lines[-1]).get("timestamp") if lines else None
                 self._write_meta(user_id, repository.version, data, total_syncs=len(lines), last_sync=last)
         except OSError as exc:

@@ -1,0 +1,110 @@
+"""Tables of the database repository store (``PZLS_STORAGE=database``).
+
+Only ``sync.backends.database`` reads and writes them; everything else goes
+through the repository store interface, so the file storage needs none of
+these rows. One ``Repository`` per user carries the version and the counters
+that make ``status`` and ETags cheap; ``Store`` and ``Record`` rows hold the
+data in first-insertion order; ``ChangelogEntry`` rows the changelog.
+
+A record row keeps the record exactly as it appears in the pull body (its id
+as a JSON string, a colon, the JSON text the client sent), so a pull joins
+stored texts instead of parsing and re-serialising anything, and a digest of
+the record's text, so a re-push can tell unchanged records without reading them.
+
+A repository names its user by id (the string the repository store contract
+uses), not by a foreign key: the store serves any id, as the file store does,
+and a deleted user's repository goes through the same ``post_delete`` handler
+(``sync.signals``) whichever storage is in use. A foreign key would make
+Django's deletion collector, and the admin site's delete confirmation, visit
+every record row of the user.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Repository(models.Model):
+    """A user's repository: its version and the figures derived from its content.
+
+    ``generation`` rises with every change of the pull body. It starts at a
+    random number, so that with ``id`` (never reused within a database) it
+    names one pull body for good, even across a database restored or
+    re-imported under servers that cached bodies by that name.
+    """
+
+    user_id = models.CharField(max_length=64, unique=True)
+    version = models.BigIntegerField(default=0)
+    generation = models.BigIntegerField()
+    # Insertion order of stores and records, shared so one counter serves both.
+    next_seq = models.BigIntegerField(default=0)
+    store_count = models.IntegerField(default=0)
+    record_count = models.BigIntegerField(default=0)
+    # Bytes of the pull body's "data" object; the pull body's size follows from it and the version.
+    data_size = models.BigIntegerField(default=2)
+    total_syncs = models.BigIntegerField(default=0)
+    # Kept as the changelog wrote it (ISO 8601 with milliseconds and Z), not reparsed.
+    last_sync = models.CharField(max_length=64, null=True)
+
+    class Meta:
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return f"repository of {self.user_id} (version {self.version})"
+
+
+class Store(models.Model):
+    """A named store of a repository; ``seq`` is its place in the pull."""
+
+    # Lookups by repository use the two indexes below; a third would only slow writes.
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="stores", db_index=False)
+    name = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    record_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "name"], name="sync_store_repository_name")]
+        indexes = [models.Index(fields=["repository", "seq"], name="sync_store_repository_seq")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Record(models.Model):
+    """One record: its id within the store, its text in the pull body, and its place.
+
+    ``item`` is ``"<id>":<record>`` with the record's JSON text as the client
+    sent it: text, not a JSON column, because PostgreSQL's jsonb would reorder
+    the record's keys and the pull must give back the client's bytes.
+    ``digest`` is a digest of the record's text (not of ``item``).
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="records", db_index=False)
+    key = models.CharField(max_length=256)
+    item = models.TextField()
+    digest = models.CharField(max_length=32)
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["store", "key"], name="sync_record_store_key")]
+        indexes = [models.Index(fields=["store", "seq"], name="sync_record_store_seq")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class ChangelogEntry(models.Model):
+    """One changelog entry, as compact JSON text with ``version`` first (the files' line format)."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="changelog", db_index=False)
+    version = models.BigIntegerField()
+    entry = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "version"], name="sync_changelog_repository_version")
+        ]
+        verbose_name_plural = "changelog entries"
+
+    def __str__(self) -> str:
+        return f"version {self.version}"

@@ -1,9 +1,24 @@
-"""Settings for the test suite: the project's own, with a throwaway data directory."""
+"""Settings for the test suite: the project's own, with a throwaway data directory and database.
+
+By default the suite runs on the ``files`` storage, with Django's database in
+a throwaway SQLite file (a real file, not shared-cache memory, so threads of
+the concurrency tests wait for each other's locks as worker processes do).
+
+``PZLS_TEST_STORAGE=database`` switches the whole suite to the ``database``
+storage on PostgreSQL (``PZLS_TEST_DATABASE_URL``, default the local server's
+``postgres`` database, which only serves to create the test database).
+pytest-django creates a test database with a name unique to this run and
+drops it at the end, so several runs on one server never meet.
+"""
 
 import os
+import secrets
 import tempfile
 
-os.environ["PZLS_DATA_DIR"] = tempfile.mkdtemp(prefix="pzls-test-")
+import dj_database_url
+
+_TMP = tempfile.mkdtemp(prefix="pzls-test-")
+os.environ["PZLS_DATA_DIR"] = _TMP
 
 from pzls_site.settings import *  # noqa: E402,F401,F403
 
@@ -15,3 +30,25 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *PASSWORD_H
 # server may be rewriting at that moment.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 WHITENOISE_AUTOREFRESH = True
+
+PZLS_TEST_STORAGE = os.environ.get("PZLS_TEST_STORAGE", "files").strip().lower() or "files"
+if PZLS_TEST_STORAGE == "database":
+    # Set here, not in os.environ: end-to-end servers started by the tests
+    # inherit the environment and must not be pointed at this database.
+    DATABASES = {
+        "default": {
+            **dj_database_url.parse(
+                os.environ.get("PZLS_TEST_DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+            ),
+            "TEST": {"NAME": f"pzls_test_{os.getpid()}_{secrets.token_hex(4)}"},
+        }
+    }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "tests.postgresql"
+    PZLS_TOKEN_STORE = {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": {}}
+    PZLS_SYNC_STORE = {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": {}}
+elif PZLS_TEST_STORAGE != "files":
+    raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")  # noqa: F405
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_TMP, "test.sqlite3")}  # noqa: F405

@@ -1,0 +1,1 @@
+"""PostgreSQL for the test run: Django's backend, with a test database that can always be dropped."""

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import msgspec
 import orjson
 from django.db import transaction
 
@@ -132,8 +133,8 @@ def data_export(*, path: Path) -> BackupCounts:
 # --- import --------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, parsed object) of every non-blank line."""
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], bytes]]:
+    """(line number, parsed object, the line itself) of every non-blank line."""
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
@@ -150,7 +151,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise BadRequest(f"Line {number} is not JSON: {exc}") from None
             if not isinstance(obj, dict):
                 raise BadRequest(f"Line {number} is not a JSON object")
-            yield number, obj
+            yield number, obj, raw
 
 
 def _parse_time(value: Any, number: int, name: str, *, optional: bool = False) -> datetime | None:
@@ -187,7 +188,16 @@ def _user_from(obj: dict[str, Any], number: int) -> User:
     return user
 
 
-def _repository_from(obj: dict[str, Any], number: int) -> Repository:
+class _RawRepository(msgspec.Struct):
+    version: int
+    data: dict[str, dict[str, msgspec.Raw]]
+
+
+class _RawRepositoryLine(msgspec.Struct):
+    repository: _RawRepository
+
+
+def _repository_from(obj: dict[str, Any], number: int, raw: bytes) -> Repository:
     doc = obj.get("repository")
     if not isinstance(doc, dict) or set(doc) != {"version", "data"}:
         raise BadRequest(f"Line {number}: repository must be {{version, data}}")
@@ -195,9 +205,15 @@ def _repository_from(obj: dict[str, Any], number: int) -> Repository:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise BadRequest(f"Line {number}: repository version must be a whole number >= 0")
     try:
-        data = validate_stores(doc["data"])
+        validate_stores(doc["data"])
     except InvalidStores as exc:
         raise BadRequest(f"Line {number}: {exc}") from None
+    # The records as the line holds them, text for text: a record pushed
+    # with its own spacing or number forms is restored as it was sent, so the
+    # restored server's pulls are the same bytes (orjson writes a Fragment
+    # verbatim wherever a store serialises the record).
+    texts = msgspec.json.decode(raw, type=_RawRepositoryLine).repository.data
+    data = {name: {rid: orjson.Fragment(bytes(text)) for rid, text in records.items()} for name, records in texts.items()}
     return Repository(version=version, data=data)
 
 
@@ -230,7 +246,7 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
     current: tuple[str, Repository, list[dict[str, Any]]] | None = None
     counts = [0, 0, 0]
     ended = False
-    for number, obj in lines:
+    for number, obj, raw in lines:
         kind = obj.get("type")
         if ended:
             raise BadRequest(f"Line {number}: data after the end of the backup")
@@ -254,7 +270,7 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
             if current is not None and not check:
                 yield current
             repo_ids.add(user_id)
-            current = (user_id, _repository_from(obj, number), [])
+            current = (user_id, _repository_from(obj, number, raw), [])
             counts[1] += 1
         elif kind == "change":
             if current is None or obj.get("userId") != current[0]:
@@ -277,7 +293,7 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
 
 
 def _users(path: Path) -> Iterator[User]:
-    for number, obj in _lines(path):
+    for number, obj, _ in _lines(path):
         if obj.get("type") == "user":
             yield _user_from(obj, number)
 

@@ -142,8 +142,8 @@ def decode_push(body: bytes) -> PushBody:
 
     Raises MalformedBody when the body is not JSON and InvalidStores when its
     shape is wrong; both name what is wrong. The scanner checks syntax and the
-    names it decodes; record texts are checked where they are parsed (see
-    ``plan_merge``), and every other field of the body is parsed here.
+    UTF-8 of the names it decodes; new names and record texts are checked by
+    ``plan_merge``, and every other field of the body is parsed here.
     """
     try:
         top = msgspec.json.decode(body, type=_RAW_OBJECT)
@@ -170,10 +170,8 @@ def decode_push(body: bytes) -> PushBody:
     except msgspec.ValidationError:
         _explain_shape(stores_raw)
         raise InvalidStores("stores must be an object of objects of records") from None
-    for name, records in decoded.items():
-        check_store_name(name)
-        for record_id in records:
-            check_record_id(name, record_id)
+    # Store names and record ids are checked by plan_merge when they are new:
+    # those already stored were checked when they were added.
     return PushBody(stores=decoded, client_version=client_version)
 
 
@@ -224,22 +222,36 @@ def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawSt
     """Merge ``incoming`` over ``current`` without mutating either.
 
     Every pushed record that is not the stored text byte for byte is parsed,
-    which validates it: a record that is not valid JSON raises MalformedBody
-    before the caller has written anything. Touched stores are copied
+    which validates it (a record that is not a valid JSON object raises
+    MalformedBody or InvalidStores before the caller has written anything),
+    and so are the names of new stores and ids. Touched stores are copied
     (records are shared, never mutated). New ids go to the end of their store
     and new stores after the existing ones, so pulls keep first-insertion order.
     """
     plan = MergePlan()
     for name, records in incoming.items():
-        existing = current.get(name, {})
+        existing = current.get(name)
+        if existing is None:
+            check_store_name(name)
+            existing = {}
+        elif existing == records:
+            continue  # the whole store unchanged, compared in C
+        get = existing.get
+        # The records whose text differs from the stored one (or that are new):
+        # usually a small part of a re-push, found without a Python-level loop body.
+        differing = [record_id for record_id, record in records.items() if get(record_id) != record]
+        if not differing:
+            continue
         updated: dict[str, msgspec.Raw] | None = None
-        for record_id, record in records.items():
-            old = existing.get(record_id)
+        for record_id in differing:
+            record = records[record_id]
+            old = get(record_id)
             if old is None:
+                check_record_id(name, record_id)
                 parse_record(record, name, record_id)
                 plan.added.append({"store": name, "id": record_id})
-            elif old == record or records_equal(old, record, name, record_id):
-                continue  # the same text (the common case, checked inline) or the same value
+            elif records_equal(old, record, name, record_id):
+                continue  # the same value written differently
             else:
                 plan.modified.append({"store": name, "id": record_id})
             if updated is None:

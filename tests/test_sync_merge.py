@@ -61,7 +61,7 @@ def test_records_that_are_not_valid_json_are_refused_when_merged(stores_text: by
 )
 def test_invalid_shapes_are_refused_naming_the_offender(stores_text: bytes, message: str) -> None:
     with pytest.raises(InvalidStores, match=message):
-        decode_push(body(stores_text))
+        plan_merge({}, decode_push(body(stores_text)).stores)
 
 
 @pytest.mark.parametrize("record", [b"[1]", b'"text"', b"null", b"3"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +15,7 @@ from accounts.models import User
 from pzls_site import health
 from pzls_site.clock import iso
 from pzls_site.requests import client_ip, json_object
+from pzls_site.schema import PROTECTED, WITH_BODY, body, errors, ok
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -32,6 +34,15 @@ class RegisterView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        summary="Create an account (the first one is admin) and log in",
+        auth=[{}],
+        request=body("Registration"),
+        responses={
+            200: ok("TokenAndUser"),
+            **errors(*WITH_BODY, 403, 409, e403="Registration is closed.", e409="Username taken."),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = json_object(request)
         token, user = services.user_register(username=body.get("username"), password=body.get("password"))
@@ -42,6 +53,15 @@ class LoginView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        summary="Log in",
+        auth=[{}],
+        request=body("Credentials"),
+        responses={
+            200: ok("TokenAndUser"),
+            **errors(*WITH_BODY, 401, 403, 429, e401="Invalid username or password.", e403="Account disabled."),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = json_object(request)
         token, user = services.user_login(
@@ -51,17 +71,27 @@ class LoginView(APIView):
 
 
 class LogoutView(APIView):
+    @extend_schema(summary="Revoke this token", request=None, responses={200: ok("Success"), **errors(*PROTECTED)})
     def post(self, request: Request) -> Response:
         services.token_revoke(digest=request.auth)
         return Response({"success": True})
 
 
 class MeView(APIView):
+    @extend_schema(summary="The caller's account", responses={200: ok("Me"), **errors(*PROTECTED)})
     def get(self, request: Request) -> Response:
         return Response({"user": user_json(request.user)})
 
 
 class ChangePasswordView(APIView):
+    @extend_schema(
+        summary="Change the password; every other token of the user is revoked",
+        request=body("PasswordChange"),
+        responses={
+            200: ok("Success"),
+            **errors(*WITH_BODY, *PROTECTED, e403="Wrong current password, or the account is disabled."),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = json_object(request)
         services.user_change_password(
@@ -77,6 +107,11 @@ class HealthView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        summary="Whether the data directory is writable and the database answers",
+        auth=[{}],
+        responses={200: ok("Health"), 503: ok("HealthUnavailable", "The server cannot do its job.")},
+    )
     def get(self, request: Request) -> Response:
         problem = health.problem()
         if problem:
@@ -87,6 +122,7 @@ class HealthView(APIView):
 class AdminUsersView(APIView):
     permission_classes = [IsAdmin]
 
+    @extend_schema(summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)})
     def get(self, request: Request) -> Response:
         from sync.services import repository_summaries
 
@@ -111,6 +147,18 @@ class AdminUsersView(APIView):
 class AdminUserView(APIView):
     permission_classes = [IsAdmin]
 
+    @extend_schema(
+        summary="Delete a user with their tokens, repository and changelog (admin)",
+        responses={
+            200: ok("Success"),
+            **errors(
+                400, *PROTECTED, 404, 409,
+                e400="You cannot delete your own account.",
+                e404="No user with that id.",
+                e409="The last active admin cannot be deleted.",
+            ),
+        },
+    )
     def delete(self, request: Request, user_id: str) -> Response:
         services.user_delete(actor=request.user, user_id=user_id)
         return Response({"success": True})

@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "sync",
     "resolve",
@@ -192,6 +194,29 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "pzls_site.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI description (/api/schema, browsable at /api/docs); the bodies
+# are written out in pzls_site/schema.py from PROTOCOL.md.
+from pzls_site import __version__ as _PZLS_VERSION
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "PZLS API",
+    "DESCRIPTION": (
+        "The sync server of Pazator (PROTOCOL.md). Bodies are JSON; every non-2xx answer is "
+        '{"error": "..."} (POST /api/query: {"success": false, "error": "..."} for 400 and 403). '
+        "Every URL also accepts a trailing slash."
+    ),
+    "VERSION": _PZLS_VERSION,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "PREPROCESSING_HOOKS": ["pzls_site.schema.api_paths_only"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "pzls_site.schema.complete"],
+    # Swagger UI's files come from this server (drf-spectacular-sidecar), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # CORS for every /api/ URL. "*" by default: the API never authenticates by

@@ -1,9 +1,10 @@
-"""Root URLs: each app's API under /api/, Django's admin site under /admin/."""
+"""Root URLs: each app's API under /api/, its OpenAPI description at /api/schema
+(browsable at /api/docs), Django's admin site under /admin/."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from pzls_site import views
+from pzls_site import schema, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,6 +12,9 @@ urlpatterns = [
     path("api/", include("sync.urls")),
     path("api/", include("resolve.urls")),
     path("api/", include("query.urls")),
+    # Before the catch-all, which answers 404 for every other /api/ URL.
+    re_path(r"^api/schema/?$", schema.SchemaView.as_view(), name="api-schema"),
+    re_path(r"^api/docs/?$", schema.DocsView.as_view(), name="api-docs"),
     re_path(r"^api(/.*)?$", views.api_not_found),
 ]
 

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pzls_site.requests import json_object
+from pzls_site.schema import body, errors, ok
 from query import services
 
 
 class QueryView(APIView):
     """``POST /api/query {connectionString, query}``."""
 
+    @extend_schema(
+        summary="Run one SQL statement on an external PostgreSQL or MySQL/MariaDB server",
+        request=body("Query"),
+        responses={
+            200: ok("QueryResult"),
+            **errors(
+                400, 403,
+                body="QueryFailure",
+                e400="A bad request, an unreachable server, a login failure, an SQL error or a timeout.",
+                e403="The query policy forbids it (role, host), or the account is disabled.",
+            ),
+            **errors(401, 413, 415),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = json_object(request)
         result = services.query_run(

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from pzls_site.schema import PROTECTED, THRESHOLD, errors, ok
 from resolve import services
 
 
 class ResolveView(APIView):
+    @extend_schema(
+        summary="Likely duplicates among humans and others",
+        parameters=[THRESHOLD],
+        responses={200: ok("Resolution"), **errors(400, *PROTECTED, e400="threshold is not a number in [0, 1].")},
+    )
     def get(self, request: Request) -> Response:
         threshold = services.threshold_parse(raw=request.query_params.get("threshold"))
         resolution = services.matches_find(user_id=str(request.user.pk), threshold=threshold)

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.utils.cache import patch_vary_headers
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,6 +23,16 @@ from accounts.authentication import optional_user
 from accounts.models import User
 from pzls_site.health import server_version
 from pzls_site.requests import raw_json_body
+from pzls_site.schema import (
+    IF_NONE_MATCH,
+    OPTIONAL_BEARER,
+    PROTECTED,
+    SINCE,
+    WITH_BODY,
+    body,
+    errors,
+    ok,
+)
 from sync import services
 
 _GZIP_SUFFIX = "-gz"
@@ -68,6 +79,15 @@ def _file_response(request: Request, fh: BinaryIO, *, etag: str, gzip: bool) -> 
 
 
 class SyncView(APIView):
+    @extend_schema(
+        summary="Pull the whole repository",
+        parameters=[IF_NONE_MATCH],
+        responses={
+            200: ok("Pull", "The repository; gzip-compressed for clients that accept it."),
+            304: OpenApiResponse(description="If-None-Match named the current ETag: no body."),
+            **errors(*PROTECTED),
+        },
+    )
     def get(self, request: Request) -> HttpResponseBase:
         user_id = str(request.user.pk)
         if_none_match = request.headers.get("If-None-Match", "")
@@ -91,6 +111,11 @@ class SyncView(APIView):
         patch_vary_headers(response, ("Accept-Encoding",))
         return response
 
+    @extend_schema(
+        summary="Push records (all or nothing; never deletes)",
+        request=body("Push"),
+        responses={200: ok("PushResult"), **errors(*WITH_BODY, *PROTECTED)},
+    )
     def post(self, request: Request) -> Response:
         result = services.repository_push(user_id=str(request.user.pk), body=raw_json_body(request))
         return Response(
@@ -113,6 +138,11 @@ def _since(raw: str | None) -> int:
 
 
 class ChangesView(APIView):
+    @extend_schema(
+        summary="Changelog entries after a version (the last 50 of them)",
+        parameters=[SINCE],
+        responses={200: ok("Changes"), **errors(*PROTECTED)},
+    )
     def get(self, request: Request) -> Response:
         since = _since(request.query_params.get("since"))
         page = services.repository_changes(user_id=str(request.user.pk), since=since)
@@ -130,6 +160,11 @@ class StatusView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        summary="Server status; with a valid token, the caller's repository too",
+        auth=OPTIONAL_BEARER,
+        responses={200: ok("Status")},
+    )
     def get(self, request: Request) -> Response:
         user = optional_user(request)
         account = None

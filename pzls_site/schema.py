@@ -1,0 +1,409 @@
+"""The OpenAPI 3 description of the API, served at /api/schema and browsable at /api/docs.
+
+drf-spectacular walks the routed DRF views; the bodies come from here, written
+as JSON Schema straight from PROTOCOL.md rather than inferred from code, so
+the description says what the protocol promises (and the schema-driven fuzz
+tests hold the server to it). Views name their bodies with ``extend_schema``
+and the helpers below; ``components`` adds the named schemas and the
+protocol's response headers once the generator is done.
+
+The schema and docs views answer errors as JSON like every other /api/ URL:
+their own renderers (YAML, HTML templates) would otherwise turn a 405 into a
+page of HTML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.renderers import OpenApiJsonRenderer2
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.response import Response
+
+from accounts.models import USERNAME_MAX_LENGTH
+from pzls_site.json import ORJSONRenderer
+from sync.merge import RECORD_ID_MAX, STORE_NAME_MAX
+
+BEARER = "bearerAuth"
+_INT64_MAX = 2**63 - 1
+_TIMESTAMP = {"type": "string", "format": "date-time", "example": "2026-05-17T10:04:05.123Z"}
+_NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of ``SCHEMAS``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], *, required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    schema["required"] = list(properties) if required is None else required
+    if not schema["required"]:
+        del schema["required"]
+    return schema
+
+
+_RECORD = {"type": "object", "additionalProperties": True, "description": "A record: any JSON object."}
+_STORES = {
+    "type": "object",
+    "description": (
+        f"Store name (1 to {STORE_NAME_MAX} characters, no control characters) → record id "
+        f"(1 to {RECORD_ID_MAX} characters, no control characters) → record."
+    ),
+    "additionalProperties": {"type": "object", "additionalProperties": _RECORD},
+}
+_STORE_AND_ID = _object({"store": {"type": "string"}, "id": {"type": "string"}})
+
+# Named bodies, as PROTOCOL.md gives them.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": _object(
+        {"error": {"type": "string", "description": "A human-readable sentence."}},
+        additionalProperties=False,
+        description="Every non-2xx answer (PROTOCOL.md §1).",
+    ),
+    "Success": _object({"success": {"type": "boolean", "enum": [True]}}, additionalProperties=False),
+    "User": _object(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "username": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "analyst"]},
+            "createdAt": _TIMESTAMP,
+        },
+        additionalProperties=False,
+        description="Never holds a password hash or a token.",
+    ),
+    "Credentials": _object(
+        {"username": {"type": "string"}, "password": {"type": "string"}},
+        description="Login credentials; a wrong pair is 401 whether or not the user exists.",
+    ),
+    "Registration": _object(
+        {
+            "username": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": USERNAME_MAX_LENGTH,
+                "pattern": _NO_CONTROL,
+                "description": "Unique case-insensitively, stored as typed; not only spaces.",
+            },
+            "password": {"type": "string", "minLength": 6, "maxLength": 4096},
+        }
+    ),
+    "TokenAndUser": _object(
+        {"token": {"type": "string", "format": "uuid", "description": "A random UUID4; shown once."}, "user": ref("User")},
+        additionalProperties=False,
+    ),
+    "Me": _object({"user": ref("User")}, additionalProperties=False),
+    "PasswordChange": _object(
+        {"currentPassword": {"type": "string"}, "newPassword": {"type": "string", "minLength": 6, "maxLength": 4096}}
+    ),
+    "Health": _object(
+        {
+            "status": {"type": "string", "enum": ["ok"]},
+            "server": {"type": "string", "enum": ["PZLS"]},
+            "version": {"type": "string"},
+        },
+        additionalProperties=False,
+    ),
+    "HealthUnavailable": _object(
+        {"status": {"type": "string", "enum": ["unavailable"]}, "error": {"type": "string"}}, additionalProperties=False
+    ),
+    "AdminUser": _object(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "username": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "analyst"]},
+            "createdAt": _TIMESTAMP,
+            "disabled": {"type": "boolean"},
+            "lastLogin": {**_TIMESTAMP, "nullable": True},
+            "version": {"type": "integer", "minimum": 0},
+            "records": {"type": "integer", "minimum": 0},
+            "lastSync": {**_TIMESTAMP, "nullable": True},
+        },
+        additionalProperties=False,
+    ),
+    "AdminUsers": _object({"users": {"type": "array", "items": ref("AdminUser")}}, additionalProperties=False),
+    "Push": {
+        **_object(
+            {
+                "clientVersion": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": _INT64_MAX,
+                    "nullable": True,
+                    "description": "Recorded in the changelog; does not gate the push.",
+                },
+                "stores": _STORES,
+                "data": {**_STORES, "description": "The older name of stores."},
+            },
+            required=[],
+        ),
+        "oneOf": [{"required": ["stores"]}, {"required": ["data"]}],
+        "description": "Exactly one of stores and data. A push never deletes and is all or nothing.",
+    },
+    "PushResult": _object(
+        {
+            "version": {"type": "integer", "minimum": 0},
+            "added": {"type": "integer", "minimum": 0},
+            "modified": {"type": "integer", "minimum": 0},
+            "message": {"type": "string", "example": "Sync successful. 1 added, 0 modified."},
+        },
+        additionalProperties=False,
+    ),
+    "Pull": _object({"version": {"type": "integer", "minimum": 0}, "data": _STORES}, additionalProperties=False),
+    "ChangelogEntry": _object(
+        {
+            "version": {"type": "integer", "minimum": 1},
+            "timestamp": _TIMESTAMP,
+            "clientVersion": {"type": "integer", "nullable": True},
+            "added": {"type": "array", "items": _STORE_AND_ID},
+            "modified": {"type": "array", "items": _STORE_AND_ID},
+            "action": {"type": "string", "example": "push"},
+        },
+        required=["version"],
+        description="Entries migrated from a legacy changelog.json keep whatever else they held.",
+    ),
+    "Changes": _object(
+        {
+            "currentVersion": {"type": "integer", "minimum": 0},
+            "clientVersion": {"type": "integer", "minimum": 0},
+            "pendingChanges": {"type": "integer", "minimum": 0},
+            "changes": {"type": "array", "maxItems": 50, "items": ref("ChangelogEntry")},
+        },
+        additionalProperties=False,
+    ),
+    "Account": _object(
+        {
+            "username": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "analyst"]},
+            "version": {"type": "integer", "minimum": 0},
+            "stores": {"type": "integer", "minimum": 0},
+            "records": {"type": "integer", "minimum": 0},
+            "dataSizeBytes": {"type": "integer", "minimum": 0},
+            "totalSyncs": {"type": "integer", "minimum": 0},
+            "lastSync": {**_TIMESTAMP, "nullable": True},
+        },
+        additionalProperties=False,
+    ),
+    "Status": _object(
+        {
+            "server": {"type": "string", "enum": ["PZLS"]},
+            "serverVersion": {"type": "string"},
+            "uptime": {"type": "number", "minimum": 0},
+            "registeredUsers": {"type": "integer", "minimum": 0},
+            "account": {
+                "allOf": [ref("Account")],
+                "nullable": True,
+                "description": "null without a valid token (an invalid one is not an error here).",
+            },
+        },
+        additionalProperties=False,
+    ),
+    "Entity": _object(
+        {
+            "id": {"description": "The record's id field (any JSON value), or its key when it has none."},
+            "name": {"type": "string"},
+            "type": {"type": "string", "enum": ["human", "other"]},
+        },
+        additionalProperties=False,
+    ),
+    "Match": _object(
+        {
+            "entity1": ref("Entity"),
+            "entity2": ref("Entity"),
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+        additionalProperties=False,
+    ),
+    "Resolution": _object(
+        {
+            "count": {"type": "integer", "minimum": 0},
+            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "results": {"type": "array", "maxItems": 200, "items": ref("Match")},
+        },
+        additionalProperties=False,
+    ),
+    "Query": _object(
+        {
+            "connectionString": {
+                "type": "string",
+                "example": "postgres://reader:secret@db.example:5432/warehouse?sslmode=require",
+                "description": "postgres://, postgresql://, mysql:// or mariadb://; the password percent-encoded.",
+            },
+            "query": {"type": "string", "example": "SELECT id, name FROM people"},
+        }
+    ),
+    "QueryResult": _object(
+        {
+            "success": {"type": "boolean", "enum": [True]},
+            "rows": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+            "rowCount": {"type": "integer", "minimum": 0},
+            "fields": {"type": "array", "items": {"type": "string"}},
+            "truncated": {"type": "boolean"},
+            "elapsedMs": {"type": "number", "minimum": 0},
+        },
+        additionalProperties=False,
+    ),
+    "QueryFailure": _object(
+        {"success": {"type": "boolean", "enum": [False]}, "error": {"type": "string"}},
+        additionalProperties=False,
+        description="A refused (403) or failed (400) query; the text never holds the password.",
+    ),
+}
+
+_ERRORS = {
+    400: "Bad request: malformed JSON, a body that is not an object, a missing or invalid field.",
+    401: "The token is missing, unknown, revoked or expired: log in again.",
+    403: "The token is good but the action is not allowed (account disabled, not an admin, ...).",
+    404: "No such thing.",
+    409: "Conflict with the current state.",
+    413: "Request body over PZLS_MAX_BODY_MB.",
+    415: "The body is not sent as application/json.",
+    429: "Too many login attempts; Retry-After says when to try again.",
+    500: "Internal server error; details go to the server's log only.",
+}
+#: Every URL that needs a token can answer these.
+PROTECTED = (401, 403)
+#: Every URL that reads a JSON body can answer these.
+WITH_BODY = (400, 413, 415)
+
+
+def errors(*codes: int, body: str = "Error", **descriptions: str) -> dict[int, OpenApiResponse]:
+    """Error responses for ``extend_schema(responses=...)``; ``descriptions`` as ``e403="..."``."""
+    return {
+        code: OpenApiResponse(response=ref(body), description=descriptions.get(f"e{code}", _ERRORS[code]))
+        for code in codes
+    }
+
+
+def body(name: str) -> dict[str, dict[str, str]]:
+    """A JSON request body that is one of ``SCHEMAS``, for ``extend_schema(request=...)``."""
+    return {"application/json": ref(name)}
+
+
+def ok(name: str, description: str = "Success.") -> OpenApiResponse:
+    """A success response whose body is one of ``SCHEMAS``."""
+    return OpenApiResponse(response=ref(name), description=description)
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """``Authorization: Bearer <token>``, the only way the API authenticates."""
+
+    target_class = "accounts.authentication.BearerTokenAuthentication"
+    name = BEARER
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The token from register or login (a UUID). Any failure is 401 with WWW-Authenticate: Bearer.",
+        }
+
+
+#: For URLs where a token is optional (an invalid one is simply ignored).
+OPTIONAL_BEARER = [{BEARER: []}, {}]
+
+THRESHOLD = OpenApiParameter(
+    "threshold",
+    {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6},
+    OpenApiParameter.QUERY,
+    description="Pairs scoring at least this match; anything but a number in [0, 1] is 400.",
+)
+SINCE = OpenApiParameter(
+    "since",
+    OpenApiTypes.STR,
+    OpenApiParameter.QUERY,
+    description="Entries with a version above this; missing or not a number means 0.",
+)
+IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="An ETag of an earlier pull (or *): 304 with no body when the repository has not changed since.",
+)
+
+
+def api_paths_only(endpoints: list[tuple], **kwargs: Any) -> list[tuple]:
+    """PREPROCESSING_HOOKS: /api/ URLs only, written without the optional trailing slash.
+
+    Every API route accepts a trailing slash (the original's router did);
+    the description names each URL once, as clients write it.
+    """
+    result = []
+    for path, path_regex, method, callback in endpoints:
+        if not path.startswith("/api/"):
+            continue
+        result.append((path.rstrip("/") or "/", path_regex, method, callback))
+    return result
+
+
+_HEADERS = {
+    "401": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}, "required": True}},
+    "429": {"Retry-After": {"schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}, "required": True, "description": "Seconds."}},
+}
+
+
+def complete(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """POSTPROCESSING_HOOKS: add the named bodies, 500 on every operation and the protocol's headers.
+
+    Request bodies are required: an empty one is read as ``{}``, which no URL that reads a body accepts.
+    """
+    components = result.setdefault("components", {})
+    components.setdefault("schemas", {}).update(SCHEMAS)
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("500", {"description": _ERRORS[500], "content": {"application/json": {"schema": ref("Error")}}})
+            for code, headers in _HEADERS.items():
+                if code in responses:
+                    responses[code]["headers"] = headers
+            if path == "/api/sync" and method == "get":
+                responses["200"]["headers"] = {
+                    "ETag": {"schema": {"type": "string"}, "required": True, "description": "For If-None-Match."}
+                }
+                responses["304"]["headers"] = {"ETag": {"schema": {"type": "string"}, "required": True}}
+    return result
+
+
+class _JSONErrors:
+    """Errors of these views answer ``{"error": ...}`` as JSON, whatever renders their success."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        self.request.accepted_renderer = ORJSONRenderer()
+        self.request.accepted_media_type = ORJSONRenderer.media_type
+        return super().handle_exception(exc)  # type: ignore[misc]
+
+
+class SchemaView(_JSONErrors, SpectacularAPIView):
+    """``GET /api/schema``: this description as JSON, public, whatever token is sent."""
+
+    authentication_classes: list = []
+    renderer_classes = [OpenApiJsonRenderer2]
+
+    @extend_schema(
+        summary="This OpenAPI 3 description",
+        auth=[{}],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The OpenAPI 3 document.")},
+    )
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class DocsView(_JSONErrors, SpectacularSwaggerSplitView):
+    """``GET /api/docs``: Swagger UI over /api/schema, its files served by this server (a CSP of self holds)."""
+
+    authentication_classes: list = []
+    url_name = "api-schema"
+
+    @extend_schema(
+        summary="Browse this description (Swagger UI)",
+        auth=[{}],
+        responses={(200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="An HTML page.")},
+    )
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)

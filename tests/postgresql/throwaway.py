@@ -22,11 +22,13 @@ ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_ADMIN_URL", "postgres://postgres@
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def _admin() -> "psycopg2.extensions.connection":
+def _admin(*, in_test: bool) -> "psycopg2.extensions.connection":
     try:
         connection = psycopg2.connect(ADMIN_URL, connect_timeout=5)
     except psycopg2.OperationalError as exc:
         message = f"PostgreSQL at {ADMIN_URL} is not available: {exc}".strip()
+        if not in_test:
+            raise RuntimeError(message) from None
         if IN_CI:
             pytest.fail(message + " (CI=true: these tests must run)")
         pytest.skip(message)
@@ -35,10 +37,13 @@ def _admin() -> "psycopg2.extensions.connection":
 
 
 @contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    """The URL of a new, empty database, dropped on exit."""
+def throwaway_database(*, in_test: bool = True) -> Iterator[str]:
+    """The URL of a new, empty database, dropped on exit.
+
+    Outside a test (``in_test=False``, the benchmark) a missing server is a RuntimeError.
+    """
     name = f"pzls_test_{secrets.token_hex(6)}"
-    admin = _admin()
+    admin = _admin(in_test=in_test)
     try:
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')

@@ -65,6 +65,10 @@ def repository_push(*, user_id: str, body: bytes) -> PushResult:
         raise MalformedJSON(str(exc)) from None
     except InvalidStores as exc:
         raise BadRequest(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        # msgspec reports invalid UTF-8 in a store name or record id this way,
+        # and decode_push does not catch it there: without this, a 500.
+        raise MalformedJSON(f"invalid UTF-8: {exc.reason}") from None
     try:
         return get_repository_store().push(
             user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())

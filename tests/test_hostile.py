@@ -1,0 +1,356 @@
+"""Hostile input: whatever a client sends, the answer is the documented status
+and ``{"error": ...}``, and a rejected request writes nothing.
+
+"Nothing written" is checked three ways: the data directory holds the same
+files with the same bytes, the caller's pull is byte for byte the same, and
+the users are the same. Names that look like paths or JavaScript prototype
+keys are valid data: they are stored as data and never become file names.
+
+The parts that need the real server (header limits of gunicorn, memory of a
+worker under large pushes, slow clients) are in the ``live`` section below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from accounts.models import User
+from tests.conftest import Api
+
+# --- helpers ----------------------------------------------------------------
+
+
+def files(data_dir: Path) -> dict[str, bytes]:
+    """Every file under the data directory with its bytes."""
+    return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
+
+
+def users() -> list[tuple[str, str, str]]:
+    return sorted(User.objects.values_list("pk", "username", "password"))
+
+
+class Unchanged:
+    """Asserts on exit that the data directory, the pull and the users are as they were on entry."""
+
+    def __init__(self, data_dir: Path, api: Any) -> None:
+        self.data_dir, self.api = data_dir, api
+
+    def state(self) -> tuple[Any, ...]:
+        pull = self.api.get("/api/sync") if self.api.token else None
+        return files(self.data_dir), users(), pull.content if pull is not None else None
+
+    def __enter__(self) -> "Unchanged":
+        self.before = self.state()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            after = self.state()
+            assert after[0].keys() == self.before[0].keys(), "files appeared or vanished"
+            assert after == self.before, "the data directory, users or pull changed"
+
+
+def post_raw(api: Any, url: str, body: bytes, content_type: str = "application/json", **extra: Any) -> Any:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {api.token}"} if api.token else {}
+    return api.client.post(url, body, content_type=content_type, **headers, **extra)
+
+
+@pytest.fixture
+def seeded(admin_api: Any) -> Any:
+    """The admin with a repository holding one record, so a rejected push has something to leave alone."""
+    response = admin_api.post("/api/sync", {"stores": {"humans": {"h1": {"name": "John Smith"}}}})
+    assert response.status_code == 200
+    return admin_api
+
+
+@pytest.fixture
+def unchanged(data_dir: Path, seeded: Any) -> Iterator[Unchanged]:
+    with Unchanged(data_dir, seeded) as guard:
+        yield guard
+
+
+def reject(response: Any, status: int, error: str) -> None:
+    assert (response.status_code, response.json()) == (status, {"error": error}), response.content[:300]
+    assert response["Content-Type"] == "application/json"
+
+
+DEPTH = 100_000
+DEEP_ARRAY = b"[" * DEPTH + b"]" * DEPTH
+DEEP_OBJECT = b'{"a":' * DEPTH + b"1" + b"}" * DEPTH
+
+# --- deep nesting ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url,body,error",
+    [
+        ("/api/auth/register", DEEP_ARRAY, "Malformed JSON: depth limit exceeded: line 1 column 1026 (char 1025)"),
+        ("/api/auth/login", DEEP_OBJECT, "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"),
+        ("/api/auth/change-password", DEEP_OBJECT, "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"),
+        ("/api/sync", DEEP_ARRAY, "Request body must be a JSON object"),
+        ("/api/sync", b'{"stores":' + DEEP_OBJECT + b"}", "Malformed JSON: nesting too deep"),
+        ("/api/sync", b'{"stores":{"s":{"r":' + DEEP_OBJECT + b"}}}", "Malformed JSON: nesting too deep"),
+        ("/api/sync", b'{"stores":{},"extra":' + DEEP_ARRAY + b"}", "Malformed JSON: nesting too deep"),
+    ],
+    ids=["register", "login", "change-password", "push-array", "push-stores", "push-record", "push-ignored-key"],
+)
+def test_json_nested_100000_levels_is_400(unchanged, seeded, url, body, error):
+    reject(post_raw(seeded, url, body), 400, error)
+
+
+def test_deep_query_body_is_400_with_success_false(unchanged, seeded):
+    response = post_raw(seeded, "/api/query", DEEP_OBJECT)
+    assert response.status_code == 400
+    assert response.json() == {"success": False, "error": "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"}
+
+
+# --- numbers and literals JSON does not have ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url,body,error",
+    [
+        (
+            "/api/auth/register",
+            b'{"username":"x","password":"secret1","n":1e400}',
+            "Malformed JSON: number is infinity when parsed as double: line 1 column 42 (char 41)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"n":1e400}}}}',
+            "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 6 (char 5)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"n":-1e400}}}}',
+            "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 6 (char 5)",
+        ),
+        (
+            "/api/sync",
+            b'{"clientVersion":1e400,"stores":{}}',
+            "Malformed JSON: number is infinity when parsed as double: line 1 column 1 (char 0)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"n":1' + b"0" * 400 + b"}}}}",
+            "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 6 (char 5)",
+        ),
+    ],
+    ids=["register", "push-record", "push-negative", "push-clientVersion", "push-400-digit-integer"],
+)
+def test_numbers_that_overflow_a_double_are_400(unchanged, seeded, url, body, error):
+    reject(post_raw(seeded, url, body), 400, error)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_400(unchanged, seeded, literal):
+    orjson_error = {
+        b"NaN": "unexpected character, expected a JSON value: line 1 column 28 (char 27)",
+        b"Infinity": "unexpected character, expected a JSON value: line 1 column 28 (char 27)",
+        b"-Infinity": "no digit after sign: line 1 column 29 (char 28)",
+    }[literal]
+    reject(
+        post_raw(seeded, "/api/auth/register", b'{"username":"x","password":' + literal + b"}"),
+        400,
+        f"Malformed JSON: {orjson_error}",
+    )
+    reject(
+        post_raw(seeded, "/api/sync", b'{"stores":{"s":{"r":{"n":' + literal + b"}}}}"),
+        400,
+        f"Malformed JSON: JSON is malformed: invalid character (byte {25 + literal.startswith(b'-')})",
+    )
+    reject(
+        post_raw(seeded, "/api/sync", b'{"clientVersion":' + literal + b',"stores":{}}'),
+        400,
+        f"Malformed JSON: JSON is malformed: invalid character (byte {17 + literal.startswith(b'-')})",
+    )
+
+
+# --- text that is not Unicode -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url,body,error",
+    [
+        (
+            "/api/auth/register",
+            b'{"username":"\xff\xfe","password":"secret1"}',
+            "Malformed JSON: str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)",
+        ),
+        ("/api/sync", b'{"stores":{"\xff":{"r":{}}}}', "Malformed JSON: invalid UTF-8: invalid start byte"),
+        ("/api/sync", b'{"stores":{"s":{"\xc3\x28":{}}}}', "Malformed JSON: invalid UTF-8: invalid continuation byte"),
+        ("/api/sync", b'{"data":{"s":{"\xed\xa0\x80":{}}}}', "Malformed JSON: invalid UTF-8: invalid continuation byte"),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"a":"\xed\xa0\x80"}}}}',
+            "Malformed JSON: record 'r' in store 's': str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)",
+        ),
+    ],
+    ids=["register", "push-store-name", "push-record-id", "push-encoded-surrogate-id", "push-record"],
+)
+def test_invalid_utf8_is_400(unchanged, seeded, url, body, error):
+    reject(post_raw(seeded, url, body), 400, error)
+
+
+@pytest.mark.parametrize(
+    "url,body,error",
+    [
+        (
+            "/api/auth/register",
+            b'{"username":"a\\ud800b","password":"secret1"}',
+            "Malformed JSON: no low surrogate in string: line 1 column 15 (char 14)",
+        ),
+        ("/api/sync", b'{"stores":{"\\ud800":{"r":{}}}}', "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 18)"),
+        ("/api/sync", b'{"stores":{"s":{"\\udfff":{}}}}', "Malformed JSON: JSON is malformed: invalid utf-16 surrogate pair (byte 23)"),
+        # msgspec's own words for a lone high surrogate at the end of a string.
+        ("/api/sync", b'{"stores":{"s":{"r":{"a":"\\ud800"}}}}', "Malformed JSON: Input data was truncated"),
+        ("/api/sync", b'{"stores":{"s":{"r":{"\\ud800":1}}}}', "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 28)"),
+    ],
+    ids=["register", "push-store-name", "push-record-id", "push-record-value", "push-record-key"],
+)
+def test_lone_surrogates_are_400(unchanged, seeded, url, body, error):
+    reject(post_raw(seeded, url, body), 400, error)
+
+
+# --- control characters, path-like and prototype names -------------------------------------
+
+
+def test_nul_byte_in_username_store_name_and_record_id(unchanged, seeded):
+    reject(
+        post_raw(seeded, "/api/auth/register", b'{"username":"a\\u0000b","password":"secret1"}'),
+        400,
+        "Username must not contain control characters",
+    )
+    reject(
+        post_raw(seeded, "/api/auth/login", b'{"username":"a\\u0000b","password":"secret1"}'),
+        401,
+        "Invalid username or password",
+    )
+    reject(
+        post_raw(seeded, "/api/sync", b'{"stores":{"a\\u0000":{"r":{}}}}'),
+        400,
+        "Store name 'a\\x00' contains control characters",
+    )
+    reject(
+        post_raw(seeded, "/api/sync", b'{"stores":{"s":{"r\\u0000":{}}}}'),
+        400,
+        "Record id 'r\\x00' in store 's' contains control characters",
+    )
+
+
+HOSTILE_NAMES = [
+    "../../etc/passwd",
+    "..",
+    ".",
+    "/etc/passwd",
+    "..\\..\\windows\\win.ini",
+    "__proto__",
+    "constructor",
+    "prototype",
+    "hasOwnProperty",
+    "tokens.json",
+    "db.sqlite3",
+    "repo.json",
+    "%2e%2e%2f",
+]
+
+
+def test_path_and_prototype_names_are_stored_as_data_and_never_become_files(data_dir, seeded, tmp_path):
+    expected_files = set(files(data_dir))
+    stores = {name: {rid: {"name": f"{name}/{rid}", "id": rid} for rid in HOSTILE_NAMES} for name in HOSTILE_NAMES}
+    response = seeded.post("/api/sync", {"stores": stores})
+    assert response.status_code == 200, response.content
+    assert response.json()["added"] == len(HOSTILE_NAMES) ** 2
+    # Same files as before (the repository and changelog were rewritten in place), none anywhere else.
+    assert set(files(data_dir)) == expected_files
+    outside = {p for p in data_dir.parent.rglob("*") if not p.is_relative_to(data_dir)}
+    assert not any(p.name in {"passwd", "win.ini"} or "__proto__" in p.name for p in outside)
+    pulled = seeded.get("/api/sync").json()["data"]
+    for name in HOSTILE_NAMES:
+        assert pulled[name] == stores[name]
+    # A prototype key is an ordinary record for resolve and status too.
+    again = seeded.post(
+        "/api/sync", {"stores": {"humans": {"__proto__": {"name": "John Smith"}, "constructor": {"name": "Jon Smith"}}}}
+    )
+    assert again.status_code == 200
+    resolved = seeded.get("/api/resolve?threshold=0.3").json()
+    assert {(m["entity1"]["id"], m["entity2"]["id"]) for m in resolved["results"]} >= {("__proto__", "constructor")}
+    assert seeded.get("/api/sync/status").json()["account"]["stores"] == len(HOSTILE_NAMES) + 1
+
+
+@pytest.mark.parametrize("username", ["../../etc/passwd", "__proto__", "constructor"])
+def test_path_and_prototype_usernames_are_just_names(data_dir, admin_api, api, username):
+    before = set(files(data_dir))
+    body = api.register(username, "secret1")
+    assert body["user"]["username"] == username
+    assert api.post("/api/sync", {"stores": {"s": {"r": {}}}}).status_code == 200
+    new = set(files(data_dir)) - before
+    # The new repository's files are named by the user's id, never by the username.
+    assert new and all(body["user"]["id"] in name for name in new), new
+
+
+# --- sizes and credentials ------------------------------------------------------------------
+
+
+def test_username_of_10000_characters(unchanged, seeded):
+    name = "u" * 10_000
+    reject(seeded.post("/api/auth/register", {"username": name, "password": "secret1"}), 400, "Username must be at most 64 characters")
+    reject(seeded.post("/api/auth/login", {"username": name, "password": "secret1"}), 401, "Invalid username or password")
+
+
+SQL_USERNAMES = ["x' OR '1'='1", "'; DROP TABLE accounts_user; --", 'admin" --', "1; SELECT * FROM accounts_user"]
+
+
+def test_sql_looking_usernames_are_stored_as_typed(admin_api):
+    for username in SQL_USERNAMES:
+        assert Api().register(username, "secret1")["user"]["username"] == username
+    listed = {u["username"] for u in admin_api.get("/api/admin/users").json()["users"]}
+    assert listed == {"admin", *SQL_USERNAMES}
+    assert User.objects.count() == 1 + len(SQL_USERNAMES)
+
+
+@pytest.mark.parametrize(
+    "username,password",
+    [("admin' --", "x"), ("' OR 1=1 --", "' OR ''='"), ("admin", "' OR '1'='1"), ("admin'/*", "*/--")],
+)
+def test_sql_looking_logins_fail_like_any_wrong_password(unchanged, seeded, username, password):
+    reject(seeded.post("/api/auth/login", {"username": username, "password": password}), 401, "Invalid username or password")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "text/json", "application/json-patch+json"],
+)
+@pytest.mark.parametrize("url", ["/api/auth/register", "/api/auth/login", "/api/auth/change-password", "/api/sync"])
+def test_content_type_other_than_json_is_415(unchanged, seeded, url, content_type):
+    body = b'{"username":"zed","password":"secret1","currentPassword":"adminpass","newPassword":"secret2","stores":{"s":{"r":{}}}}'
+    reject(post_raw(seeded, url, body, content_type), 415, f'Unsupported media type "{content_type}" in request.')
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer ../../etc/passwd",
+        "Bearer 'OR'1'='1'--",
+        "Bearer " + "a" * 10_000,
+        "Bearer 3F1C0A52-3C1E-4C8E-9A53-6C1E1B1D2F00",
+        "Bearer {3f1c0a52-3c1e-4c8e-9a53-6c1e1b1d2f00}",
+    ],
+    ids=["path", "sql", "10k", "uppercase-uuid", "braced-uuid"],
+)
+def test_bearer_tokens_that_are_not_issued_uuids_are_401(unchanged, seeded, header):
+    for method, url in (("get", "/api/sync"), ("post", "/api/sync")):
+        response = getattr(seeded.client, method)(url, {"stores": {"s": {"r": {}}}}, format="json", HTTP_AUTHORIZATION=header)
+        reject(response, 401, "Invalid or expired token")
+        assert response["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("header", ["Basic YWRtaW46YWRtaW5wYXNz", "Digest username=admin", "Negotiate abc", "bearer"])
+def test_authorization_that_is_not_bearer_is_401(unchanged, seeded, header):
+    response = seeded.client.post("/api/sync", {"stores": {"s": {"r": {}}}}, format="json", HTTP_AUTHORIZATION=header)
+    reject(response, 401, "Authorization header must be: Bearer <token>")
+    assert response["WWW-Authenticate"] == "Bearer"

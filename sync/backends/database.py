@@ -201,8 +201,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         with self._connection.cursor() as cursor:
             for n, (store_id, name) in enumerate(stores.values_list("id", "name")):
                 cursor.execute(sql, [store_id])
-                rows = cursor.fetchall()
-                rows.sort(key=_first)
+                rows = sorted(cursor.fetchall(), key=_first)
                 parts.append(b"%s%s:{" % (b"," if n else b"", _key_json(name)))
                 parts.append(",".join(map(_second, rows)).encode())
                 parts.append(b"}")
@@ -320,19 +319,23 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
 
     # --- writing -----------------------------------------------------------
 
+    def _ensure_row(self, uid: str) -> None:
+        """Create the user's repository row if there is none, before any lock is taken.
+
+        Two first pushes at once: one inserts, the other's insert finds the row
+        and does nothing. Done outside the push's transaction because InnoDB
+        would otherwise hold gap locks from the failed ``SELECT ... FOR UPDATE``
+        and deadlock the two inserts.
+        """
+        rows = RepositoryRow.objects.using(self.using)
+        if not rows.filter(user_id=uid).exists():
+            rows.bulk_create([RepositoryRow(user_id=uid, generation=secrets.randbits(62))], ignore_conflicts=True)
+
     def _locked(self, uid: str) -> RepositoryRow:
-        """The user's repository row, created if need be, locked until the transaction ends."""
-        rows = RepositoryRow.objects.using(self.using).select_for_update()
-        repo = rows.filter(user_id=uid).first()
-        if repo is None:
-            # Two first pushes at once: one inserts, the other's insert waits
-            # for it and then does nothing; both then lock the same row.
-            RepositoryRow.objects.using(self.using).bulk_create(
-                [RepositoryRow(user_id=uid, generation=secrets.randbits(62))], ignore_conflicts=True
-            )
-            repo = rows.filter(user_id=uid).first()
-            if repo is None:
-                raise StorageError("repository row vanished while being created")
+        """The user's repository row (see ``_ensure_row``), locked until the transaction ends."""
+        repo = RepositoryRow.objects.using(self.using).select_for_update().filter(user_id=uid).first()
+        if repo is None:  # deleted between _ensure_row and here: the user is going away
+            raise StorageError("repository deleted during a write")
         return repo
 
     def _stored_digests(self, store: Store, keys: list[str]) -> dict[str, str]:
@@ -399,6 +402,8 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             raise StorageError(f"not a user id: {user_id!r}")
+        with _storage_errors("write"):
+            self._ensure_row(uid)
         with _storage_errors("write"), transaction.atomic(using=self.using):
             repo = self._locked(uid)
             existing = {
@@ -425,8 +430,6 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 current[name] = known
             plan = plan_merge(current, stores)
             if not plan.changed:
-                # Nothing to write; forget the row this push may have created.
-                transaction.set_rollback(True, using=self.using)
                 return PushResult(version=repo.version, added=0, modified=0)
 
             version = repo.version + 1
@@ -493,6 +496,8 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             int(entry["version"]): entry for entry in changelog if int(entry["version"]) <= repository.version
         }
         data = encode_stores(repository.data)
+        with _storage_errors("write"):
+            self._ensure_row(uid)
         with _storage_errors("write"), transaction.atomic(using=self.using):
             repo = self._locked(uid)
             self._clear(repo)

@@ -98,5 +98,6 @@ class Migration(migrations.Migration):
             model_name='record',
             constraint=models.UniqueConstraint(fields=('store', 'key'), name='sync_record_store_key'),
         ),
-        migrations.RunPython(exact_names_on_mysql, migrations.RunPython.noop),
+        # Not atomic: MySQL cannot run DDL inside a transaction.
+        migrations.RunPython(exact_names_on_mysql, migrations.RunPython.noop, atomic=False),
     ]

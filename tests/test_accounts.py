@@ -15,20 +15,11 @@ from django.test import override_settings
 import pzls_site
 from accounts.models import User
 from tests.conftest import Api
+from tests.helpers import assert_error
 
 USER_KEYS = {"id", "username", "role", "createdAt"}
 ADMIN_ROW_KEYS = {"id", "username", "role", "createdAt", "disabled", "lastLogin", "version", "records", "lastSync"}
 INVALID = "Invalid username or password"
-
-
-def assert_error(response, status: int, message: str | None = None) -> str:
-    assert response.status_code == status, (response.status_code, response.content)
-    body = orjson.loads(response.content)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    if message is not None:
-        assert body["error"] == message
-    return body["error"]
 
 
 def assert_401(response) -> None:

@@ -15,6 +15,7 @@ from unittest import mock
 import orjson
 import pytest
 from django.test import override_settings
+from tests.helpers import assert_error
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -30,18 +31,6 @@ PROTECTED = [
     ("get", "/api/resolve"),
     ("post", "/api/query"),
 ]
-
-
-def assert_error(response, status: int, message: str | None = None) -> str:
-    """The answer is exactly ``{"error": <string>}`` as JSON with ``status``; returns the text."""
-    assert response.status_code == status, (response.status_code, response.content)
-    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
-    body = orjson.loads(response.content)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"], body
-    if message is not None:
-        assert body["error"] == message
-    return body["error"]
 
 
 def raw_post(api, url: str, payload: bytes, *, token: str | None = None, **extra):

@@ -8,21 +8,12 @@ import orjson
 import pytest
 
 from tests.conftest import Api
+from tests.helpers import assert_error
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 EMPTY = {"version": 0, "data": {}}
 ACCOUNT_KEYS = {"username", "role", "version", "stores", "records", "dataSizeBytes", "totalSyncs", "lastSync"}
 STATUS_KEYS = {"server", "serverVersion", "uptime", "registeredUsers", "account"}
-
-
-def assert_error(response, status: int, message: str | None = None) -> str:
-    assert response.status_code == status, (response.status_code, response.content)
-    body = orjson.loads(response.content)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    if message is not None:
-        assert body["error"] == message
-    return body["error"]
 
 
 def pull(api: Api) -> dict:

@@ -91,6 +91,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so that even the early refusals below carry the security headers.
+    "pzls_site.middleware.SecurityHeadersMiddleware",
     "pzls_site.middleware.ApiBoundaryMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -229,6 +231,24 @@ CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "if-none-match", "accept-encoding"]
 CORS_EXPOSE_HEADERS = ["ETag", "Retry-After", "WWW-Authenticate"]
 CORS_PREFLIGHT_MAX_AGE = 86400
+
+# --- Browser-facing security -----------------------------------------------
+# The admin site is the only part that uses cookies. Its session cookie is
+# never readable by scripts and not sent on cross-site subrequests; with
+# PZLS_HTTPS (clients reach PZLS over TLS, normally terminated at the reverse
+# proxy) the session and CSRF cookies are sent over TLS only, and when
+# PZLS_TRUSTED_PROXIES names a proxy, its X-Forwarded-Proto tells Django the
+# request came over TLS (the proxy must set that header, overwriting the client's).
+
+PZLS_HTTPS = _env_bool("PZLS_HTTPS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PZLS_HTTPS
+if PZLS_HTTPS and int(_env_number("PZLS_TRUSTED_PROXIES", 0, integer=True)) > 0:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Accounts ------------------------------------------------------------
 

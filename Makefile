@@ -16,3 +16,10 @@ bench: setup
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis
+
+# A longer, random run of the schema-driven fuzz tests than `make test` does
+# (PZLS_FUZZ_EXAMPLES per role and mode; a failure prints its seed to reproduce).
+.PHONY: fuzz
+fuzz:
+	@bash scripts/setup.sh --test
+	@PZLS_FUZZ_EXAMPLES=$${PZLS_FUZZ_EXAMPLES:-1500} PZLS_FUZZ_RANDOM=1 bash scripts/test.sh tests/test_fuzz.py

@@ -44,10 +44,17 @@ def repository_pull_tag(*, user_id: str) -> str:
     return get_repository_store().pull_tag(user_id)
 
 
-def repository_pull_gzip(*, user_id: str) -> tuple[str, Path]:
-    """(tag, path of the gzip-compressed pull body), compressed at most once per tag."""
-    source = get_repository_store().pull(user_id)
-    return source.tag, pullcache.gzip_path(user_id=user_id, source=source)
+def repository_pull_gzip(*, user_id: str) -> PullSource:
+    """The pull body gzip-compressed, with its tag; a large body is compressed at most once per tag."""
+    store = get_repository_store()
+    tag = store.pull_tag(user_id)
+    path = pullcache.cached_path(user_id=user_id, tag=tag)
+    if path is not None:
+        try:
+            return pullcache.open_cached(path, tag=tag)
+        except FileNotFoundError:  # replaced by a newer version just now
+            pass
+    return pullcache.compress(user_id=user_id, source=store.pull(user_id))
 
 
 def repository_load(*, user_id: str) -> Repository:

@@ -9,7 +9,6 @@ body compressed (compressed once per repository version, see ``sync.pullcache``)
 from __future__ import annotations
 
 import re
-from typing import BinaryIO
 
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.utils.cache import patch_vary_headers
@@ -34,6 +33,7 @@ from pzls_site.schema import (
     ok,
 )
 from sync import services
+from sync.backends import PullSource
 
 _GZIP_SUFFIX = "-gz"
 
@@ -63,18 +63,17 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def _file_response(request: Request, fh: BinaryIO, *, etag: str, gzip: bool) -> HttpResponseBase:
-    """Send an open file: with sendfile under gunicorn, as plain bytes where the server has no file wrapper."""
-    if request.META.get("wsgi.file_wrapper"):
-        response: HttpResponseBase = FileResponse(fh, content_type="application/json")
+def _send(request: Request, source: PullSource, *, gzip: bool) -> HttpResponseBase:
+    """Send a pull body: a file with sendfile under gunicorn, else the bytes."""
+    if source.file is not None and request.META.get("wsgi.file_wrapper"):
+        response: HttpResponseBase = FileResponse(source.file, content_type="application/json")
         if response.has_header("Content-Disposition"):
             del response["Content-Disposition"]
     else:
-        with fh:
-            response = HttpResponse(fh.read(), content_type="application/json")
+        response = HttpResponse(source.read(), content_type="application/json")
     if gzip:
         response["Content-Encoding"] = "gzip"
-    response["ETag"] = etag
+    response["ETag"] = _etag(source.tag, gzip=gzip)
     return response
 
 
@@ -98,16 +97,12 @@ class SyncView(APIView):
                 response["ETag"] = _etag(tag)
                 patch_vary_headers(response, ("Accept-Encoding",))
                 return response
-        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
-            tag, path = services.repository_pull_gzip(user_id=user_id)
-            response: HttpResponseBase = _file_response(request, open(path, "rb"), etag=_etag(tag, gzip=True), gzip=True)
+        gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        if gzip:
+            source = services.repository_pull_gzip(user_id=user_id)
         else:
             source = services.repository_pull(user_id=user_id)
-            if source.file is not None:
-                response = _file_response(request, source.file, etag=_etag(source.tag), gzip=False)
-            else:
-                response = HttpResponse(source.body, content_type="application/json")
-                response["ETag"] = _etag(source.tag)
+        response = _send(request, source, gzip=gzip)
         patch_vary_headers(response, ("Accept-Encoding",))
         return response
 

@@ -14,6 +14,11 @@ def push(api, stores: dict) -> dict:
     return response.json()
 
 
+def big(prefix: str = "h") -> dict:
+    """A store over 256 KiB, the size from which compressed pulls are kept in files."""
+    return {"humans": {f"{prefix}{n}": {"name": "Person", "notes": "x" * 300} for n in range(1000)}}
+
+
 def cache_files(data_dir) -> list[str]:
     directory = data_dir / "pullcache"
     return sorted(p.name for p in directory.glob("*.json.gz")) if directory.exists() else []
@@ -69,8 +74,15 @@ def test_gzip_q_zero_means_no_gzip(admin_api) -> None:
     assert response.content == b'{"version":0,"data":{}}'
 
 
-def test_each_version_is_compressed_once_and_old_copies_go(admin_api, data_dir) -> None:
+def test_small_pulls_are_compressed_on_the_fly_without_a_file(admin_api, data_dir) -> None:
     push(admin_api, {"humans": {"h1": {"name": "A"}}})
+    packed = admin_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    assert orjson.loads(gzip.decompress(packed.content))["version"] == 1
+    assert cache_files(data_dir) == []
+
+
+def test_each_version_is_compressed_once_and_old_copies_go(admin_api, data_dir) -> None:
+    push(admin_api, big())
     admin_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
     [first] = cache_files(data_dir)
     stamp = (data_dir / "pullcache" / first).stat().st_mtime_ns
@@ -80,12 +92,13 @@ def test_each_version_is_compressed_once_and_old_copies_go(admin_api, data_dir) 
     push(admin_api, {"humans": {"h2": {"name": "B"}}})
     packed = admin_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
     assert orjson.loads(gzip.decompress(packed.content))["version"] == 2
+    assert gzip.decompress(packed.content) == admin_api.get("/api/sync").content
     [second] = cache_files(data_dir)
     assert second != first
 
 
 def test_deleting_a_user_removes_their_cached_pulls(admin_api, analyst_api, data_dir) -> None:
-    push(analyst_api, {"humans": {"h1": {"name": "A"}}})
+    push(analyst_api, big())
     analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
     assert len(cache_files(data_dir)) == 1
     user_id = analyst_api.get("/api/auth/me").json()["user"]["id"]

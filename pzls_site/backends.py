@@ -8,15 +8,28 @@ changes, so ``override_settings`` in tests swaps backends for real.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
+from pzls_site.exceptions import StorageError
+
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """For database backends: a database failure becomes StorageError, so views never see a driver's error."""
+    try:
+        yield
+    except DatabaseError as exc:
+        raise StorageError(f"cannot {what}") from exc
 
 
 class BackendHandler(Generic[T]):

@@ -8,16 +8,14 @@ issued, as the file store drops them whenever it rewrites its file.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
-from typing import Iterator
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import QuerySet
 
 from accounts.backends.base import BaseTokenStore, TokenRecord
 from accounts.models import Token
-from pzls_site.exceptions import StorageError
+from pzls_site.backends import database_errors
 
 _FIELDS = ("digest", "user_id", "created", "last_used", "expires")
 
@@ -25,15 +23,6 @@ _FIELDS = ("digest", "user_id", "created", "last_used", "expires")
 def _record(row: tuple) -> TokenRecord:
     digest, user_id, created, last_used, expires = row
     return TokenRecord(digest=digest, user_id=user_id, created=created, last_used=last_used, expires=expires)
-
-
-@contextlib.contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    """Turn a database failure into StorageError: views never see a driver's error."""
-    try:
-        yield
-    except DatabaseError as exc:
-        raise StorageError(f"cannot {action} tokens") from exc
 
 
 class DatabaseTokenStore(BaseTokenStore):
@@ -46,7 +35,7 @@ class DatabaseTokenStore(BaseTokenStore):
         return Token.objects.using(self.using)
 
     def add(self, record: TokenRecord) -> None:
-        with _storage_errors("write"):
+        with database_errors("write tokens"):
             # Measured on the issuing clock, the service's, like every other time here.
             self._tokens().filter(expires__lte=record.created).delete()
             self._tokens().create(
@@ -58,17 +47,17 @@ class DatabaseTokenStore(BaseTokenStore):
             )
 
     def get(self, digest: str) -> TokenRecord | None:
-        with _storage_errors("read"):
+        with database_errors("read tokens"):
             row = self._tokens().filter(digest=digest).values_list(*_FIELDS).first()
         return _record(row) if row else None
 
     def touch(self, digest: str, *, last_used: datetime, expires: datetime) -> None:
         # An UPDATE of a revoked (deleted) row changes nothing: no resurrection.
-        with _storage_errors("write"):
+        with database_errors("write tokens"):
             self._tokens().filter(digest=digest).update(last_used=last_used, expires=expires)
 
     def revoke(self, digest: str) -> bool:
-        with _storage_errors("write"):
+        with database_errors("write tokens"):
             deleted, _ = self._tokens().filter(digest=digest).delete()
         return deleted > 0
 
@@ -76,16 +65,16 @@ class DatabaseTokenStore(BaseTokenStore):
         tokens = self._tokens().filter(user_id=user_id)
         if keep is not None:
             tokens = tokens.exclude(digest=keep)
-        with _storage_errors("write"):
+        with database_errors("write tokens"):
             deleted, _ = tokens.delete()
         return deleted
 
     def list_user(self, user_id: str) -> list[TokenRecord]:
-        with _storage_errors("read"):
+        with database_errors("read tokens"):
             rows = list(self._tokens().filter(user_id=user_id).order_by("created", "id").values_list(*_FIELDS))
         return [_record(row) for row in rows]
 
     def purge_expired(self, now: datetime) -> int:
-        with _storage_errors("write"):
+        with database_errors("write tokens"):
             deleted, _ = self._tokens().filter(expires__lte=now).delete()
         return deleted

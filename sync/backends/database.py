@@ -38,10 +38,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import msgspec
 import orjson
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F
 from django.db.models.constants import OnConflict
 
+from pzls_site.backends import database_errors
 from pzls_site.exceptions import StorageError
 from pzls_site.files import atomic_write
 from sync.backends.base import (
@@ -118,15 +119,6 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-@contextlib.contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    """Turn a database failure into StorageError: views never see a driver's error."""
-    try:
-        yield
-    except DatabaseError as exc:
-        raise StorageError(f"cannot {action} repository") from exc
-
-
 class _Changed(Exception):
     """A push landed while a pull was being read."""
 
@@ -163,7 +155,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         cached = self._cached(uid, tag)
         if cached is not None:
             return cached
-        with _storage_errors("read"):
+        with database_errors("read repository"):
             read = self._read(uid)
         if read is None:  # deleted meanwhile
             return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
@@ -259,7 +251,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             return "empty"
-        with _storage_errors("read"):
+        with database_errors("read repository"):
             row = RepositoryRow.objects.using(self.using).filter(user_id=uid).values_list("id", "generation").first()
         return "empty" if row is None else _tag(*row)
 
@@ -273,7 +265,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             return ChangesPage(current_version=0, pending=0, entries=[])
         q = self._q
         repo, log = q(RepositoryRow._meta.db_table), q(ChangelogEntry._meta.db_table)
-        with _storage_errors("read"), self._connection.cursor() as cursor:
+        with database_errors("read repository"), self._connection.cursor() as cursor:
             # One statement: the version, the count and the page from one snapshot.
             cursor.execute(
                 f"SELECT r.version, e.entry, COUNT(e.id) OVER () "
@@ -291,7 +283,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             return EMPTY_SUMMARY
-        with _storage_errors("read"):
+        with database_errors("read repository"):
             row = RepositoryRow.objects.using(self.using).filter(user_id=uid).first()
         if row is None:
             return EMPTY_SUMMARY
@@ -308,7 +300,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             return []
-        with _storage_errors("read"):
+        with database_errors("read repository"):
             texts = (
                 ChangelogEntry.objects.using(self.using)
                 .filter(repository__user_id=uid)
@@ -402,9 +394,9 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             raise StorageError(f"not a user id: {user_id!r}")
-        with _storage_errors("write"):
+        with database_errors("write repository"):
             self._ensure_row(uid)
-        with _storage_errors("write"), transaction.atomic(using=self.using):
+        with database_errors("write repository"), transaction.atomic(using=self.using):
             repo = self._locked(uid)
             existing = {
                 s.name: s for s in Store.objects.using(self.using).filter(repository=repo, name__in=list(stores))
@@ -496,9 +488,9 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             int(entry["version"]): entry for entry in changelog if int(entry["version"]) <= repository.version
         }
         data = encode_stores(repository.data)
-        with _storage_errors("write"):
+        with database_errors("write repository"):
             self._ensure_row(uid)
-        with _storage_errors("write"), transaction.atomic(using=self.using):
+        with database_errors("write repository"), transaction.atomic(using=self.using):
             repo = self._locked(uid)
             self._clear(repo)
             size = 2  # {}
@@ -541,7 +533,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             return
-        with _storage_errors("delete"), transaction.atomic(using=self.using):
+        with database_errors("delete repository"), transaction.atomic(using=self.using):
             repo = RepositoryRow.objects.using(self.using).select_for_update().filter(user_id=uid).first()
             if repo is not None:
                 self._clear(repo)

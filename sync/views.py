@@ -123,13 +123,19 @@ class SyncView(APIView):
         )
 
 
+# The largest integer a JavaScript client reads exactly; a larger ``since``
+# (no version ever reaches it) is echoed as this, not as a number JSON output
+# cannot hold.
+_SINCE_MAX = 2**53 - 1
+
+
 def _since(raw: str | None) -> int:
     """The protocol's ``since``: a missing or non-numeric value means 0."""
     try:
         value = int(float(raw)) if raw is not None else 0
     except (ValueError, OverflowError):
         return 0
-    return max(value, 0)
+    return min(max(value, 0), _SINCE_MAX)
 
 
 class ChangesView(APIView):

@@ -237,6 +237,17 @@ def test_rejected_first_push_creates_no_file(data_dir, analyst_api):
     assert files(data_dir) == before
 
 
+@pytest.mark.parametrize("since", ["1e30", "9" * 30, "9223372036854775808", "1.7976931348623157e308"])
+def test_since_beyond_any_version_is_no_changes_not_500(unchanged, seeded, since):
+    """A since past 2^64 was echoed as clientVersion, which JSON output cannot hold: 500.
+
+    It is answered as the largest integer a JavaScript client reads exactly.
+    """
+    response = seeded.get(f"/api/sync/changes?since={since}")
+    assert response.status_code == 200, response.content
+    assert response.json() == {"currentVersion": 1, "clientVersion": 2**53 - 1, "pendingChanges": 0, "changes": []}
+
+
 # --- control characters, path-like and prototype names -------------------------------------
 
 

@@ -100,7 +100,7 @@ def _decode_object(raw: bytes | msgspec.Raw, what: str) -> dict[str, msgspec.Raw
     except msgspec.ValidationError:
         raise InvalidStores(what) from None
     except UnicodeDecodeError as exc:
-        raise MalformedBody(f"invalid UTF-8 in a name: {exc.reason}") from None
+        raise MalformedBody(f"invalid UTF-8: {exc.reason}") from None
 
 
 def parse_record(raw: msgspec.Raw, name: str = "", record_id: str = "") -> Any:
@@ -170,6 +170,8 @@ def decode_push(body: bytes) -> PushBody:
     except msgspec.ValidationError:
         _explain_shape(stores_raw)
         raise InvalidStores("stores must be an object of objects of records") from None
+    except UnicodeDecodeError as exc:  # a store name or record id that is not UTF-8
+        raise MalformedBody(f"invalid UTF-8: {exc.reason}") from None
     # Store names and record ids are checked by plan_merge when they are new:
     # those already stored were checked when they were added.
     return PushBody(stores=decoded, client_version=client_version)

@@ -63,24 +63,18 @@ def repository_load(*, user_id: str) -> Repository:
 
 
 def repository_push(*, user_id: str, body: bytes) -> PushResult:
-    """Validate a push body (JSON bytes) and merge it, all or nothing."""
+    """Validate a push body (JSON bytes) and merge it, all or nothing.
+
+    The body's shape is checked here; its records as the store merges them
+    (``sync.merge.plan_merge``), before anything is written.
+    """
     if not body.strip():
         raise BadRequest("No data provided")
     try:
         push = decode_push(body)
-    except MalformedBody as exc:
-        raise MalformedJSON(str(exc)) from None
-    except InvalidStores as exc:
-        raise BadRequest(str(exc)) from None
-    except UnicodeDecodeError as exc:
-        # msgspec reports invalid UTF-8 in a store name or record id this way,
-        # and decode_push does not catch it there: without this, a 500.
-        raise MalformedJSON(f"invalid UTF-8: {exc.reason}") from None
-    try:
         return get_repository_store().push(
             user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())
         )
-    # Records are checked as the merge parses them; nothing has been written then.
     except MalformedBody as exc:
         raise MalformedJSON(str(exc)) from None
     except InvalidStores as exc:

@@ -222,11 +222,6 @@ def test_lone_surrogates_are_400(unchanged, seeded, url, body, error):
     reject(post_raw(seeded, url, body), 400, error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync/backends/json_file.py takes the repository's lock, creating an empty repo_<id>.lock, "
-    "before the merge finds the bad record; remove this mark when that is fixed",
-)
 def test_rejected_first_push_creates_no_file(data_dir, analyst_api):
     before = files(data_dir)
     reject(

@@ -31,7 +31,7 @@ import orjson
 from django.conf import settings
 
 from pzls_site.exceptions import StorageError
-from pzls_site.files import atomic_write, exclusive_lock, file_identity, fsync_dir
+from pzls_site.files import FileIdentity, atomic_write, exclusive_lock, file_identity, fsync_dir
 from sync.backends.base import (
     CHANGES_PAGE,
     EMPTY_PULL,
@@ -159,17 +159,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError("repository file is not a repository") from exc
 
-    def _records(self, user_id: str) -> tuple[int, RawStores]:
-        """The committed version and every record's text, without parsing records."""
+    def _records(self, user_id: str) -> tuple[int, RawStores, FileIdentity | None]:
+        """The committed version, every record's text (not parsed) and the identity of the file read."""
         try:
-            raw = self._path(user_id, "repo").read_bytes()
+            with open(self._path(user_id, "repo"), "rb") as fh:
+                st = os.fstat(fh.fileno())
+                raw = fh.read()
         except FileNotFoundError:
-            return 0, {}
+            return 0, {}, None
         try:
             doc = _repo_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError("repository file is not a repository") from exc
-        return doc.version, doc.data
+        return doc.version, doc.data, (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _committed_version(self, user_id: str) -> int | None:
         """The repository file's version, read from its first bytes; None when there is none."""
@@ -239,7 +241,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def _rebuild_summary(self, user_id: str) -> RepositorySummary:
         with exclusive_lock(self._path(user_id, "lock")):
-            version, data = self._records(user_id)
+            version, data, _ = self._records(user_id)
             total, last = 0, None
             for _, line in self._committed_lines_newest_first(user_id, version):
                 if last is None:
@@ -275,12 +277,22 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     # --- writing -----------------------------------------------------------
 
     def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
+        # Merge (which validates the records) before taking the lock: a push
+        # that is refused or changes nothing touches no file, and writers hold
+        # the lock only to write. A push that landed in between is seen by
+        # the file's identity, and the merge is done again on top of it.
+        path = self._path(user_id, "repo")
+        version, current, identity = self._records(user_id)
+        plan = plan_merge(current, stores)
+        if not plan.changed:
+            return PushResult(version=version, added=0, modified=0)
         try:
             with exclusive_lock(self._path(user_id, "lock")):
-                version, current = self._records(user_id)
-                plan = plan_merge(current, stores)
-                if not plan.changed:
-                    return PushResult(version=version, added=0, modified=0)
+                if file_identity(path) != identity:
+                    version, current, identity = self._records(user_id)
+                    plan = plan_merge(current, stores)
+                    if not plan.changed:
+                        return PushResult(version=version, added=0, modified=0)
                 new_version = version + 1
                 entry = {
                     "version": new_version,
@@ -292,7 +304,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 }
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 data = {**current, **plan.new_stores}
-                atomic_write(self._path(user_id, "repo"), repository_bytes(new_version, data))
+                atomic_write(path, repository_bytes(new_version, data))
                 previous = self._read_meta(user_id)
                 if previous is not None and previous.version == version:
                     total_syncs = previous.total_syncs + 1

@@ -139,14 +139,6 @@ class IdentityCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def discard(self, path: Path) -> None:
-        with self._lock:
-            self._entries.pop(str(path), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
     def load(self, path: Path, parse: Callable[[bytes], Any]) -> tuple[FileIdentity | None, Any | None]:
         """Return (identity, parsed value) of ``path``; (None, None) when absent.
 

@@ -29,11 +29,6 @@ def uptime_seconds() -> float:
     return round(time.monotonic() - _STARTED, 3)
 
 
-def repository_pull_bytes(*, user_id: str) -> bytes:
-    """The exact body of ``GET /api/sync``, as stored."""
-    return get_repository_store().pull_bytes(user_id)
-
-
 def repository_pull(*, user_id: str) -> PullSource:
     """The body of ``GET /api/sync`` with its tag (an open file or bytes; see PullSource)."""
     return get_repository_store().pull(user_id)

@@ -3,9 +3,15 @@
 A push body is decoded without turning records into Python objects: each
 record stays the exact JSON text the client sent (a ``msgspec.Raw``), which is
 what a store keeps and what a pull sends back. Only records whose text
-differs from the stored text are parsed (one at a time), which validates them
-and tells a real modification from the same value written differently. That
-keeps a re-push of a whole repository cheap in time and memory.
+differs from the stored text are checked: new records in batches by simdjson
+(which validates without building Python objects), changed ones parsed one
+at a time, which also tells a real modification from the same value written
+differently. That keeps a push cheap in time and memory.
+
+Every check has a fast path for the common case, valid input, and falls back
+to the exact one-by-one path whenever the fast path cannot vouch for the
+input; the exact path finds the first offence and words its error. So the
+fast paths never change what is accepted or what an error says.
 
 Validation is all or nothing: the first offence is reported, naming the store
 and the record id, and nothing is written. Records compare as JSON values: key
@@ -15,11 +21,16 @@ order does not matter, ``true`` is not ``1``, and ``1`` equals ``1.0``.
 from __future__ import annotations
 
 import re
+import threading
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any, Mapping
 
 import msgspec
 import orjson
+import simdjson
 
 STORE_NAME_MAX = 64
 RECORD_ID_MAX = 256
@@ -137,6 +148,17 @@ def _client_version(raw: msgspec.Raw | None) -> int | None:
     return int(value)
 
 
+class _PushShape(msgspec.Struct, forbid_unknown_fields=True):
+    """The push body as clients send it, for decoding it in one pass."""
+
+    stores: RawStores | msgspec.UnsetType = msgspec.UNSET
+    data: RawStores | msgspec.UnsetType = msgspec.UNSET
+    clientVersion: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # noqa: N815 (the protocol's name)
+
+
+_push_decoder = msgspec.json.Decoder(_PushShape)
+
+
 def decode_push(body: bytes) -> PushBody:
     """Decode and validate a push body ``{clientVersion, stores}`` (or the older ``data`` key).
 
@@ -144,7 +166,23 @@ def decode_push(body: bytes) -> PushBody:
     shape is wrong; both name what is wrong. The scanner checks syntax and the
     UTF-8 of the names it decodes; new names and record texts are checked by
     ``plan_merge``, and every other field of the body is parsed here.
+
+    A body of exactly the expected shape is decoded in one pass; anything
+    else (other fields, both keys or neither, any error) takes the exact path.
     """
+    try:
+        shape = _push_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return _decode_push_exact(body)
+    stores = shape.stores if shape.data is msgspec.UNSET else shape.data
+    if stores is msgspec.UNSET or (shape.stores is not msgspec.UNSET and shape.data is not msgspec.UNSET):
+        return _decode_push_exact(body)
+    raw_version = None if shape.clientVersion is msgspec.UNSET else shape.clientVersion
+    return PushBody(stores=stores, client_version=_client_version(raw_version))
+
+
+def _decode_push_exact(body: bytes) -> PushBody:
+    """``decode_push`` for any body, two passes: the top level, then the stores, each error worded."""
     try:
         top = msgspec.json.decode(body, type=_RAW_OBJECT)
     except msgspec.ValidationError:
@@ -223,12 +261,12 @@ class MergePlan:
 def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawStores) -> MergePlan:
     """Merge ``incoming`` over ``current`` without mutating either.
 
-    Every pushed record that is not the stored text byte for byte is parsed,
-    which validates it (a record that is not a valid JSON object raises
-    MalformedBody or InvalidStores before the caller has written anything),
-    and so are the names of new stores and ids. Touched stores are copied
-    (records are shared, never mutated). New ids go to the end of their store
-    and new stores after the existing ones, so pulls keep first-insertion order.
+    Every pushed record that is not the stored text byte for byte is
+    validated (a record that is not a valid JSON object raises MalformedBody
+    or InvalidStores before the caller has written anything), and so are the
+    names of new stores and ids. Touched stores are copied (records are
+    shared, never mutated). New ids go to the end of their store and new
+    stores after the existing ones, so pulls keep first-insertion order.
     """
     plan = MergePlan()
     for name, records in incoming.items():
@@ -236,29 +274,117 @@ def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawSt
         if existing is None:
             check_store_name(name)
             existing = {}
+            differing = new_ids = list(records)
+            changed_ids = []
         elif existing == records:
             continue  # the whole store unchanged, compared in C
-        get = existing.get
-        # The records whose text differs from the stored one (or that are new):
-        # usually a small part of a re-push, found without a Python-level loop body.
-        differing = [record_id for record_id, record in records.items() if get(record_id) != record]
-        if not differing:
+        else:
+            get = existing.get
+            # The records whose text differs from the stored one (or that are new):
+            # usually a small part of a re-push, found without a Python-level loop body.
+            differing = [record_id for record_id, record in records.items() if get(record_id) != record]
+            if not differing:
+                continue
+            new_ids = [record_id for record_id in differing if record_id not in existing]
+            changed_ids = [record_id for record_id in differing if record_id in existing] if new_ids else differing
+        if not (_ids_valid(new_ids) and _records_valid([records[record_id] for record_id in new_ids])):
+            # Something new is wrong (or simdjson could not vouch for it): the
+            # exact path finds the first offence in the store's order.
+            _merge_store_exact(plan, name, existing, records, differing)
             continue
-        updated: dict[str, msgspec.Raw] | None = None
-        for record_id in differing:
-            record = records[record_id]
-            old = get(record_id)
-            if old is None:
-                check_record_id(name, record_id)
-                parse_record(record, name, record_id)
-                plan.added.append({"store": name, "id": record_id})
-            elif records_equal(old, record, name, record_id):
-                continue  # the same value written differently
-            else:
-                plan.modified.append({"store": name, "id": record_id})
-            if updated is None:
-                updated = dict(existing)
-            updated[record_id] = record
-        if updated is not None:
-            plan.new_stores[name] = updated
+        modified = [
+            record_id for record_id in changed_ids if not records_equal(existing[record_id], records[record_id], name, record_id)
+        ]
+        if not new_ids and not modified:
+            continue  # only the same values written differently
+        updated = dict(existing)
+        for record_id in new_ids:
+            updated[record_id] = records[record_id]
+        for record_id in modified:
+            updated[record_id] = records[record_id]
+        plan.added.extend({"store": name, "id": record_id} for record_id in new_ids)
+        plan.modified.extend({"store": name, "id": record_id} for record_id in modified)
+        plan.new_stores[name] = updated
     return plan
+
+
+def _merge_store_exact(
+    plan: MergePlan, name: str, existing: Mapping[str, msgspec.Raw], records: Mapping[str, msgspec.Raw], differing: list[str]
+) -> None:
+    """One store of ``plan_merge``, record by record in the store's order, raising at the first offence."""
+    updated: dict[str, msgspec.Raw] | None = None
+    for record_id in differing:
+        record = records[record_id]
+        old = existing.get(record_id)
+        if old is None:
+            check_record_id(name, record_id)
+            parse_record(record, name, record_id)
+            plan.added.append({"store": name, "id": record_id})
+        elif records_equal(old, record, name, record_id):
+            continue  # the same value written differently
+        else:
+            plan.modified.append({"store": name, "id": record_id})
+        if updated is None:
+            updated = dict(existing)
+        updated[record_id] = record
+    if updated is not None:
+        plan.new_stores[name] = updated
+
+
+def _ids_valid(ids: list[str]) -> bool:
+    """Whether every id passes ``check_record_id`` (checked all at once)."""
+    if not ids:
+        return True
+    lengths = list(map(len, ids))
+    return min(lengths) >= 1 and max(lengths) <= RECORD_ID_MAX and not _has_control("".join(ids))
+
+
+# Records are validated by simdjson in batches of about this many bytes of
+# text: large enough that a call costs little per record, small enough that
+# the parser's buffers (a few times the batch, kept per thread) stay small. A
+# batch that passes _BATCH_MAX because of one big record is left to orjson.
+_BATCH_BYTES = 64 * 1024
+_BATCH_MAX = 16 * _BATCH_BYTES
+_OPEN_BRACE = ord("{")
+_local = threading.local()
+
+
+def _parser() -> simdjson.Parser:
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = simdjson.Parser()
+    return parser
+
+
+def _records_valid(raws: list[msgspec.Raw]) -> bool:
+    """Whether every text is a JSON object that orjson accepts; False when that is not shown.
+
+    simdjson validates syntax, UTF-8 and numbers (finite doubles, 64-bit
+    integers) without building Python objects. What it accepts orjson
+    accepts (tests/test_sync_merge.py checks that property); what it refuses,
+    such as integers beyond 64 bits, which orjson reads as doubles, is left
+    to the exact path. Each batch is one array text ``[r1,r2,...]``; that
+    every element is an object is read off the first byte of each.
+    """
+    lengths = list(map(len, raws))
+    ends = list(accumulate(lengths))
+    parser = _parser()
+    start = 0
+    while start < len(raws):
+        base = ends[start - 1] if start else 0
+        end = min(bisect_left(ends, base + _BATCH_BYTES, start) + 1, len(raws))
+        if ends[end - 1] - base > _BATCH_MAX:
+            return False
+        text = b"[" + b",".join(raws[start:end]) + b"]"
+        # Where each record starts in the text: after "[" and after each earlier record and its comma.
+        firsts = itemgetter(*accumulate(map((1).__add__, lengths[start : end - 1]), initial=1))(text)
+        if isinstance(firsts, int):  # a batch of one record
+            firsts = (firsts,)
+        if firsts.count(_OPEN_BRACE) != len(firsts):
+            return False
+        try:
+            parser.parse(text)
+        except (ValueError, RuntimeError):  # RuntimeError: an integer beyond 64 bits
+            return False
+        start = end
+    return True

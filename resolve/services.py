@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pzls_site.exceptions import BadRequest
-from resolve.engine import resolve_fast
 from sync.services import repository_load
 
 DEFAULT_THRESHOLD = 0.6
@@ -55,6 +54,10 @@ def threshold_parse(*, raw: str | None) -> float | int:
 
 def matches_find(*, user_id: str, threshold: float) -> Resolution:
     """Likely duplicates among the user's ``humans`` and ``others`` at ``threshold`` (PROTOCOL.md §4)."""
+    # The engine brings numpy and rapidfuzz (about 13 MB a process): imported
+    # here, on a worker's first resolve, so workers that only sync never carry them.
+    from resolve.engine import resolve_fast
+
     repository = repository_load(user_id=user_id)
     count, results = resolve_fast(repository.data, threshold)
     return Resolution(count=count, threshold=threshold, results=results)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +348,13 @@ def test_jaro_filter_claims_hold_exhaustively_for_short_strings():
             assert rf >= js, (a, b)
             if name_similarity(a, b) > 0.8:
                 assert rf >= engine.JARO_CUTOFF and js > 2 / 3, (a, b)
+
+
+def test_workers_that_only_sync_never_load_the_engines_libraries(tmp_path: Path) -> None:
+    # gunicorn's master preloads pzls_site.wsgi; numpy and rapidfuzz (about 13 MB
+    # a process) must wait for a worker's first resolve.
+    root = Path(__file__).resolve().parent.parent
+    script = "import sys, pzls_site.wsgi; print(sorted(m for m in ('numpy', 'rapidfuzz') if m in sys.modules))"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "pzls_site.settings", "PZLS_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -50,19 +50,26 @@ def _write_all(fd: int, chunks: list) -> None:
                 break
 
 
-def atomic_write(path: Path, data: bytes | list, *, durable: bool = True) -> FileIdentity:
+def atomic_write(path: Path, data: bytes | list | Iterator, *, durable: bool = True) -> FileIdentity:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one.
 
     ``data`` may be a list of chunks (bytes or any buffer), written in order
-    without joining them. With ``durable`` the new content and the rename are
-    fsynced before returning. Returns the identity of the new file.
+    without joining them, or an iterator of chunks, each written as it comes
+    (so a large file never has to be in memory at once). With ``durable`` the
+    new content and the rename are fsynced before returning. Returns the
+    identity of the new file.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    chunks = data if isinstance(data, list) else [data]
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(fd, chunks)
+            if isinstance(data, list):
+                _write_all(fd, data)
+            elif isinstance(data, (bytes, bytearray, memoryview)):
+                _write_all(fd, [data])
+            else:
+                for chunk in data:
+                    _write_all(fd, [chunk])
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)

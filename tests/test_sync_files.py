@@ -13,6 +13,7 @@ import pytest
 from accounts.backends.base import TokenRecord
 from accounts.backends.json_file import JSONFileTokenStore
 from accounts.services import token_digest
+from sync.backends.base import Repository
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.merge import encode_stores
 
@@ -38,6 +39,19 @@ def test_repository_file_is_exactly_the_pull_body(store: JSONFileRepositoryStore
     raw = (data_dir / f"repo_{U}.json").read_bytes()
     assert raw == b'{"version":1,"data":{"humans":{"h1":{"name":"A"}}}}'
     assert store.pull_bytes(U) == raw
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [2048], [2049, 0, 3], [5000, 4096]])
+def test_large_repositories_are_written_piece_by_piece_to_the_same_bytes(
+    store: JSONFileRepositoryStore, data_dir: Path, sizes: list[int]
+) -> None:
+    stores = {f"s{n}": {f"r{i}": {"i": i, "name": "Zoë \u2028 \"q\""} for i in range(size)} for n, size in enumerate(sizes)}
+    store.replace(U, Repository(version=1, data=stores), [])  # keeps empty stores, which a push never adds
+    expected = b'{"version":1,"data":' + orjson.dumps(stores) + b"}"
+    assert (data_dir / f"repo_{U}.json").read_bytes() == expected
+    push(store, {"s0": {"new": {"a": 1}}})
+    stores["s0"]["new"] = {"a": 1}
+    assert store.pull_bytes(U) == b'{"version":2,"data":' + orjson.dumps(stores) + b"}"
 
 
 def test_no_temporary_files_are_left(store: JSONFileRepositoryStore, data_dir: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -73,15 +74,30 @@ def _entry_line(entry: dict[str, Any]) -> bytes:
 
 
 _repo_encoder = msgspec.json.Encoder()
+# Records encoded per piece of a repository file: about 1 MB of text, so a
+# push never holds a second copy of the whole repository while writing it.
+_RECORDS_PER_PIECE = 2048
 
 
-def repository_bytes(version: int, data: RawStores) -> bytes:
-    """The pull body ``{"version":N,"data":{...}}``, each record's text put in as it is.
+def repository_chunks(version: int, data: RawStores) -> Iterator[bytes | memoryview]:
+    """The pull body ``{"version":N,"data":{...}}`` in pieces, each record's text put in as it is.
 
     msgspec writes ``Raw`` texts without a Python call per record; its output
-    is the same compact JSON orjson writes.
+    is the same compact JSON orjson writes. Joined, the pieces are exactly
+    ``msgspec.json.encode({"version": version, "data": data})``.
     """
-    return _repo_encoder.encode({"version": version, "data": data})
+    yield b'{"version":%d,"data":{' % version
+    for position, (name, records) in enumerate(data.items()):
+        yield (b"," if position else b"") + _repo_encoder.encode(name) + b":{"
+        items = iter(records.items())
+        first = True
+        while batch := dict(islice(items, _RECORDS_PER_PIECE)):
+            if not first:
+                yield b","
+            yield memoryview(_repo_encoder.encode(batch))[1:-1]  # the members, without their braces
+            first = False
+        yield b"}"
+    yield b"}}"
 
 
 def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -304,7 +320,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 }
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 data = {**current, **plan.new_stores}
-                atomic_write(path, repository_bytes(new_version, data))
+                atomic_write(path, repository_chunks(new_version, data))
                 previous = self._read_meta(user_id)
                 if previous is not None and previous.version == version:
                     total_syncs = previous.total_syncs + 1
@@ -352,7 +368,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 lines = [_entry_line(entry) for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(self._path(user_id, "changelog"), lines or [b""])
                 data = encode_stores(repository.data)
-                atomic_write(self._path(user_id, "repo"), repository_bytes(repository.version, data))
+                atomic_write(self._path(user_id, "repo"), repository_chunks(repository.version, data))
                 last = orjson.loads(lines[-1]).get("timestamp") if lines else None
                 self._write_meta(user_id, repository.version, data, total_syncs=len(lines), last_sync=last)
         except OSError as exc:

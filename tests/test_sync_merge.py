@@ -204,7 +204,7 @@ def test_one_record_bigger_than_a_batch_is_checked_by_itself() -> None:
     records = {"small": b'{"a":1}', "big": big, "bad": b'{"n":1e400}'}
     assert outcome(lambda: plan_merge({}, raw_stores({"h": records})))[2].startswith("record 'bad' in store 'h'")
     del records["bad"]
-    assert [item["id"] for item in plan_merge({}, raw_stores({"h": records})).added] == ["small", "big"]
+    assert [item.id for item in plan_merge({}, raw_stores({"h": records})).added] == ["small", "big"]
 
 
 push_bodies = st.one_of(

@@ -429,7 +429,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             store_count = repo.store_count
             added_per_store: dict[str, int] = {}
             for item in plan.added:
-                name = item["store"]
+                name = item.store
                 if name not in existing:
                     store = Store.objects.using(self.using).create(repository=repo, name=name, seq=repo.next_seq)
                     repo.next_seq += 1
@@ -440,7 +440,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
 
             added: list[tuple[int, str, str, str, int]] = []
             for item in plan.added:
-                name, key = item["store"], item["id"]
+                name, key = item.store, item.id
                 store = existing[name]
                 raw = stores[name][key]
                 separator = 1 if store.record_count else 0
@@ -450,7 +450,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 repo.next_seq += 1
             modified: list[tuple[int, str, str, str, int]] = []
             for item in plan.modified:
-                name, key = item["store"], item["id"]
+                name, key = item.store, item.id
                 raw = stores[name][key]
                 size += len(raw) - old_sizes[(name, key)]
                 # The seq here is never written: a modified record keeps its place.

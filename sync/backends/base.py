@@ -11,7 +11,9 @@ and ``sync.merge``; a store receives validated data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Mapping
+
+import msgspec
 
 from sync.merge import RawStores
 
@@ -19,6 +21,19 @@ EMPTY_PULL = b'{"version":0,"data":{}}'
 
 # The original's paging: ``changes`` returns at most this many entries, the newest.
 CHANGES_PAGE = 50
+
+_entry_encoder = msgspec.json.Encoder()
+
+
+def entry_json(entry: Mapping[str, Any]) -> bytes:
+    """A changelog entry as every store keeps it: compact JSON with ``version`` first.
+
+    Version first lets a reader find it without parsing the line, and makes
+    both storages answer ``changes`` with the same bytes. The ``added`` and
+    ``modified`` lists may hold ``sync.merge.RecordRef``s, written as objects.
+    """
+    ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
+    return _entry_encoder.encode(ordered)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from sync.backends.base import (
     PushResult,
     Repository,
     RepositorySummary,
+    entry_json,
 )
 from sync.merge import RawStores, encode_stores, plan_merge
 from sync.models import ChangelogEntry, Record, Store
@@ -91,10 +92,7 @@ def _user(user_id: str) -> str | None:
 
 
 def _entry_text(entry: dict[str, Any]) -> str:
-    # Version first, as the file store writes its lines, so both storages
-    # answer ``changes`` with the same bytes.
-    ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
-    return orjson.dumps(ordered).decode()
+    return entry_json(entry).decode()
 
 
 def _key_json(text: str) -> bytes:

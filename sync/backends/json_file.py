@@ -43,6 +43,7 @@ from sync.backends.base import (
     PushResult,
     Repository,
     RepositorySummary,
+    entry_json,
 )
 from sync.merge import RawStores, encode_stores, plan_merge
 
@@ -68,9 +69,7 @@ def _line_version(line: bytes) -> int | None:
 
 
 def _entry_line(entry: dict[str, Any]) -> bytes:
-    # "version" first, so a line's version can be read without parsing it.
-    ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
-    return orjson.dumps(ordered) + b"\n"
+    return entry_json(entry) + b"\n"
 
 
 _repo_encoder = msgspec.json.Encoder()

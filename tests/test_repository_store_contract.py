@@ -233,3 +233,21 @@ def test_concurrent_pushes_are_serialised(store: BaseRepositoryStore) -> None:
     repo = fresh(store).load(U1)
     assert repo.version == 80 and len(repo.data["humans"]) == 80
     assert store.changes(U1, 0).pending == 80
+
+
+def test_record_texts_come_back_byte_for_byte_whatever_they_hold(store: BaseRepositoryStore) -> None:
+    # Raw tabs, newlines and carriage returns between tokens, backslashes in
+    # strings and in ids: characters bulk loaders (PostgreSQL's COPY) must escape.
+    import msgspec
+
+    texts = {
+        "tabs": b'{\t"a" :\t1}',
+        "lines": b'{\n  "a": [1,\r\n 2]\n}',
+        'back\\slash "id"': b'{"path":"C:\\\\dir\\\\file","nl":"a\\nb","tab":"\\t","u":"\\u005c"}',
+        "plain": b'{"name":"Zo\xc3\xab"}',
+    }
+    pushed = {"s": {rid: msgspec.Raw(text) for rid, text in texts.items()}}
+    assert store.push(U1, pushed, client_version=0, timestamp=TS).added == 4
+    body = b"".join(f'{orjson.dumps(rid).decode()}:'.encode() + text + b"," for rid, text in texts.items())[:-1]
+    assert store.pull_bytes(U1) == b'{"version":1,"data":{"s":{' + body + b"}}}"
+    assert fresh(store).pull_bytes(U1) == store.pull_bytes(U1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import operator
 import logging
 import os
@@ -102,6 +103,27 @@ def _key_json(text: str) -> bytes:
 def _item(key: str, raw: bytes | msgspec.Raw) -> str:
     """A record as the pull body shows it: ``"<id>":<record text>``."""
     return _key_json(key).decode() + ":" + bytes(raw).decode()
+
+
+# COPY's text format: a backslash and the characters that end fields or rows
+# are escaped. A record's text may hold raw tabs, newlines and carriage
+# returns as whitespace between its tokens; an id may hold backslashes.
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+_COPY_READ = 1 << 20
+
+
+def _copy_field(text: str) -> str:
+    for char, escaped in _COPY_ESCAPES:
+        if char in text:
+            text = text.replace(char, escaped)
+    return text
+
+
+def _copy_text(rows: list[tuple[int, str, str, str, int]]) -> bytes:
+    """(store id, key, item, digest, seq) rows in PostgreSQL's COPY text format, UTF-8."""
+    return "".join(
+        [f"{store_id}\t{_copy_field(key)}\t{_copy_field(item)}\t{digest}\t{seq}\n" for store_id, key, item, digest, seq in rows]
+    ).encode()
 
 
 def _pull_size(version: int, data_size: int) -> int:
@@ -361,6 +383,15 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         connection = self._connection
         q = self._q
         columns = ("store_id", "key", "item", "digest", "seq")
+        if not replace_existing and connection.vendor == "postgresql":
+            # COPY loads new rows several times faster than INSERT statements.
+            with connection.cursor() as cursor:
+                cursor.copy_expert(
+                    f"COPY {q(Record._meta.db_table)} ({', '.join(map(q, columns))}) FROM STDIN",
+                    io.BytesIO(_copy_text(rows)),
+                    size=_COPY_READ,
+                )
+            return
         head = f"INSERT INTO {q(Record._meta.db_table)} ({', '.join(map(q, columns))}) VALUES "
         tail = ""
         if replace_existing:

@@ -9,7 +9,7 @@ from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 
 from pzls_site.exceptions import BadRequest
-from pzls_site.json import read_body
+from pzls_site.json import is_blank, read_body
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -20,14 +20,15 @@ def json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def raw_json_body(request: Request) -> bytes:
+def raw_json_body(request: Request) -> bytes | bytearray:
     """The request body as bytes, for views that decode JSON themselves (a push).
 
     Same rules as the JSON parser: a body needs a JSON content type (else 415)
     and may not pass PZLS_MAX_BODY_MB (else 413).
     """
-    body = read_body(request.stream, settings.PZLS_MAX_BODY_BYTES)
-    if body.strip() and request.content_type.split(";")[0].strip().lower() != "application/json":
+    length = int(request.META.get("CONTENT_LENGTH") or 0)  # checked by ApiBoundaryMiddleware
+    body = read_body(request.stream, settings.PZLS_MAX_BODY_BYTES, length)
+    if not is_blank(body) and request.content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType(request.content_type)
     return body
 

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, MalformedJSON
+from pzls_site.json import is_blank
 from sync import pullcache
 from sync.backends import ChangesPage, PullSource, PushResult, Repository, RepositorySummary, get_repository_store
 from sync.merge import InvalidStores, MalformedBody, decode_push, encode_stores, validate_stores
@@ -57,13 +58,13 @@ def repository_load(*, user_id: str) -> Repository:
     return get_repository_store().load(user_id)
 
 
-def repository_push(*, user_id: str, body: bytes) -> PushResult:
+def repository_push(*, user_id: str, body: bytes | bytearray) -> PushResult:
     """Validate a push body (JSON bytes) and merge it, all or nothing.
 
     The body's shape is checked here; its records as the store merges them
     (``sync.merge.plan_merge``), before anything is written.
     """
-    if not body.strip():
+    if is_blank(body):
         raise BadRequest("No data provided")
     try:
         push = decode_push(body)

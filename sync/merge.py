@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import re
 import threading
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import msgspec
 import orjson
@@ -159,7 +158,7 @@ class _PushShape(msgspec.Struct, forbid_unknown_fields=True):
 _push_decoder = msgspec.json.Decoder(_PushShape)
 
 
-def decode_push(body: bytes) -> PushBody:
+def decode_push(body: bytes | bytearray) -> PushBody:
     """Decode and validate a push body ``{clientVersion, stores}`` (or the older ``data`` key).
 
     Raises MalformedBody when the body is not JSON and InvalidStores when its
@@ -181,7 +180,7 @@ def decode_push(body: bytes) -> PushBody:
     return PushBody(stores=stores, client_version=_client_version(raw_version))
 
 
-def _decode_push_exact(body: bytes) -> PushBody:
+def _decode_push_exact(body: bytes | bytearray) -> PushBody:
     """``decode_push`` for any body, two passes: the top level, then the stores, each error worded."""
     try:
         top = msgspec.json.decode(body, type=_RAW_OBJECT)
@@ -258,107 +257,160 @@ class RecordRef(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass
 class MergePlan:
-    """What a push changes: ids added and modified, and each touched store's new contents."""
+    """What a push changes: the ids it adds and those it modifies, in the push's order."""
 
     added: list[RecordRef] = field(default_factory=list)
     modified: list[RecordRef] = field(default_factory=list)
-    new_stores: dict[str, dict[str, msgspec.Raw]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.modified)
 
 
-def plan_merge(current: Mapping[str, Mapping[str, msgspec.Raw]], incoming: RawStores) -> MergePlan:
-    """Merge ``incoming`` over ``current`` without mutating either.
+# A stored store as plan_merge reads it: all its records at once, or its
+# records piece by piece (an iterable of mappings that can be iterated once
+# per plan), so a large repository need not be in memory whole.
+StoredStore = Mapping[str, msgspec.Raw] | Iterable[Mapping[str, msgspec.Raw]]
+
+
+def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> MergePlan:
+    """What merging ``incoming`` over ``current`` changes; neither is modified.
 
     Every pushed record that is not the stored text byte for byte is
     validated (a record that is not a valid JSON object raises MalformedBody
     or InvalidStores before the caller has written anything), and so are the
-    names of new stores and ids. Touched stores are copied (records are
-    shared, never mutated). New ids go to the end of their store and new
-    stores after the existing ones, so pulls keep first-insertion order.
+    names of new stores and ids. New ids go to the end of their store and new
+    stores after the existing ones (``apply_plan``), so pulls keep
+    first-insertion order.
     """
     plan = MergePlan()
     for name, records in incoming.items():
         existing = current.get(name)
         if existing is None:
             check_store_name(name)
-            existing = {}
-            differing = new_ids = list(records)
-            changed_ids = []
-        elif existing == records:
-            continue  # the whole store unchanged, compared in C
-        else:
+            new_ids, changed = list(records), {}
+        elif isinstance(existing, Mapping):
+            if existing == records:
+                continue  # the whole store unchanged, compared in C
             get = existing.get
             # The records whose text differs from the stored one (or that are new):
             # usually a small part of a re-push, found without a Python-level loop body.
             differing = [record_id for record_id, record in records.items() if get(record_id) != record]
-            if not differing:
-                continue
             new_ids = [record_id for record_id in differing if record_id not in existing]
-            changed_ids = [record_id for record_id in differing if record_id in existing] if new_ids else differing
+            changed = {record_id: existing[record_id] for record_id in differing if record_id in existing}
+        else:
+            new_ids, changed = _compare_pieces(existing, records)
+        if not new_ids and not changed:
+            continue
         if not (_ids_valid(new_ids) and _records_valid([records[record_id] for record_id in new_ids])):
             # Something new is wrong (or simdjson could not vouch for it): the
             # exact path finds the first offence in the store's order.
-            _merge_store_exact(plan, name, existing, records, differing)
+            _merge_store_exact(plan, name, new_ids, changed, records)
             continue
-        modified = [
-            record_id for record_id in changed_ids if not records_equal(existing[record_id], records[record_id], name, record_id)
-        ]
-        if not new_ids and not modified:
-            continue  # only the same values written differently
-        if existing:
-            updated = dict(existing)
-            for record_id in new_ids:
-                updated[record_id] = records[record_id]
-            for record_id in modified:
-                updated[record_id] = records[record_id]
-        else:
-            updated = dict(records)  # a new store: every record in it is new
         plan.added.extend([RecordRef(name, record_id) for record_id in new_ids])
-        plan.modified.extend([RecordRef(name, record_id) for record_id in modified])
-        plan.new_stores[name] = updated
+        plan.modified.extend(
+            [
+                RecordRef(name, record_id)
+                for record_id in records
+                if record_id in changed and not records_equal(changed[record_id], records[record_id], name, record_id)
+            ]
+            if changed
+            else []
+        )
     return plan
 
 
+def apply_plan(
+    current: Mapping[str, StoredStore], incoming: RawStores, plan: MergePlan
+) -> Iterator[tuple[str, Iterator[tuple[str, msgspec.Raw]]]]:
+    """The merged repository, store by store, each as (id, text) pairs in pull order.
+
+    Stored stores keep their order and their records' places (a modified
+    record takes its new text where it stood); new ids follow in the push's
+    order, then new stores. Stored pieces are read one at a time, as the
+    caller consumes the pairs.
+    """
+    added: dict[str, list[str]] = {}
+    for ref in plan.added:
+        added.setdefault(ref.store, []).append(ref.id)
+    modified: dict[str, set[str]] = {}
+    for ref in plan.modified:
+        modified.setdefault(ref.store, set()).add(ref.id)
+    for name, stored in current.items():
+        pieces = (stored,) if isinstance(stored, Mapping) else stored
+        yield name, _merged_items(pieces, incoming.get(name, {}), modified.get(name, set()), added.pop(name, []))
+    for name, new_ids in added.items():
+        yield name, _merged_items((), incoming[name], set(), new_ids)
+
+
+def _merged_items(
+    pieces: Iterable[Mapping[str, msgspec.Raw]], records: Mapping[str, msgspec.Raw], modified: set[str], new_ids: list[str]
+) -> Iterator[tuple[str, msgspec.Raw]]:
+    for piece in pieces:
+        touched = modified & piece.keys() if modified else None
+        if touched:
+            piece = {**piece, **{record_id: records[record_id] for record_id in touched}}
+        yield from piece.items()
+    for record_id in new_ids:
+        yield record_id, records[record_id]
+
+
+def _compare_pieces(
+    pieces: Iterable[Mapping[str, msgspec.Raw]], records: Mapping[str, msgspec.Raw]
+) -> tuple[list[str], dict[str, msgspec.Raw]]:
+    """The pushed ids a stored store lacks, and the stored texts of those whose text differs.
+
+    The stored texts are copied, so no piece outlives its turn. The ids
+    found are only counted: a push that adds nothing (most re-pushes) never
+    builds a set of them.
+    """
+    found = 0
+    changed: dict[str, msgspec.Raw] = {}
+    pushed = records.keys()
+    for piece in pieces:
+        common = piece.keys() & pushed
+        found += len(common)
+        for record_id in [record_id for record_id in common if piece[record_id] != records[record_id]]:
+            changed[record_id] = msgspec.Raw(bytes(piece[record_id]))
+    if found == len(records):
+        return [], changed
+    missing = set(pushed)
+    for piece in pieces:
+        missing -= piece.keys()
+    return [record_id for record_id in records if record_id in missing], changed
+
+
 def _merge_store_exact(
-    plan: MergePlan, name: str, existing: Mapping[str, msgspec.Raw], records: Mapping[str, msgspec.Raw], differing: list[str]
+    plan: MergePlan, name: str, new_ids: list[str], changed: Mapping[str, msgspec.Raw], records: Mapping[str, msgspec.Raw]
 ) -> None:
-    """One store of ``plan_merge``, record by record in the store's order, raising at the first offence."""
-    updated: dict[str, msgspec.Raw] | None = None
-    for record_id in differing:
-        record = records[record_id]
-        old = existing.get(record_id)
-        if old is None:
+    """One store of ``plan_merge``, record by record in the push's order, raising at the first offence.
+
+    ``changed`` holds the stored text of every pushed id whose text differs.
+    """
+    fresh = set(new_ids)
+    for record_id, record in records.items():
+        if record_id in fresh:
             check_record_id(name, record_id)
             parse_record(record, name, record_id)
             plan.added.append(RecordRef(name, record_id))
-        elif records_equal(old, record, name, record_id):
-            continue  # the same value written differently
-        else:
+        elif record_id in changed and not records_equal(changed[record_id], record, name, record_id):
             plan.modified.append(RecordRef(name, record_id))
-        if updated is None:
-            updated = dict(existing)
-        updated[record_id] = record
-    if updated is not None:
-        plan.new_stores[name] = updated
 
 
 def _ids_valid(ids: list[str]) -> bool:
     """Whether every id passes ``check_record_id`` (checked all at once)."""
     if not ids:
         return True
-    lengths = list(map(len, ids))
-    return min(lengths) >= 1 and max(lengths) <= RECORD_ID_MAX and not _has_control("".join(ids))
+    return min(map(len, ids)) >= 1 and max(map(len, ids)) <= RECORD_ID_MAX and not _has_control("".join(ids))
 
 
-# Records are validated by simdjson in batches of about this many bytes of
-# text: large enough that a call costs little per record, small enough that
-# the parser's buffers (a few times the batch, kept per thread) stay small. A
-# batch that passes _BATCH_MAX because of one big record is left to orjson.
-_BATCH_BYTES = 64 * 1024
-_BATCH_MAX = 16 * _BATCH_BYTES
+# Records are validated by simdjson in batches of this many, one array text
+# each: enough that a call costs little per record, few enough that a batch
+# (about 64 KB of typical records) and the parser's buffers (a few times the
+# batch, kept per thread) stay small. A batch over _BATCH_MAX bytes (big
+# records) is left to the exact path and orjson.
+_BATCH_RECORDS = 128
+_BATCH_MAX = 1 << 20
 _OPEN_BRACE = ord("{")
 _local = threading.local()
 
@@ -380,18 +432,15 @@ def _records_valid(raws: list[msgspec.Raw]) -> bool:
     to the exact path. Each batch is one array text ``[r1,r2,...]``; that
     every element is an object is read off the first byte of each.
     """
-    lengths = list(map(len, raws))
-    ends = list(accumulate(lengths))
     parser = _parser()
-    start = 0
-    while start < len(raws):
-        base = ends[start - 1] if start else 0
-        end = min(bisect_left(ends, base + _BATCH_BYTES, start) + 1, len(raws))
-        if ends[end - 1] - base > _BATCH_MAX:
+    for start in range(0, len(raws), _BATCH_RECORDS):
+        batch = raws[start : start + _BATCH_RECORDS]
+        lengths = list(map(len, batch))
+        if sum(lengths) > _BATCH_MAX:
             return False
-        text = b"[" + b",".join(raws[start:end]) + b"]"
+        text = b"[" + b",".join(batch) + b"]"
         # Where each record starts in the text: after "[" and after each earlier record and its comma.
-        firsts = itemgetter(*accumulate(map((1).__add__, lengths[start : end - 1]), initial=1))(text)
+        firsts = itemgetter(*accumulate(map((1).__add__, lengths[:-1]), initial=1))(text)
         if isinstance(firsts, int):  # a batch of one record
             firsts = (firsts,)
         if firsts.count(_OPEN_BRACE) != len(firsts):
@@ -400,5 +449,4 @@ def _records_valid(raws: list[msgspec.Raw]) -> bool:
             parser.parse(text)
         except (ValueError, RuntimeError):  # RuntimeError: an integer beyond 64 bits
             return False
-        start = end
     return True

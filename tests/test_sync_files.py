@@ -14,6 +14,7 @@ from accounts.backends.base import TokenRecord
 from accounts.backends.json_file import JSONFileTokenStore
 from accounts.services import token_digest
 from sync.backends.base import Repository
+from sync.backends.json_file import _RECORDS_PER_PIECE as PIECE
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.merge import encode_stores
 
@@ -41,7 +42,7 @@ def test_repository_file_is_exactly_the_pull_body(store: JSONFileRepositoryStore
     assert store.pull_bytes(U) == raw
 
 
-@pytest.mark.parametrize("sizes", [[0], [1], [2048], [2049, 0, 3], [5000, 4096]])
+@pytest.mark.parametrize("sizes", [[0], [1], [PIECE], [PIECE + 1, 0, 3], [5000, 2 * PIECE]])
 def test_large_repositories_are_written_piece_by_piece_to_the_same_bytes(
     store: JSONFileRepositoryStore, data_dir: Path, sizes: list[int]
 ) -> None:
@@ -109,6 +110,54 @@ def test_stale_or_missing_summary_is_rebuilt(store: JSONFileRepositoryStore, dat
     (data_dir / f"repo_{U}.meta.json").write_bytes(b'{"version":1,"stores":9}')
     assert JSONFileRepositoryStore(data_dir).summary(U) == expected
     assert (expected.records, expected.stores, expected.total_syncs) == (3, 2, 2)
+
+
+def big_repository() -> dict:
+    return {
+        "humans": {f"h{i}": {"i": i, "name": f"Person {i}"} for i in range(5000)},
+        "tags": {f"t{i}": {"i": i} for i in range(10)},
+    }
+
+
+def expected_after_re_push(stores: dict) -> tuple[dict, dict]:
+    """A re-push touching the first, a middle and the last piece of humans, adding records and a store; and the result."""
+    pushed = {"humans": {key: dict(value) for key, value in stores["humans"].items()}}
+    for i in (5, 4100, 4999):
+        pushed["humans"][f"h{i}"]["name"] = f"Renamed {i}"
+    pushed["humans"]["h-new"] = {"new": True}
+    pushed["cases"] = {"c1": {"title": "case"}}
+    result = {"humans": {**stores["humans"], **pushed["humans"]}, "tags": stores["tags"], "cases": pushed["cases"]}
+    return pushed, result
+
+
+@pytest.mark.parametrize("sidecar", ["current", "missing", "of another file", "garbage"])
+def test_a_re_push_merges_the_same_whatever_the_sidecar_says(store: JSONFileRepositoryStore, data_dir: Path, sidecar: str) -> None:
+    # The sidecar says where a repository file's pieces lie; a push reads the
+    # stored repository through it only when it names that very file.
+    stores = big_repository()
+    push(store, stores)
+    meta_path = data_dir / f"repo_{U}.meta.json"
+    meta = orjson.loads(meta_path.read_bytes())
+    assert meta["file"][1] == (data_dir / f"repo_{U}.json").stat().st_size
+    assert [len(spans) for spans in meta["layout"].values()] == [-(-5000 // PIECE), 1]
+    if sidecar == "missing":
+        meta_path.unlink()
+    elif sidecar == "of another file":
+        meta["file"][0] += 1
+        meta["layout"]["humans"] = [[0, 10]]
+        meta_path.write_bytes(orjson.dumps(meta))
+    elif sidecar == "garbage":
+        meta_path.write_bytes(b"[1,2")
+    pushed, result = expected_after_re_push(stores)
+    outcome = push(store, pushed, cv=1)
+    assert (outcome.version, outcome.added, outcome.modified) == (2, 2, 3)
+    assert store.pull_bytes(U) == b'{"version":2,"data":' + orjson.dumps(result) + b"}"
+    summary = JSONFileRepositoryStore(data_dir).summary(U)
+    assert (summary.records, summary.stores, summary.total_syncs) == (5012, 3, 2)
+    # And the next push reads through the sidecar this one wrote.
+    assert push(store, {"tags": {"t0": {"i": -1}}}, cv=2).modified == 1
+    result["tags"]["t0"] = {"i": -1}
+    assert store.pull_bytes(U) == b'{"version":3,"data":' + orjson.dumps(result) + b"}"
 
 
 def test_a_noop_push_does_not_rewrite_the_repository_file(store: JSONFileRepositoryStore, data_dir: Path) -> None:

@@ -10,13 +10,17 @@ Per user (``<id>`` is the user's UUID):
   file's are leftovers of a crashed push: readers skip them and the next push
   cuts them off.
 - ``repo_<id>.meta.json``: counts for ``status`` (stores, records, syncs), valid
-  only for the repository file whose version and size it names; rebuilt when stale.
+  only for the repository file whose version and size it names; rebuilt when
+  stale. It also names the exact file it was written for (inode, size,
+  mtime) and where that file's pieces of 512 records lie.
 - ``repo_<id>.lock``: the lock every writer of this user holds.
 
 A push never parses records into Python objects: the repository file is
-scanned into record texts (``msgspec.Raw`` views of the file's bytes), merged
-with the pushed texts, and the new file is written with those texts put in as
-they are.
+read into record texts (``msgspec.Raw`` views of the file's bytes), a piece
+at a time when the sidecar describes the file, merged with the pushed texts,
+and the new file is written piece by piece with those texts put in as they
+are. So a push holds its body and about one piece of the stored repository,
+not two copies of the repository.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from sync.backends.base import (
     RepositorySummary,
     entry_json,
 )
-from sync.merge import RawStores, encode_stores, plan_merge
+from sync.merge import RawStores, apply_plan, encode_stores, plan_merge
 
 _USER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _VERSION_PREFIX = re.compile(rb'^\{"version":(\d+)[,}]')
@@ -68,35 +72,120 @@ def _line_version(line: bytes) -> int | None:
     return int(match.group(1))
 
 
-def _entry_line(entry: dict[str, Any]) -> bytes:
-    return entry_json(entry) + b"\n"
+def _entry_line(entry: dict[str, Any]) -> list[bytes]:
+    """A changelog line as its text and its newline, not joined (a first push's entry names every record)."""
+    return [entry_json(entry), b"\n"]
 
 
 _repo_encoder = msgspec.json.Encoder()
-# Records encoded per piece of a repository file: about 1 MB of text, so a
-# push never holds a second copy of the whole repository while writing it.
-_RECORDS_PER_PIECE = 2048
+# Records per piece of a repository file: about 250 KB of text, so a push
+# holds one small piece of the stored repository at a time, never a copy.
+_RECORDS_PER_PIECE = 512
+
+# Where each piece's records lie in a repository file, per store: [start, end)
+# byte offsets of ``"id":{...},"id":{...}`` runs, as the writer made them.
+Layout = dict[str, list[list[int]]]
 
 
-def repository_chunks(version: int, data: RawStores) -> Iterator[bytes | memoryview]:
+def repository_chunks(
+    version: int, stores: Iterable[tuple[str, Iterable[tuple[str, msgspec.Raw]]]], layout: Layout | None = None
+) -> Iterator[bytes | memoryview]:
     """The pull body ``{"version":N,"data":{...}}`` in pieces, each record's text put in as it is.
 
-    msgspec writes ``Raw`` texts without a Python call per record; its output
-    is the same compact JSON orjson writes. Joined, the pieces are exactly
-    ``msgspec.json.encode({"version": version, "data": data})``.
+    ``stores`` gives each store's (id, text) pairs in order; they are taken
+    ``_RECORDS_PER_PIECE`` at a time, so only one piece is in memory at once.
+    msgspec writes ``Raw`` texts without a Python call per record; joined,
+    the pieces are exactly ``msgspec.json.encode({"version": version, "data": data})``.
+    Each piece's place in the file is recorded in ``layout``.
     """
-    yield b'{"version":%d,"data":{' % version
-    for position, (name, records) in enumerate(data.items()):
-        yield (b"," if position else b"") + _repo_encoder.encode(name) + b":{"
-        items = iter(records.items())
-        first = True
+    head = b'{"version":%d,"data":{' % version
+    yield head
+    offset = len(head)
+    for position, (name, items) in enumerate(stores):
+        opening = (b"," if position else b"") + _repo_encoder.encode(name) + b":{"
+        yield opening
+        offset += len(opening)
+        pieces: list[list[int]] = []
+        items = iter(items)
         while batch := dict(islice(items, _RECORDS_PER_PIECE)):
-            if not first:
+            if pieces:
                 yield b","
-            yield memoryview(_repo_encoder.encode(batch))[1:-1]  # the members, without their braces
-            first = False
+                offset += 1
+            members = memoryview(_repo_encoder.encode(batch))[1:-1]  # without the braces
+            pieces.append([offset, offset + len(members)])
+            yield members
+            offset += len(members)
+        if layout is not None:
+            layout[name] = pieces
         yield b"}"
+        offset += 1
     yield b"}}"
+
+
+def _items(data: RawStores) -> Iterator[tuple[str, Iterable[tuple[str, msgspec.Raw]]]]:
+    return ((name, records.items()) for name, records in data.items())
+
+
+class _Pieces:
+    """One stored store read piece by piece from an open repository file (iterable again and again)."""
+
+    def __init__(self, fd: int, spans: list[list[int]]) -> None:
+        self.fd, self.spans = fd, spans
+
+    def __iter__(self) -> Iterator[dict[str, msgspec.Raw]]:
+        for start, end in self.spans:
+            # The piece's members read straight between a pair of braces.
+            text = bytearray(end - start + 2)
+            text[0], text[-1] = 0x7B, 0x7D
+            if os.preadv(self.fd, [memoryview(text)[1:-1]], start) != end - start:
+                raise StorageError("repository file is shorter than its layout says")
+            try:
+                yield _piece_decoder.decode(text)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise StorageError("repository file does not match its layout") from exc
+
+
+_piece_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class _Committed:
+    """The committed repository file, open: its version, identity, record count and stores.
+
+    With a layout that describes this very file (same identity) the stores
+    are read piece by piece as they are iterated; without one (no sidecar
+    yet, or a stale one) the whole file is decoded once. Close it when done.
+    """
+
+    def __init__(self, store: "JSONFileRepositoryStore", user_id: str) -> None:
+        self.fd: int | None = None
+        self.version, self.records, self.identity = 0, 0, None
+        self.stores: dict[str, Any] = {}
+        try:
+            self.fd = os.open(store._path(user_id, "repo"), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        st = os.fstat(self.fd)
+        self.identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        meta = store._read_meta_doc(user_id)
+        layout = meta.get("layout") if meta and meta.get("file") == list(self.identity) else None
+        match = _VERSION_PREFIX.match(os.pread(self.fd, 32, 0))
+        if layout is not None and match is not None and int(match.group(1)) == meta.get("version"):
+            self.version, self.records = meta["version"], meta["records"]
+            self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
+            return
+        raw = os.pread(self.fd, st.st_size, 0)
+        try:
+            doc = _repo_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.close()
+            raise StorageError("repository file is not a repository") from exc
+        self.version, self.stores = doc.version, doc.data
+        self.records = sum(len(records) for records in doc.data.values())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -240,9 +329,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return meta
         return self._rebuild_summary(user_id)
 
-    def _read_meta(self, user_id: str) -> RepositorySummary | None:
+    def _read_meta_doc(self, user_id: str) -> dict[str, Any] | None:
         try:
             meta = orjson.loads(self._path(user_id, "meta").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _read_meta(self, user_id: str) -> RepositorySummary | None:
+        meta = self._read_meta_doc(user_id)
+        try:
             return RepositorySummary(
                 version=meta["version"],
                 stores=meta["stores"],
@@ -251,33 +347,50 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 total_syncs=meta["totalSyncs"],
                 last_sync=meta["lastSync"],
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             return None
 
     def _rebuild_summary(self, user_id: str) -> RepositorySummary:
         with exclusive_lock(self._path(user_id, "lock")):
-            version, data, _ = self._records(user_id)
+            version, data, identity = self._records(user_id)
             total, last = 0, None
             for _, line in self._committed_lines_newest_first(user_id, version):
                 if last is None:
                     last = line
                 total += 1
             last_sync = orjson.loads(last).get("timestamp") if last else None
-            return self._write_meta(user_id, version, data, total_syncs=total, last_sync=last_sync)
+            return self._write_meta(
+                user_id,
+                version,
+                stores=len(data),
+                records=sum(len(records) for records in data.values()),
+                total_syncs=total,
+                last_sync=last_sync,
+                identity=identity,
+            )
 
     def _write_meta(
-        self, user_id: str, version: int, data: RawStores | dict, *, total_syncs: int, last_sync: str | None
+        self,
+        user_id: str,
+        version: int,
+        *,
+        stores: int,
+        records: int,
+        total_syncs: int,
+        last_sync: str | None,
+        identity: FileIdentity | None,
+        layout: Layout | None = None,
     ) -> RepositorySummary:
-        size = file_identity(self._path(user_id, "repo"))
+        """Write the sidecar: the counts ``status`` shows and, for ``identity``'s file, where its pieces lie."""
         summary = RepositorySummary(
             version=version,
-            stores=len(data),
-            records=sum(len(records) for records in data.values()),
-            data_size_bytes=size[1] if size else len(EMPTY_PULL),
+            stores=stores,
+            records=records,
+            data_size_bytes=identity[1] if identity else len(EMPTY_PULL),
             total_syncs=total_syncs,
             last_sync=last_sync,
         )
-        meta = {
+        meta: dict[str, Any] = {
             "version": summary.version,
             "stores": summary.stores,
             "records": summary.records,
@@ -285,6 +398,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             "totalSyncs": summary.total_syncs,
             "lastSync": summary.last_sync,
         }
+        if identity is not None and layout is not None:
+            meta["file"], meta["layout"] = list(identity), layout
         # Derivable from the other files, so it need not be fsynced.
         atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False)
         return summary
@@ -295,19 +410,23 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         # Merge (which validates the records) before taking the lock: a push
         # that is refused or changes nothing touches no file, and writers hold
         # the lock only to write. A push that landed in between is seen by
-        # the file's identity, and the merge is done again on top of it.
+        # the file's identity, and the merge is done again on top of it. The
+        # stored repository is read a piece at a time (see _Committed), once
+        # to plan and once to write, from the same open file.
         path = self._path(user_id, "repo")
-        version, current, identity = self._records(user_id)
-        plan = plan_merge(current, stores)
-        if not plan.changed:
-            return PushResult(version=version, added=0, modified=0)
+        committed = _Committed(self, user_id)
         try:
+            plan = plan_merge(committed.stores, stores)
+            if not plan.changed:
+                return PushResult(version=committed.version, added=0, modified=0)
             with exclusive_lock(self._path(user_id, "lock")):
-                if file_identity(path) != identity:
-                    version, current, identity = self._records(user_id)
-                    plan = plan_merge(current, stores)
+                if file_identity(path) != committed.identity:
+                    committed.close()
+                    committed = _Committed(self, user_id)
+                    plan = plan_merge(committed.stores, stores)
                     if not plan.changed:
-                        return PushResult(version=version, added=0, modified=0)
+                        return PushResult(version=committed.version, added=0, modified=0)
+                version = committed.version
                 new_version = version + 1
                 entry = {
                     "version": new_version,
@@ -318,28 +437,40 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     "action": "push",
                 }
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
-                data = {**current, **plan.new_stores}
-                atomic_write(path, repository_chunks(new_version, data))
+                layout: Layout = {}
+                identity = atomic_write(path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout))
                 previous = self._read_meta(user_id)
                 if previous is not None and previous.version == version:
                     total_syncs = previous.total_syncs + 1
                 else:
                     total_syncs = sum(1 for _ in self._committed_lines_newest_first(user_id, new_version))
-                self._write_meta(user_id, new_version, data, total_syncs=total_syncs, last_sync=timestamp)
+                self._write_meta(
+                    user_id,
+                    new_version,
+                    stores=len(layout),
+                    records=committed.records + len(plan.added),
+                    total_syncs=total_syncs,
+                    last_sync=timestamp,
+                    identity=identity,
+                    layout=layout,
+                )
                 return PushResult(version=new_version, added=len(plan.added), modified=len(plan.modified))
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
+        finally:
+            committed.close()
 
-    def _append_changelog(self, user_id: str, line: bytes, *, committed: int) -> None:
-        """Cut off leftovers of a crashed push, append ``line`` and fsync it."""
+    def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> None:
+        """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it."""
         path = self._path(user_id, "changelog")
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._truncate_leftovers(fd, committed)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in line:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -364,12 +495,22 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
         try:
             with exclusive_lock(self._path(user_id, "lock")):
-                lines = [_entry_line(entry) for entry in changelog if int(entry["version"]) <= repository.version]
-                atomic_write(self._path(user_id, "changelog"), lines or [b""])
+                entries = [entry for entry in changelog if int(entry["version"]) <= repository.version]
+                atomic_write(self._path(user_id, "changelog"), [chunk for entry in entries for chunk in _entry_line(entry)] or [b""])
                 data = encode_stores(repository.data)
-                atomic_write(self._path(user_id, "repo"), repository_chunks(repository.version, data))
-                last = orjson.loads(lines[-1]).get("timestamp") if lines else None
-                self._write_meta(user_id, repository.version, data, total_syncs=len(lines), last_sync=last)
+                layout: Layout = {}
+                identity = atomic_write(self._path(user_id, "repo"), repository_chunks(repository.version, _items(data), layout))
+                last = entries[-1].get("timestamp") if entries else None
+                self._write_meta(
+                    user_id,
+                    repository.version,
+                    stores=len(data),
+                    records=sum(len(records) for records in data.values()),
+                    total_syncs=len(entries),
+                    last_sync=last,
+                    identity=identity,
+                    layout=layout,
+                )
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
 

@@ -130,7 +130,7 @@ def expected_after_re_push(stores: dict) -> tuple[dict, dict]:
     return pushed, result
 
 
-@pytest.mark.parametrize("sidecar", ["current", "missing", "of another file", "garbage"])
+@pytest.mark.parametrize("sidecar", ["current", "missing", "of another file", "not fitting its file", "garbage"])
 def test_a_re_push_merges_the_same_whatever_the_sidecar_says(store: JSONFileRepositoryStore, data_dir: Path, sidecar: str) -> None:
     # The sidecar says where a repository file's pieces lie; a push reads the
     # stored repository through it only when it names that very file.
@@ -145,6 +145,9 @@ def test_a_re_push_merges_the_same_whatever_the_sidecar_says(store: JSONFileRepo
     elif sidecar == "of another file":
         meta["file"][0] += 1
         meta["layout"]["humans"] = [[0, 10]]
+        meta_path.write_bytes(orjson.dumps(meta))
+    elif sidecar == "not fitting its file":
+        meta["layout"]["humans"][1][0] += 3  # a piece that starts inside a record
         meta_path.write_bytes(orjson.dumps(meta))
     elif sidecar == "garbage":
         meta_path.write_bytes(b"[1,2")

@@ -25,6 +25,7 @@ not two copies of the repository.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from itertools import islice
@@ -49,7 +50,9 @@ from sync.backends.base import (
     RepositorySummary,
     entry_json,
 )
-from sync.merge import RawStores, apply_plan, encode_stores, plan_merge
+from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
+
+logger = logging.getLogger("pzls.sync")
 
 _USER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _VERSION_PREFIX = re.compile(rb'^\{"version":(\d+)[,}]')
@@ -126,6 +129,10 @@ def _items(data: RawStores) -> Iterator[tuple[str, Iterable[tuple[str, msgspec.R
     return ((name, records.items()) for name, records in data.items())
 
 
+class _LayoutMismatch(StorageError):
+    """The sidecar's layout does not fit the file it names (edited by hand?): read the file whole."""
+
+
 class _Pieces:
     """One stored store read piece by piece from an open repository file (iterable again and again)."""
 
@@ -138,11 +145,11 @@ class _Pieces:
             text = bytearray(end - start + 2)
             text[0], text[-1] = 0x7B, 0x7D
             if os.preadv(self.fd, [memoryview(text)[1:-1]], start) != end - start:
-                raise StorageError("repository file is shorter than its layout says")
+                raise _LayoutMismatch("repository file is shorter than its layout says")
             try:
                 yield _piece_decoder.decode(text)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise StorageError("repository file does not match its layout") from exc
+                raise _LayoutMismatch("repository file does not match its layout") from exc
 
 
 _piece_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -156,7 +163,7 @@ class _Committed:
     yet, or a stale one) the whole file is decoded once. Close it when done.
     """
 
-    def __init__(self, store: "JSONFileRepositoryStore", user_id: str) -> None:
+    def __init__(self, store: "JSONFileRepositoryStore", user_id: str, *, use_layout: bool = True) -> None:
         self.fd: int | None = None
         self.version, self.records, self.identity = 0, 0, None
         self.stores: dict[str, Any] = {}
@@ -167,7 +174,7 @@ class _Committed:
         st = os.fstat(self.fd)
         self.identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         meta = store._read_meta_doc(user_id)
-        layout = meta.get("layout") if meta and meta.get("file") == list(self.identity) else None
+        layout = meta.get("layout") if use_layout and meta and meta.get("file") == list(self.identity) else None
         match = _VERSION_PREFIX.match(os.pread(self.fd, 32, 0))
         if layout is not None and match is not None and int(match.group(1)) == meta.get("version"):
             self.version, self.records = meta["version"], meta["records"]
@@ -414,16 +421,14 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         # stored repository is read a piece at a time (see _Committed), once
         # to plan and once to write, from the same open file.
         path = self._path(user_id, "repo")
-        committed = _Committed(self, user_id)
+        committed, plan = self._plan(user_id, stores)
         try:
-            plan = plan_merge(committed.stores, stores)
             if not plan.changed:
                 return PushResult(version=committed.version, added=0, modified=0)
             with exclusive_lock(self._path(user_id, "lock")):
                 if file_identity(path) != committed.identity:
                     committed.close()
-                    committed = _Committed(self, user_id)
-                    plan = plan_merge(committed.stores, stores)
+                    committed, plan = self._plan(user_id, stores)
                     if not plan.changed:
                         return PushResult(version=committed.version, added=0, modified=0)
                 version = committed.version
@@ -459,6 +464,21 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise StorageError("cannot write repository") from exc
         finally:
             committed.close()
+
+    def _plan(self, user_id: str, stores: RawStores) -> tuple[_Committed, MergePlan]:
+        """The committed repository, open, and what merging ``stores`` over it changes."""
+        committed = _Committed(self, user_id)
+        try:
+            try:
+                return committed, plan_merge(committed.stores, stores)
+            except _LayoutMismatch:
+                logger.warning("sidecar of user %s does not fit its repository file: reading the file whole", user_id)
+                committed.close()
+                committed = _Committed(self, user_id, use_layout=False)
+                return committed, plan_merge(committed.stores, stores)
+        except BaseException:
+            committed.close()
+            raise
 
     def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> None:
         """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it."""

@@ -308,15 +308,12 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
             _merge_store_exact(plan, name, new_ids, changed, records)
             continue
         plan.added.extend([RecordRef(name, record_id) for record_id in new_ids])
-        plan.modified.extend(
-            [
+        if changed:  # in the push's order, as the exact path lists them
+            plan.modified.extend(
                 RecordRef(name, record_id)
-                for record_id in records
-                if record_id in changed and not records_equal(changed[record_id], records[record_id], name, record_id)
-            ]
-            if changed
-            else []
-        )
+                for record_id, record in records.items()
+                if record_id in changed and not records_equal(changed[record_id], record, name, record_id)
+            )
     return plan
 
 
@@ -362,7 +359,8 @@ def _compare_pieces(
 
     The stored texts are copied, so no piece outlives its turn. The ids
     found are only counted: a push that adds nothing (most re-pushes) never
-    builds a set of them.
+    builds a set of them; one that adds reads the pieces once more to find
+    which ids are new, trading a second read for the memory of that set.
     """
     found = 0
     changed: dict[str, msgspec.Raw] = {}

@@ -156,16 +156,19 @@ _piece_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class _Committed:
-    """The committed repository file, open: its version, identity, record count and stores.
+    """The committed repository file, open: its version, identity, counts and stores.
 
     With a layout that describes this very file (same identity) the stores
     are read piece by piece as they are iterated; without one (no sidecar
-    yet, or a stale one) the whole file is decoded once. Close it when done.
+    yet, or a stale one) the whole file is decoded once. ``total_syncs`` is
+    the sidecar's count when the sidecar is of this version, else None.
+    Close it when done.
     """
 
     def __init__(self, store: "JSONFileRepositoryStore", user_id: str, *, use_layout: bool = True) -> None:
         self.fd: int | None = None
         self.version, self.records, self.identity = 0, 0, None
+        self.total_syncs: int | None = None
         self.stores: dict[str, Any] = {}
         try:
             self.fd = os.open(store._path(user_id, "repo"), os.O_RDONLY)
@@ -173,21 +176,25 @@ class _Committed:
             return
         st = os.fstat(self.fd)
         self.identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        meta = store._read_meta_doc(user_id)
-        layout = meta.get("layout") if use_layout and meta and meta.get("file") == list(self.identity) else None
-        match = _VERSION_PREFIX.match(os.pread(self.fd, 32, 0))
-        if layout is not None and match is not None and int(match.group(1)) == meta.get("version"):
+        meta = store._read_meta_doc(user_id) or {}
+        layout = meta.get("layout") if use_layout and meta.get("file") == list(self.identity) else None
+        if layout is not None and self._head_version() == meta.get("version"):
             self.version, self.records = meta["version"], meta["records"]
             self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
-            return
-        raw = os.pread(self.fd, st.st_size, 0)
-        try:
-            doc = _repo_decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.close()
-            raise StorageError("repository file is not a repository") from exc
-        self.version, self.stores = doc.version, doc.data
-        self.records = sum(len(records) for records in doc.data.values())
+        else:
+            try:
+                doc = _repo_decoder.decode(os.pread(self.fd, st.st_size, 0))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.close()
+                raise StorageError("repository file is not a repository") from exc
+            self.version, self.stores = doc.version, doc.data
+            self.records = sum(len(records) for records in doc.data.values())
+        if meta.get("version") == self.version and isinstance(meta.get("totalSyncs"), int):
+            self.total_syncs = meta["totalSyncs"]
+
+    def _head_version(self) -> int | None:
+        match = _VERSION_PREFIX.match(os.pread(self.fd, 32, 0))
+        return None if match is None else int(match.group(1))
 
     def close(self) -> None:
         if self.fd is not None:
@@ -345,6 +352,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def _read_meta(self, user_id: str) -> RepositorySummary | None:
         meta = self._read_meta_doc(user_id)
+        if meta is None:
+            return None
         try:
             return RepositorySummary(
                 version=meta["version"],
@@ -444,9 +453,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
                 identity = atomic_write(path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout))
-                previous = self._read_meta(user_id)
-                if previous is not None and previous.version == version:
-                    total_syncs = previous.total_syncs + 1
+                if committed.total_syncs is not None:
+                    total_syncs = committed.total_syncs + 1
                 else:
                     total_syncs = sum(1 for _ in self._committed_lines_newest_first(user_id, new_version))
                 self._write_meta(

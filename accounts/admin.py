@@ -15,7 +15,8 @@ API and the shell; this module only shows and asks.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
@@ -87,9 +88,7 @@ class UserAdmin(DjangoUserAdmin):
         ("Access", {"fields": ("role", "is_active")}),
         ("Record", {"fields": ("id", "created_at", "last_login")}),
     )
-    add_fieldsets = (
-        (None, {"classes": ("wide",), "fields": ("username", "role", "password1", "password2")}),
-    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "role", "password1", "password2")}),)
     actions = ["make_admin", "make_analyst", "disable", "enable", "sign_out_everywhere", "delete_selected"]
 
     # --- users page columns --------------------------------------------------
@@ -255,5 +254,7 @@ class UserAdmin(DjangoUserAdmin):
         elif session and services.user_revoke_session(user_id=str(user.pk), public_id=session):
             self.message_user(request, f"Session {session} of {user.username} revoked.")
         else:
-            self.message_user(request, f"No session {session!r} of {user.username}: it was already gone.", messages.WARNING)
+            self.message_user(
+                request, f"No session {session!r} of {user.username}: it was already gone.", messages.WARNING
+            )
         return HttpResponseRedirect(reverse("admin:accounts_user_change", args=(user.pk,)))

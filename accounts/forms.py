@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib.auth.forms import AdminPasswordChangeForm, BaseUserCreationForm, UserChangeForm
 from django.core.exceptions import ValidationError
 
@@ -92,9 +91,9 @@ class UserPasswordResetForm(AdminPasswordChangeForm):
         self.fields.pop("usable_password", None)
         self.fields["password1"].required = True
         self.fields["password2"].required = True
-        self.fields["password1"].help_text = (
-            f"At least {services.PASSWORD_MIN_LENGTH} characters. Saving signs the user out of every session."
-        )
+        self.fields[
+            "password1"
+        ].help_text = f"At least {services.PASSWORD_MIN_LENGTH} characters. Saving signs the user out of every session."
 
     def clean_password1(self) -> str:
         return _clean_password(self.cleaned_data["password1"])

@@ -41,16 +41,18 @@ class Role(models.TextChoices):
 
 
 class UserManager(BaseUserManager["User"]):
-    def get_by_natural_key(self, username: str) -> "User":
+    def get_by_natural_key(self, username: str) -> User:
         return self.get(username_key=username_key(username))
 
-    def create_user(self, username: str, password: str | None = None, *, role: str = Role.ANALYST, **extra: Any) -> "User":
+    def create_user(
+        self, username: str, password: str | None = None, *, role: str = Role.ANALYST, **extra: Any
+    ) -> User:
         user = self.model(username=username, role=role, **extra)
         user.set_password(password)
         user.save(using=self._db)
         return user
 
-    def create_superuser(self, username: str, password: str | None = None, **extra: Any) -> "User":
+    def create_superuser(self, username: str, password: str | None = None, **extra: Any) -> User:
         extra.pop("role", None)
         return self.create_user(username, password, role=Role.ADMIN, **extra)
 

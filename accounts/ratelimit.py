@@ -64,7 +64,9 @@ def hit(key: str, rate: Rate, *, now: float | None = None) -> int | None:
             except IntegrityError:
                 LoginAttemptWindow.objects.filter(key=digest, window=window).update(attempts=F("attempts") + 1)
         counts = dict(
-            LoginAttemptWindow.objects.filter(key=digest, window__in=[window - 1, window]).values_list("window", "attempts")
+            LoginAttemptWindow.objects.filter(key=digest, window__in=[window - 1, window]).values_list(
+                "window", "attempts"
+            )
         )
     previous, current = counts.get(window - 1, 0), counts.get(window, 0)
     elapsed = (now - window * rate.period_s) / rate.period_s

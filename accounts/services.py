@@ -76,7 +76,9 @@ def token_issue(*, user: User) -> str:
     token = str(uuid.uuid4())
     now = utcnow()
     get_token_store().add(
-        TokenRecord(digest=token_digest(token), user_id=str(user.pk), created=now, last_used=now, expires=now + _token_ttl())
+        TokenRecord(
+            digest=token_digest(token), user_id=str(user.pk), created=now, last_used=now, expires=now + _token_ttl()
+        )
     )
     return token
 

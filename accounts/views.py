@@ -122,7 +122,9 @@ class HealthView(APIView):
 class AdminUsersView(APIView):
     permission_classes = [IsAdmin]
 
-    @extend_schema(summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)})
+    @extend_schema(
+        summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)}
+    )
     def get(self, request: Request) -> Response:
         from sync.services import repository_summaries
 
@@ -152,7 +154,10 @@ class AdminUserView(APIView):
         responses={
             200: ok("Success"),
             **errors(
-                400, *PROTECTED, 404, 409,
+                400,
+                *PROTECTED,
+                404,
+                409,
                 e400="You cannot delete your own account.",
                 e404="No user with that id.",
                 e409="The last active admin cannot be deleted.",

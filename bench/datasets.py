@@ -19,44 +19,14 @@ from typing import Any
 
 Stores = dict[str, dict[str, dict[str, Any]]]
 
-FIRST = (
-    "James Mary John Patricia Robert Jennifer Michael Linda William Elizabeth David Barbara Richard Susan Joseph "
-    "Jessica Thomas Sarah Charles Karen Christopher Nancy Daniel Lisa Matthew Betty Anthony Margaret Mark Sandra "
-    "Donald Ashley Steven Kimberly Paul Emily Andrew Donna Joshua Michelle Kenneth Dorothy Kevin Carol Brian "
-    "Amanda Miguel José Zoë Chiara Sanjay Priya Ravi Yan Lei Sakura Daichi Thabo Folami Nia Ingrid Freya Lars "
-    "Elin Manon Pierre Hans Giovanni Pablo Diego Samir Zainab Youssef Leila Ivan Olga Aiko Jun Kofi Amara Mateo"
-).split()
-LAST = (
-    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez Wilson "
-    "Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark Ramirez Lewis "
-    "Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson Baker Hall Rivera "
-    "Campbell Mitchell Carter Roberts Howard Myers Henry Garza Castillo Eriksson Arnold Nasser Cox Rossi Patterson "
-    "Sharma Becker Bryant Sun Hart Simmons Stone Gutierrez Porter Lindberg Morgan Bell Daniels Mensah Ito Khalil "
-    "Kobayashi Moreau Vasquez Ortiz Bianchi Munoz Crawford Barnes Foster Murphy Stewart Ling Youssef Ahmed"
-).split()
-NATIONALITIES = (
-    "Swedish Kenyan Ukrainian Mexican French Japanese Colombian Russian German Italian Spanish Brazilian Indian "
-    "Chinese Nigerian Egyptian Turkish Polish Dutch Canadian American British Australian Korean Vietnamese "
-    "Argentinian Ghanaian Moroccan Iranian Norwegian"
-).split()
-WORK_A = (
-    "Eastfield Clearview Falcon Aurora Westbrook Horizon Pinecrest Beacon Harbor Riverside Stonebridge Northgate "
-    "Silverline Summit Oakwood Redstone Bluewater Greenfield Ironside Lakeside Maple Crescent Golden Sterling Evergreen"
-).split()
-WORK_B = (
-    "Savings Bank|Energy Ltd|Textiles|Pharmaceuticals|Construction|Shipping Co.|Logistics|Telecom|University|"
-    "General Hospital|Consulting|Software House|Freight Terminal|Holdings|Media Group|Security Services|"
-    "Motors|Foods|Insurance|Trading"
-).split("|")
-TAGS = (
-    "suspect witness informant arms trafficking money-laundering journalist surveillance banker fraud hacker "
-    "priority high-risk corruption watchlist landlord police verified vip drugs courier border-crossing "
-    "unverified customs family smuggler analyst bribery asset pep associate cyber terrorism extremist lawyer "
-    "politician diplomat military academic activist student doctor engineer pilot sailor trader broker "
-    "accountant consultant contractor"
-).split()
-OCCUPATIONS = "pharmacist teacher programmer nurse trader security-guard lawyer driver engineer accountant".split()
-LANGUAGES = "English Spanish French German Russian Arabic Japanese Hindi Italian Dutch".split()
+FIRST = ["James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "William", "Elizabeth", "David", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah", "Charles", "Karen", "Christopher", "Nancy", "Daniel", "Lisa", "Matthew", "Betty", "Anthony", "Margaret", "Mark", "Sandra", "Donald", "Ashley", "Steven", "Kimberly", "Paul", "Emily", "Andrew", "Donna", "Joshua", "Michelle", "Kenneth", "Dorothy", "Kevin", "Carol", "Brian", "Amanda", "Miguel", "José", "Zoë", "Chiara", "Sanjay", "Priya", "Ravi", "Yan", "Lei", "Sakura", "Daichi", "Thabo", "Folami", "Nia", "Ingrid", "Freya", "Lars", "Elin", "Manon", "Pierre", "Hans", "Giovanni", "Pablo", "Diego", "Samir", "Zainab", "Youssef", "Leila", "Ivan", "Olga", "Aiko", "Jun", "Kofi", "Amara", "Mateo"]
+LAST = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright", "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green", "Adams", "Nelson", "Baker", "Hall", "Rivera", "Campbell", "Mitchell", "Carter", "Roberts", "Howard", "Myers", "Henry", "Garza", "Castillo", "Eriksson", "Arnold", "Nasser", "Cox", "Rossi", "Patterson", "Sharma", "Becker", "Bryant", "Sun", "Hart", "Simmons", "Stone", "Gutierrez", "Porter", "Lindberg", "Morgan", "Bell", "Daniels", "Mensah", "Ito", "Khalil", "Kobayashi", "Moreau", "Vasquez", "Ortiz", "Bianchi", "Munoz", "Crawford", "Barnes", "Foster", "Murphy", "Stewart", "Ling", "Youssef", "Ahmed"]
+NATIONALITIES = ["Swedish", "Kenyan", "Ukrainian", "Mexican", "French", "Japanese", "Colombian", "Russian", "German", "Italian", "Spanish", "Brazilian", "Indian", "Chinese", "Nigerian", "Egyptian", "Turkish", "Polish", "Dutch", "Canadian", "American", "British", "Australian", "Korean", "Vietnamese", "Argentinian", "Ghanaian", "Moroccan", "Iranian", "Norwegian"]
+WORK_A = ["Eastfield", "Clearview", "Falcon", "Aurora", "Westbrook", "Horizon", "Pinecrest", "Beacon", "Harbor", "Riverside", "Stonebridge", "Northgate", "Silverline", "Summit", "Oakwood", "Redstone", "Bluewater", "Greenfield", "Ironside", "Lakeside", "Maple", "Crescent", "Golden", "Sterling", "Evergreen"]
+WORK_B = ["Savings Bank", "Energy Ltd", "Textiles", "Pharmaceuticals", "Construction", "Shipping Co.", "Logistics", "Telecom", "University", "General Hospital", "Consulting", "Software House", "Freight Terminal", "Holdings", "Media Group", "Security Services", "Motors", "Foods", "Insurance", "Trading"]
+TAGS = ["suspect", "witness", "informant", "arms", "trafficking", "money-laundering", "journalist", "surveillance", "banker", "fraud", "hacker", "priority", "high-risk", "corruption", "watchlist", "landlord", "police", "verified", "vip", "drugs", "courier", "border-crossing", "unverified", "customs", "family", "smuggler", "analyst", "bribery", "asset", "pep", "associate", "cyber", "terrorism", "extremist", "lawyer", "politician", "diplomat", "military", "academic", "activist", "student", "doctor", "engineer", "pilot", "sailor", "trader", "broker", "accountant", "consultant", "contractor"]
+OCCUPATIONS = ["pharmacist", "teacher", "programmer", "nurse", "trader", "security-guard", "lawyer", "driver", "engineer", "accountant"]
+LANGUAGES = ["English", "Spanish", "French", "German", "Russian", "Arabic", "Japanese", "Hindi", "Italian", "Dutch"]
 SENTENCES = (
     "Travel records show a trip through {w}, Berlin; bank confirmed the account is still active.",
     "Open-source research links subject to {w}, Rome; documents were copied and archived.",
@@ -133,9 +103,7 @@ def people(n: int, seed: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
             occupation=rng.choice(OCCUPATIONS),
             threatLevel=rng.choice(("none", "low", "medium", "high", "critical")),
             languages=rng.sample(LANGUAGES, rng.randint(1, 2)),
-            notes=" ".join(
-                rng.choice(SENTENCES).format(w=rng.choice(workplaces)) for _ in range(rng.randint(1, 2))
-            ),
+            notes=" ".join(rng.choice(SENTENCES).format(w=rng.choice(workplaces)) for _ in range(rng.randint(1, 2))),
             createdAt=created,
             updatedAt=created,
         )
@@ -164,7 +132,12 @@ def repository(n: int, seed: int) -> Stores:
     stores = people(n - sum(small.values()), seed=seed)
     stamp = "2025-03-04T18:36:40.192Z"
     stores["tags"] = {
-        f"TAG-{i:05d}": {"id": f"TAG-{i:05d}", "name": f"tag-{i}", "color": f"#{rng.getrandbits(24):06x}", "createdAt": stamp}
+        f"TAG-{i:05d}": {
+            "id": f"TAG-{i:05d}",
+            "name": f"tag-{i}",
+            "color": f"#{rng.getrandbits(24):06x}",
+            "createdAt": stamp,
+        }
         for i in range(small["tags"])
     }
     stores["cases"] = {
@@ -181,7 +154,9 @@ def repository(n: int, seed: int) -> Stores:
     stores["chats"] = {
         f"CHAT-{i:05d}": {
             "id": f"CHAT-{i:05d}",
-            "messages": [{"from": "analyst", "text": "Checked the travel records again.", "at": stamp} for _ in range(5)],
+            "messages": [
+                {"from": "analyst", "text": "Checked the travel records again.", "at": stamp} for _ in range(5)
+            ],
             "createdAt": stamp,
         }
         for i in range(small["chats"])

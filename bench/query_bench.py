@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import MySQLdb
 import psycopg2
@@ -85,7 +86,11 @@ def _api_query(session: requests.Session, base: str, label: str, url: str, sql: 
 def run(args: Any) -> list[Table]:
     runs = 3 if args.quick else 9
     targets = [
-        ("PostgreSQL", os.environ.get("PZLS_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"), POSTGRES_SQL),
+        (
+            "PostgreSQL",
+            os.environ.get("PZLS_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            POSTGRES_SQL,
+        ),
         ("MariaDB", os.environ.get("PZLS_BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"), MARIADB_SQL),
     ]
     table = Table(

@@ -25,6 +25,7 @@ ORIGINAL_SECONDS = {1000: 0.8, 5000: 30.8, 20000: 526.0}  # the original Node.js
 TARGET_SECONDS = {5000: 0.5, 20000: 5.0, 100000: 60.0}
 PUSH_BATCH = 10000
 
+
 def _batches(stores: dict[str, dict[str, Any]], size: int):
     items = [(store, key, record) for store, records in stores.items() for key, record in records.items()]
     for start in range(0, len(items), size):
@@ -57,7 +58,13 @@ def run(args: Any) -> list[Table]:
     table = Table(
         title=f"Entity resolution: GET /api/resolve through HTTP ({args.storage} storage)",
         columns=[
-            "entities", "threshold", "matches", "median time", "runs", "target", "original (Node.js)",
+            "entities",
+            "threshold",
+            "matches",
+            "median time",
+            "runs",
+            "target",
+            "original (Node.js)",
             "worker peak RSS",
         ],
     )
@@ -91,5 +98,7 @@ def run(args: Any) -> list[Table]:
                     )
     table.notes.append("median of the runs after one warm-up request per worker; seeded data, same every time")
     table.notes.append("peak RSS: the largest VmHWM of the gunicorn workers during the timed requests")
-    table.notes.append("original: the Node.js server's times from the issue (it compares all pairs whatever the threshold)")
+    table.notes.append(
+        "original: the Node.js server's times from the issue (it compares all pairs whatever the threshold)"
+    )
     return [table]

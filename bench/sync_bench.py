@@ -27,8 +27,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -44,6 +45,8 @@ ORIGINAL = {
     100000: {"pull": 1.53, "first push": 2.52, "re-push 1%": 4.02, "status": 1.31, "changes": 0.87, "memory": 1626},
 }
 TARGETS_100K = {"pull": 0.15, "re-push 1%": 1.0, "re-push 0%": 0.8, "status": 0.02, "me": 0.02, "changes": 0.05}
+
+
 def changed(stores: dict[str, dict[str, dict[str, Any]]], fraction: float, run: int) -> dict:
     """``stores`` as Pazator sends it after ``run + 1`` edits, each of a different ``fraction`` of records.
 
@@ -79,7 +82,9 @@ class Client:
 
     def fetch(self, path: str, **headers: str) -> requests.Response:
         """GET and receive the whole answer as it comes on the wire (not decompressed)."""
-        answer = self.session.get(f"{self.server.url}{path}", headers={**self.headers, **headers}, timeout=300, stream=True)
+        answer = self.session.get(
+            f"{self.server.url}{path}", headers={**self.headers, **headers}, timeout=300, stream=True
+        )
         answer.raise_for_status()
         answer.raw.read(decode_content=False)
         return answer
@@ -112,7 +117,9 @@ def measure_size(server: LiveServer, session: requests.Session, n: int, runs: in
     etag = gz.headers["ETag"]
     out["pull 304"] = median_seconds(lambda: client.fetch("/api/sync", **{"If-None-Match": etag}), runs)
 
-    bodies = iter([orjson.dumps({"clientVersion": version + r, "stores": changed(stores, 0.01, r)}) for r in range(runs)])
+    bodies = iter(
+        [orjson.dumps({"clientVersion": version + r, "stores": changed(stores, 0.01, r)}) for r in range(runs)]
+    )
     results: list[dict] = []
     out["re-push 1%"] = median_seconds(lambda: results.append(client.push(next(bodies))), runs)
     assert all(abs(r["modified"] - n * 0.01) <= 6 and r["added"] == 0 for r in results), results
@@ -144,8 +151,14 @@ async def load_test(server: LiveServer, clients: int, seconds: float, records: i
             answer.raise_for_status()
             token = answer.json()["token"]
             tokens.append(token)
-            stores = {"humans": {f"r{k}": {"id": f"r{k}", "name": f"Person {k}", "n": 0, "notes": "x" * 400} for k in range(records)}}
-            (await http.post("/api/sync", content=orjson.dumps({"stores": stores}), headers=_auth(token))).raise_for_status()
+            stores = {
+                "humans": {
+                    f"r{k}": {"id": f"r{k}", "name": f"Person {k}", "n": 0, "notes": "x" * 400} for k in range(records)
+                }
+            }
+            (
+                await http.post("/api/sync", content=orjson.dumps({"stores": stores}), headers=_auth(token))
+            ).raise_for_status()
 
         deadline = time.monotonic() + seconds
 
@@ -160,8 +173,13 @@ async def load_test(server: LiveServer, clients: int, seconds: float, records: i
                     else:
                         counter += 1
                         keys = rng.sample(range(records), 10)
-                        batch = {f"r{k}": {"id": f"r{k}", "name": f"Person {k}", "n": counter, "notes": "x" * 400} for k in keys}
-                        answer = await http.post("/api/sync", content=orjson.dumps({"stores": {"humans": batch}}), headers=_auth(tokens[i]))
+                        batch = {
+                            f"r{k}": {"id": f"r{k}", "name": f"Person {k}", "n": counter, "notes": "x" * 400}
+                            for k in keys
+                        }
+                        answer = await http.post(
+                            "/api/sync", content=orjson.dumps({"stores": {"humans": batch}}), headers=_auth(tokens[i])
+                        )
                         if answer.status_code == 200:
                             for k in keys:
                                 acknowledged[i][f"r{k}"] = counter
@@ -211,16 +229,31 @@ def run(args: Any) -> list[Table]:
     runs = 3 if args.quick else 5
     env = {"PZLS_STORAGE": args.storage, "PZLS_LOGIN_RATE": "1000/minute"}
     with _database(args.storage) as url, _database(args.storage) as load_url:
-        return _run(args, sizes, runs, {**env, **({"DATABASE_URL": url} if url else {})},
-                    {**env, **({"DATABASE_URL": load_url} if load_url else {})})
+        return _run(
+            args,
+            sizes,
+            runs,
+            {**env, **({"DATABASE_URL": url} if url else {})},
+            {**env, **({"DATABASE_URL": load_url} if load_url else {})},
+        )
 
 
 def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: dict[str, str]) -> list[Table]:
     table = Table(
         title=f"Sync over HTTP ({_storage_label(args.storage)}), median of {runs} runs (20 for changes, status, me)",
         columns=[
-            "records", "body", "first push", "pull", "pull gzip (bytes)", "pull 304",
-            "re-push 1%", "re-push 0%", "changes", "status", "me", "peak RSS/worker",
+            "records",
+            "body",
+            "first push",
+            "pull",
+            "pull gzip (bytes)",
+            "pull 304",
+            "re-push 1%",
+            "re-push 0%",
+            "changes",
+            "status",
+            "me",
+            "peak RSS/worker",
         ],
     )
     comparison = Table(
@@ -236,24 +269,41 @@ def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: 
             for n in sizes:
                 r = measure_size(server, session, n, runs)
                 table.add(
-                    f"{n:,}", fmt_mb(r["bytes"]), fmt_s(r["first push"]), fmt_s(r["pull"]),
-                    f"{fmt_s(r['pull gzip'])} ({fmt_mb(r['gzip bytes'])})", fmt_s(r["pull 304"]),
-                    fmt_s(r["re-push 1%"]), fmt_s(r["re-push 0%"]) + (" REWROTE" if r["0% rewrote file"] else ""),
-                    fmt_s(r["changes"]), fmt_s(r["status"]), fmt_s(r["me"]), fmt_mb(r["memory"]),
+                    f"{n:,}",
+                    fmt_mb(r["bytes"]),
+                    fmt_s(r["first push"]),
+                    fmt_s(r["pull"]),
+                    f"{fmt_s(r['pull gzip'])} ({fmt_mb(r['gzip bytes'])})",
+                    fmt_s(r["pull 304"]),
+                    fmt_s(r["re-push 1%"]),
+                    fmt_s(r["re-push 0%"]) + (" REWROTE" if r["0% rewrote file"] else ""),
+                    fmt_s(r["changes"]),
+                    fmt_s(r["status"]),
+                    fmt_s(r["me"]),
+                    fmt_mb(r["memory"]),
                 )
                 if n in ORIGINAL:
                     o = ORIGINAL[n]
                     ratio: Callable[[str], str] = lambda key: f"{o[key] / r[key]:.1f}x"  # noqa: E731
                     comparison.add(
-                        f"{n:,}", ratio("pull"), ratio("first push"), ratio("re-push 1%"), ratio("status"),
-                        ratio("changes"), f"{o['memory'] * 1e6 / r['memory']:.1f}x",
+                        f"{n:,}",
+                        ratio("pull"),
+                        ratio("first push"),
+                        ratio("re-push 1%"),
+                        ratio("status"),
+                        ratio("changes"),
+                        f"{o['memory'] * 1e6 / r['memory']:.1f}x",
                     )
                 if n == 100000:
                     misses = [k for k, limit in TARGETS_100K.items() if r[k] >= limit]
                     table.notes.append(
                         "targets at 100,000 (pull < 150 ms, re-push 1% < 1 s, re-push 0% < 0.8 s without rewrite, "
                         "status and me < 20 ms, changes < 50 ms, memory < 600 MB): "
-                        + ("all met" if not misses and not r["0% rewrote file"] and r["memory"] < 600e6 else f"MISSED {misses}")
+                        + (
+                            "all met"
+                            if not misses and not r["0% rewrote file"] and r["memory"] < 600e6
+                            else f"MISSED {misses}"
+                        )
                     )
         load_server_dir = Path(tmp) / "load"
         with LiveServer(load_server_dir / "data", env=load_env) as server:
@@ -264,8 +314,13 @@ def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: 
         columns=["requests", "throughput", "p50", "p99", "errors", "acknowledged record writes", "missing at the end"],
     )
     load.add(
-        f"{result['requests']:,}", f"{result['throughput']:.0f} req/s", fmt_s(result["p50"]), fmt_s(result["p99"]),
-        len(result["errors"]), f"{result['acknowledged']:,}", result["missing"],
+        f"{result['requests']:,}",
+        f"{result['throughput']:.0f} req/s",
+        fmt_s(result["p50"]),
+        fmt_s(result["p99"]),
+        len(result["errors"]),
+        f"{result['acknowledged']:,}",
+        result["missing"],
     )
     if result["errors"]:
         load.notes.append(f"first errors: {result['errors'][:3]}")

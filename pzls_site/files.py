@@ -14,8 +14,9 @@ import fcntl
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 FileIdentity = tuple[int, int, int]
 

@@ -17,7 +17,6 @@ from rest_framework.renderers import BaseRenderer
 
 from pzls_site.exceptions import BodyTooLarge, MalformedJSON
 
-
 _READ_STEP = 256 * 1024
 
 

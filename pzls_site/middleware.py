@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings

@@ -92,7 +92,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "TokenAndUser": _object(
-        {"token": {"type": "string", "format": "uuid", "description": "A random UUID4; shown once."}, "user": ref("User")},
+        {
+            "token": {"type": "string", "format": "uuid", "description": "A random UUID4; shown once."},
+            "user": ref("User"),
+        },
         additionalProperties=False,
     ),
     "Me": _object({"user": ref("User")}, additionalProperties=False),
@@ -342,7 +345,13 @@ def api_paths_only(endpoints: list[tuple], **kwargs: Any) -> list[tuple]:
 
 _HEADERS = {
     "401": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}, "required": True}},
-    "429": {"Retry-After": {"schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}, "required": True, "description": "Seconds."}},
+    "429": {
+        "Retry-After": {
+            "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            "required": True,
+            "description": "Seconds.",
+        }
+    },
 }
 
 
@@ -358,7 +367,9 @@ def complete(result: dict[str, Any], generator: Any, request: Any, public: bool)
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True
             responses = operation.setdefault("responses", {})
-            responses.setdefault("500", {"description": _ERRORS[500], "content": {"application/json": {"schema": ref("Error")}}})
+            responses.setdefault(
+                "500", {"description": _ERRORS[500], "content": {"application/json": {"schema": ref("Error")}}}
+            )
             for code, headers in _HEADERS.items():
                 if code in responses:
                     responses[code]["headers"] = headers

@@ -23,9 +23,9 @@ import ipaddress
 import queue
 import socket
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -185,7 +185,7 @@ class OwnDatabase:
     local: bool
 
     @classmethod
-    def from_settings(cls, *, engine: str, host: str, port: int, database: str | None, timeout: float) -> "OwnDatabase":
+    def from_settings(cls, *, engine: str, host: str, port: int, database: str | None, timeout: float) -> OwnDatabase:
         # No host (or a socket path) means a Unix socket: this machine.
         if not host or host.startswith("/") or host.lower() == "localhost":
             return cls(port=port, database=database, addresses=frozenset(), local=True)

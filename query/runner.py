@@ -38,8 +38,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import MySQLdb
 import MySQLdb.cursors
@@ -138,7 +139,7 @@ class _Watchdog:
         except OSError:
             pass
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         self._timer.start()
         return self
 
@@ -228,9 +229,7 @@ class _Run:
                     raise QueryFailed(self.connect_message(exc)) from None
                 last_error = exc
         if last_error is None:
-            raise QueryFailed(
-                f"Could not connect to {self.label} within {self.policy.connect_timeout_s:g} s"
-            ) from None
+            raise QueryFailed(f"Could not connect to {self.label} within {self.policy.connect_timeout_s:g} s") from None
         raise QueryFailed(self.connect_message(last_error)) from None
 
     def check_identity(self, conn: Any) -> None:
@@ -240,9 +239,7 @@ class _Run:
             raise QueryForbidden("Queries on PZLS's own database are not allowed")
 
     def timeout_error(self) -> QueryTimeout:
-        return QueryTimeout(
-            f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled"
-        )
+        return QueryTimeout(f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled")
 
     def failure(self, message: str) -> QueryFailed:
         """``message`` as the error, unless the watchdog's cancel is what caused it."""

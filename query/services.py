@@ -21,7 +21,14 @@ from django.db.utils import ConnectionHandler
 from accounts.models import User
 from pzls_site.exceptions import BadRequest
 from query import hosts
-from query.connstring import DEFAULT_PORTS, MYSQL, POSTGRESQL, ConnectionSpec, ConnectionStringError, parse_connection_string
+from query.connstring import (
+    DEFAULT_PORTS,
+    MYSQL,
+    POSTGRESQL,
+    ConnectionSpec,
+    ConnectionStringError,
+    parse_connection_string,
+)
 from query.exceptions import QueryFailed, QueryForbidden
 from query.runner import QueryPolicy, QueryResult, ServerIdentity, identity_from_row, identity_sql, run_query, scrub
 from query.statements import Statement, StatementError, single_statement

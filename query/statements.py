@@ -218,8 +218,6 @@ def single_statement(sql: str, *, dialect: str) -> Statement:
     if not pieces:
         raise StatementError("The query is empty")
     if len(pieces) > 1:
-        raise StatementError(
-            f"The query contains {len(pieces)} statements; send one statement per request"
-        )
+        raise StatementError(f"The query contains {len(pieces)} statements; send one statement per request")
     start, end, words = pieces[0]
     return Statement(text=sql[start:end].strip(), words=tuple(words))

@@ -26,8 +26,9 @@ import base64
 import datetime as dt
 import math
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -48,7 +49,7 @@ def _binary(value: bytes | bytearray | memoryview) -> str:
 def _datetime(value: dt.datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         return value.isoformat()
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def duration_iso(value: dt.timedelta) -> str:

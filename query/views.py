@@ -21,7 +21,8 @@ class QueryView(APIView):
         responses={
             200: ok("QueryResult"),
             **errors(
-                400, 403,
+                400,
+                403,
                 body="QueryFailure",
                 e400="A bad request, an unreachable server, a login failure, an SQL error or a timeout.",
                 e403="The query policy forbids it (role, host), or the account is disabled.",

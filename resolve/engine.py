@@ -44,8 +44,9 @@ Pure Python plus numpy and rapidfuzz: nothing here imports Django.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Jaro
@@ -110,7 +111,9 @@ class _Index:
     is_repeat: np.ndarray  # bool per record: a key of ``repeats``
     tag_postings: dict[int, np.ndarray]  # repeated tag id -> the records (ascending) that carry it
     tag_weight: dict[int, int]  # tag id -> largest multiplicity in any record
-    tag_ptr: np.ndarray  # (n + 1,) offsets into tag_flat: record p's distinct tag ids are tag_flat[tag_ptr[p]:tag_ptr[p+1]]
+    tag_ptr: (
+        np.ndarray
+    )  # (n + 1,) offsets into tag_flat: record p's distinct tag ids are tag_flat[tag_ptr[p]:tag_ptr[p+1]]
     tag_flat: np.ndarray
     irregular: np.ndarray  # bool per record: carries a tag that some record repeats (so it weighs more than 5)
 
@@ -137,10 +140,14 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
     # scored one by one). The prefix copies pad differently so that padding never matches padding.
     lengths = np.fromiter(map(len, names), dtype=np.int64, count=n)
     width = max(4, min(VECTOR_NAME_UNITS, int(lengths.max()) if n else 0))
-    units = np.frombuffer(
-        "".join([name[:width].ljust(width, "\0") for name in names]).encode("utf-32-le", "surrogatepass"),
-        dtype=np.uint32,
-    ).reshape(n, width).astype(np.int32)
+    units = (
+        np.frombuffer(
+            "".join([name[:width].ljust(width, "\0") for name in names]).encode("utf-32-le", "surrogatepass"),
+            dtype=np.uint32,
+        )
+        .reshape(n, width)
+        .astype(np.int32)
+    )
     units[np.arange(width) >= lengths[:, None]] = -1
     prefix_a = units[:, :4].copy()
     prefix_b = np.where(prefix_a < 0, -2, prefix_a)
@@ -523,7 +530,9 @@ def _exact_points(birth: np.ndarray, nationality: np.ndarray, workplace: np.ndar
     )
 
 
-def _score(name_part: np.ndarray, birth: np.ndarray, nationality: np.ndarray, workplace: np.ndarray, shared: np.ndarray):
+def _score(
+    name_part: np.ndarray, birth: np.ndarray, nationality: np.ndarray, workplace: np.ndarray, shared: np.ndarray
+):
     """The original's score and ``s = min(score / 100, 1)``, element-wise.
 
     The additions happen in the original's order on doubles; adding 0 for a

@@ -22,8 +22,9 @@ Pure Python: nothing here imports Django.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 # The original sends at most this many matches; ``count`` still counts all of them.
 MAX_RESULTS = 200
@@ -66,7 +67,10 @@ class Entity(NamedTuple):
 def is_array_index(key: str) -> bool:
     """True for keys JavaScript orders as integers: "0", "17", not "01", "-1" or "1.0"."""
     return (
-        key[:1].isdigit() and len(key) <= 10 and _ARRAY_INDEX.fullmatch(key) is not None and int(key) <= _MAX_ARRAY_INDEX
+        key[:1].isdigit()
+        and len(key) <= 10
+        and _ARRAY_INDEX.fullmatch(key) is not None
+        and int(key) <= _MAX_ARRAY_INDEX
     )
 
 
@@ -291,7 +295,9 @@ def entities_of(data: Mapping[str, Any]) -> list[Entity]:
                 continue
             record_id = record.get("id")
             entities.append(
-                Entity(id=key if record_id is None else record_id, name=record.get("name"), type=entity_type, record=record)
+                Entity(
+                    id=key if record_id is None else record_id, name=record.get("name"), type=entity_type, record=record
+                )
             )
     return entities
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import msgspec
 import orjson
@@ -107,7 +108,9 @@ def data_export(*, path: Path) -> BackupCounts:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            out.write(orjson.dumps({"format": FORMAT, "formatVersion": FORMAT_VERSION, "createdAt": iso(utcnow())}) + b"\n")
+            out.write(
+                orjson.dumps({"format": FORMAT, "formatVersion": FORMAT_VERSION, "createdAt": iso(utcnow())}) + b"\n"
+            )
             user_ids = []
             for user in User.objects.order_by("created_at", "pk").iterator():
                 out.write(_user_line(user) + b"\n")
@@ -118,7 +121,9 @@ def data_export(*, path: Path) -> BackupCounts:
                 if written is not None:
                     repositories += 1
                     changes += written
-            out.write(orjson.dumps({"type": "end", "users": users, "repositories": repositories, "changes": changes}) + b"\n")
+            out.write(
+                orjson.dumps({"type": "end", "users": users, "repositories": repositories, "changes": changes}) + b"\n"
+            )
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -213,16 +218,24 @@ def _repository_from(obj: dict[str, Any], number: int, raw: bytes) -> Repository
     # restored server's pulls are the same bytes (orjson writes a Fragment
     # verbatim wherever a store serialises the record).
     texts = msgspec.json.decode(raw, type=_RawRepositoryLine).repository.data
-    data = {name: {rid: orjson.Fragment(bytes(text)) for rid, text in records.items()} for name, records in texts.items()}
+    data = {
+        name: {rid: orjson.Fragment(bytes(text)) for rid, text in records.items()} for name, records in texts.items()
+    }
     return Repository(version=version, data=data)
 
 
 def _entry_from(obj: dict[str, Any], number: int, repository_version: int) -> dict[str, Any]:
     entry = obj.get("entry")
-    if not isinstance(entry, dict) or isinstance(entry.get("version"), bool) or not isinstance(entry.get("version"), int):
+    if (
+        not isinstance(entry, dict)
+        or isinstance(entry.get("version"), bool)
+        or not isinstance(entry.get("version"), int)
+    ):
         raise BadRequest(f"Line {number}: changelog entry must be an object with a whole-number version")
     if not 0 < entry["version"] <= repository_version:
-        raise BadRequest(f"Line {number}: changelog version {entry['version']} is outside the repository's 1..{repository_version}")
+        raise BadRequest(
+            f"Line {number}: changelog version {entry['version']} is outside the repository's 1..{repository_version}"
+        )
     return entry
 
 

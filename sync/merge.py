@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import msgspec
 import orjson
@@ -93,7 +94,9 @@ def validate_stores(stores: object) -> Stores:
 
 def encode_stores(stores: Stores) -> RawStores:
     """Parsed stores as a store takes them: each record as compact JSON text."""
-    return {name: {rid: msgspec.Raw(orjson.dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()}
+    return {
+        name: {rid: msgspec.Raw(orjson.dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()
+    }
 
 
 def _explain_shape(stores_raw: msgspec.Raw) -> None:
@@ -152,7 +155,7 @@ class _PushShape(msgspec.Struct, forbid_unknown_fields=True):
 
     stores: RawStores | msgspec.UnsetType = msgspec.UNSET
     data: RawStores | msgspec.UnsetType = msgspec.UNSET
-    clientVersion: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # noqa: N815 (the protocol's name)
+    clientVersion: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 _push_decoder = msgspec.json.Decoder(_PushShape)
@@ -341,7 +344,10 @@ def apply_plan(
 
 
 def _merged_items(
-    pieces: Iterable[Mapping[str, msgspec.Raw]], records: Mapping[str, msgspec.Raw], modified: set[str], new_ids: list[str]
+    pieces: Iterable[Mapping[str, msgspec.Raw]],
+    records: Mapping[str, msgspec.Raw],
+    modified: set[str],
+    new_ids: list[str],
 ) -> Iterator[tuple[str, msgspec.Raw]]:
     for piece in pieces:
         touched = modified & piece.keys() if modified else None
@@ -379,7 +385,11 @@ def _compare_pieces(
 
 
 def _merge_store_exact(
-    plan: MergePlan, name: str, new_ids: list[str], changed: Mapping[str, msgspec.Raw], records: Mapping[str, msgspec.Raw]
+    plan: MergePlan,
+    name: str,
+    new_ids: list[str],
+    changed: Mapping[str, msgspec.Raw],
+    records: Mapping[str, msgspec.Raw],
 ) -> None:
     """One store of ``plan_merge``, record by record in the push's order, raising at the first offence.
 

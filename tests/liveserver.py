@@ -30,7 +30,9 @@ def free_port() -> int:
 class LiveServer:
     """One PZLS server process group on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, workers: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, workers: int = 2, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.workers = workers
@@ -42,7 +44,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "LiveServer":
+    def start(self, timeout: float = 60) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -113,7 +115,7 @@ class LiveServer:
             return []
         return [child.pid for child in psutil.Process(self.process.pid).children()]
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -20,7 +20,7 @@ import dj_database_url
 _TMP = tempfile.mkdtemp(prefix="pzls-test-")
 os.environ["PZLS_DATA_DIR"] = _TMP
 
-from pzls_site.settings import *  # noqa: E402,F401,F403
+from pzls_site.settings import *  # noqa: E402, F403
 
 # Fast hashing keeps the suite quick; scrypt itself is tested explicitly.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *PASSWORD_HASHERS]  # noqa: F405
@@ -50,5 +50,5 @@ if PZLS_TEST_STORAGE == "database":
 elif PZLS_TEST_STORAGE != "files":
     raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")  # noqa: F405
 
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
-    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_TMP, "test.sqlite3")}  # noqa: F405
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_TMP, "test.sqlite3")}

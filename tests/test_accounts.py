@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
@@ -43,7 +43,7 @@ class Clock:
     """The time accounts.services sees, moved by hand instead of sleeping."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
@@ -485,12 +485,30 @@ LEGACY_DATA = {
     "tags": {"t1": {"label": "x"}},
 }
 LEGACY_CHANGELOG = [
-    {"version": 1, "timestamp": "2025-01-01T00:00:00.000Z", "clientVersion": 0,
-     "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
-    {"version": 2, "timestamp": "2025-01-02T00:00:00.000Z", "clientVersion": 1,
-     "added": [{"store": "humans", "id": "h2"}, {"store": "tags", "id": "t1"}], "modified": [], "action": "push"},
-    {"version": 3, "timestamp": "2025-01-03T00:00:00.000Z", "clientVersion": 2,
-     "added": [], "modified": [{"store": "humans", "id": "h1"}], "action": "push"},
+    {
+        "version": 1,
+        "timestamp": "2025-01-01T00:00:00.000Z",
+        "clientVersion": 0,
+        "added": [{"store": "humans", "id": "h1"}],
+        "modified": [],
+        "action": "push",
+    },
+    {
+        "version": 2,
+        "timestamp": "2025-01-02T00:00:00.000Z",
+        "clientVersion": 1,
+        "added": [{"store": "humans", "id": "h2"}, {"store": "tags", "id": "t1"}],
+        "modified": [],
+        "action": "push",
+    },
+    {
+        "version": 3,
+        "timestamp": "2025-01-03T00:00:00.000Z",
+        "clientVersion": 2,
+        "added": [],
+        "modified": [{"store": "humans", "id": "h1"}],
+        "action": "push",
+    },
 ]
 
 
@@ -546,7 +564,9 @@ def test_legacy_file_appearing_later_is_not_adopted_by_a_later_user(admin_api, d
     assert (data_dir / "repo.json").exists()
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": -1, "data": {}}', b'{"version": 1, "data": []}'])
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[]", b'{"version": -1, "data": {}}', b'{"version": 1, "data": []}']
+)
 def test_unreadable_legacy_file_does_not_block_registration_and_is_kept(api, data_dir, content):
     (data_dir / "repo.json").write_bytes(content)
     body = api.register("alice", "secret1")

@@ -13,8 +13,8 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -39,7 +39,9 @@ STAFF_ONLY = "Please enter the correct username and password for a staff account
 
 
 def api_register(server: LiveServer, username: str, password: str) -> str:
-    response = requests.post(f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30)
+    response = requests.post(
+        f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
@@ -49,7 +51,9 @@ def api_login(server: LiveServer, username: str, password: str) -> requests.Resp
 
 
 def api_me(server: LiveServer, token: str) -> int:
-    return requests.get(f"{server.url}/api/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+    return requests.get(
+        f"{server.url}/api/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ).status_code
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +217,10 @@ def test_deleting_a_user_with_all_their_data(admin: object, server: LiveServer) 
         timeout=30,
     ).raise_for_status()
     user_id = api_login(server, "gus", "guspass1").json()["user"]["id"]
-    assert {p.name for p in server.data_dir.glob(f"*{user_id}*")} >= {f"repo_{user_id}.json", f"changelog_{user_id}.jsonl"}
+    assert {p.name for p in server.data_dir.glob(f"*{user_id}*")} >= {
+        f"repo_{user_id}.json",
+        f"changelog_{user_id}.jsonl",
+    }
     run_action(admin, "gus", "delete_selected")
     assert "their repository and its changelog" in admin.locator("#content").inner_text()
     admin.locator("#content form input[type=submit]").click()

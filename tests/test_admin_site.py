@@ -203,7 +203,9 @@ def test_delete_asks_for_confirmation_then_removes_the_user_and_all_their_data(
     assert list(data_dir.glob(f"*{uid}*")) == []
 
 
-def test_the_delete_button_of_the_user_page_deletes_with_data(browser: Client, analyst_api: Api, data_dir: Path) -> None:
+def test_the_delete_button_of_the_user_page_deletes_with_data(
+    browser: Client, analyst_api: Api, data_dir: Path
+) -> None:
     push(analyst_api, {"humans": {"h1": {"name": "A"}}})
     uid = str(user("analyst").pk)
     url = f"/admin/accounts/user/{uid}/delete/"
@@ -244,7 +246,9 @@ def test_revoking_needs_a_post(browser: Client, analyst_api: Api) -> None:
     assert browser.get(f"/admin/accounts/user/{user('analyst').pk}/sessions/revoke/").status_code == 405
 
 
-def test_the_user_page_shows_the_repository_and_the_last_50_changelog_entries(browser: Client, analyst_api: Api) -> None:
+def test_the_user_page_shows_the_repository_and_the_last_50_changelog_entries(
+    browser: Client, analyst_api: Api
+) -> None:
     for n in range(55):
         push(analyst_api, {"humans": {f"h{n}": {"name": str(n)}}})
     push(analyst_api, {"tags": {"t1": {}}})
@@ -318,7 +322,8 @@ def test_an_admin_adds_a_user_who_then_logs_in_through_the_api(browser: Client, 
     login = api.post("/api/auth/login", {"username": "carol", "password": "carolpass"})
     assert login.status_code == 200 and login.json()["user"]["role"] == "analyst"
     dup = browser.post(
-        "/admin/accounts/user/add/", {"username": "Carol", "role": "analyst", "password1": "x" * 8, "password2": "x" * 8}
+        "/admin/accounts/user/add/",
+        {"username": "Carol", "role": "analyst", "password1": "x" * 8, "password2": "x" * 8},
     )
     assert "Username already taken" in dup.content.decode()
     short = browser.post(

@@ -10,11 +10,12 @@ and timestamps look like JavaScript's ``toISOString()``.
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from unittest import mock
 
-import orjson
 import pytest
 from django.test import override_settings
+
 from tests.helpers import assert_error
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -334,13 +335,9 @@ def test_preflight_for_any_api_url_succeeds_without_token(api, url, origin):
     assert {"authorization", "content-type"} <= headers
 
 
-@pytest.mark.parametrize(
-    "request_method", ["GET", "POST", "PUT", "PATCH", "DELETE"]
-)
+@pytest.mark.parametrize("request_method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
 def test_preflight_allows_every_protocol_method(api, request_method):
-    response = api.client.options(
-        "/api/sync", HTTP_ORIGIN="null", HTTP_ACCESS_CONTROL_REQUEST_METHOD=request_method
-    )
+    response = api.client.options("/api/sync", HTTP_ORIGIN="null", HTTP_ACCESS_CONTROL_REQUEST_METHOD=request_method)
     assert 200 <= response.status_code < 300
     assert request_method in {m.strip().upper() for m in response["Access-Control-Allow-Methods"].split(",")}
 
@@ -366,9 +363,17 @@ def _cors_cases(admin_api, analyst_api, origin_headers):
             "/api/admin/users/00000000-0000-4000-8000-000000000000", content_type=j, **t_admin, **origin_headers
         ),
         "405": c.delete("/api/sync", content_type=j, **t_admin, **origin_headers),
-        "409": c.post("/api/auth/register", {"username": "ADMIN", "password": "secret1"}, format="json", **origin_headers),
+        "409": c.post(
+            "/api/auth/register", {"username": "ADMIN", "password": "secret1"}, format="json", **origin_headers
+        ),
         "413": c.generic(
-            "POST", "/api/sync", b"{}", content_type=j, CONTENT_LENGTH=str(60 * 1024 * 1024), **t_admin, **origin_headers
+            "POST",
+            "/api/sync",
+            b"{}",
+            content_type=j,
+            CONTENT_LENGTH=str(60 * 1024 * 1024),
+            **t_admin,
+            **origin_headers,
         ),
     }
 
@@ -430,10 +435,10 @@ def test_iso_formats_like_javascript():
 
     from pzls_site.clock import iso
 
-    moment = datetime(2026, 5, 17, 10, 4, 5, 123999, tzinfo=timezone.utc)
+    moment = datetime(2026, 5, 17, 10, 4, 5, 123999, tzinfo=UTC)
     assert iso(moment) == "2026-05-17T10:04:05.123Z"
     assert iso(moment.astimezone(timezone(timedelta(hours=2)))) == "2026-05-17T10:04:05.123Z"
-    assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "2026-01-02T03:04:05.000Z"
+    assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
 
 
 # --- bodies: clients send Content-Type: application/json on GET too ---------------------

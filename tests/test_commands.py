@@ -77,8 +77,12 @@ def test_a_failing_command_says_why_and_exits_with_status_1(tmp_path: Path) -> N
 
 
 def test_createuser_follows_registration_first_admin_then_analysts(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "Created admin root" in run("createuser", "root", "--password-stdin", stdin="rootpass\n", monkeypatch=monkeypatch)
-    assert "Created analyst ann" in run("createuser", "ann", "--password-stdin", stdin="annpass1\n", monkeypatch=monkeypatch)
+    assert "Created admin root" in run(
+        "createuser", "root", "--password-stdin", stdin="rootpass\n", monkeypatch=monkeypatch
+    )
+    assert "Created analyst ann" in run(
+        "createuser", "ann", "--password-stdin", stdin="annpass1\n", monkeypatch=monkeypatch
+    )
     assert login("root", "rootpass").json()["user"]["role"] == "admin"
     assert login("ann", "annpass1").json()["user"]["role"] == "analyst"
 
@@ -124,7 +128,9 @@ def test_createuser_without_a_password_source_refuses(monkeypatch: pytest.Monkey
     assert not User.objects.exists()
 
 
-def test_the_first_user_made_by_createuser_adopts_a_legacy_repository(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+def test_the_first_user_made_by_createuser_adopts_a_legacy_repository(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
     (data_dir / "repo.json").write_bytes(b'{"version": 4, "data": {"humans": {"h1": {"name": "Old"}}}}')
     run("createuser", "root", "--password-stdin", stdin="rootpass\n", monkeypatch=monkeypatch)
     api = Api()
@@ -146,10 +152,27 @@ def test_createsuperuser_noinput_makes_an_admin_that_logs_in(monkeypatch: pytest
 
 # --- import_legacy_repo ------------------------------------------------------------------
 
-LEGACY = {"version": 7, "data": {"humans": {"h1": {"name": "Ann"}, "h2": {"name": "Bob"}}, "tags": {"t1": {"label": "x"}}}}
+LEGACY = {
+    "version": 7,
+    "data": {"humans": {"h1": {"name": "Ann"}, "h2": {"name": "Bob"}}, "tags": {"t1": {"label": "x"}}},
+}
 LEGACY_CHANGELOG = [
-    {"version": 6, "timestamp": "2025-01-01T00:00:00.000Z", "clientVersion": 5, "added": [], "modified": [], "action": "push"},
-    {"version": 7, "timestamp": "2025-01-02T00:00:00.000Z", "clientVersion": 6, "added": [{"store": "tags", "id": "t1"}], "modified": [], "action": "push"},
+    {
+        "version": 6,
+        "timestamp": "2025-01-01T00:00:00.000Z",
+        "clientVersion": 5,
+        "added": [],
+        "modified": [],
+        "action": "push",
+    },
+    {
+        "version": 7,
+        "timestamp": "2025-01-02T00:00:00.000Z",
+        "clientVersion": 6,
+        "added": [{"store": "tags", "id": "t1"}],
+        "modified": [],
+        "action": "push",
+    },
 ]
 
 
@@ -161,7 +184,9 @@ def write_legacy(directory: Path, *, changelog: bool = True) -> Path:
     return directory / "repo.json"
 
 
-def test_import_into_an_empty_repository_keeps_version_data_and_history(admin_api: Api, analyst_api: Api, data_dir: Path) -> None:
+def test_import_into_an_empty_repository_keeps_version_data_and_history(
+    admin_api: Api, analyst_api: Api, data_dir: Path
+) -> None:
     write_legacy(data_dir)
     out = io.StringIO()
     call_command("import_legacy_repo", "--user", "ANALYST", stdout=out)
@@ -170,7 +195,10 @@ def test_import_into_an_empty_repository_keeps_version_data_and_history(admin_ap
     changes = analyst_api.get("/api/sync/changes?since=0").json()
     assert changes["changes"] == LEGACY_CHANGELOG
     # the data directory's legacy files are renamed, never deleted, and the admin's repository is untouched
-    assert sorted(p.name for p in data_dir.glob("*.json*") if "migrated" in p.name) == ["changelog.json.migrated", "repo.json.migrated"]
+    assert sorted(p.name for p in data_dir.glob("*.json*") if "migrated" in p.name) == [
+        "changelog.json.migrated",
+        "repo.json.migrated",
+    ]
     assert admin_api.get("/api/sync").json() == {"version": 0, "data": {}}
 
 
@@ -208,7 +236,9 @@ def test_import_refuses_a_repository_with_data_unless_merge(analyst_api: Api, tm
         (b'{"version": 1, "data": {"humans": {"h1": 5}}}', "Cannot read legacy repository"),
     ],
 )
-def test_import_explains_a_missing_or_broken_file(content: bytes | None, message: str, analyst_api: Api, tmp_path: Path) -> None:
+def test_import_explains_a_missing_or_broken_file(
+    content: bytes | None, message: str, analyst_api: Api, tmp_path: Path
+) -> None:
     path = tmp_path / "repo.json"
     if content is not None:
         path.write_bytes(content)
@@ -277,7 +307,8 @@ def test_a_restored_server_serves_the_same_pulls_logins_and_versions(tmp_path: P
         call_command("import_data", str(backup), stdout=out)
         assert "Imported 4 users, 2 repositories and 4 changelog entries" in out.getvalue()
         after = {
-            u.username: (str(u.pk), u.role, u.is_active, u.created_at, u.last_login, u.password) for u in User.objects.all()
+            u.username: (str(u.pk), u.role, u.is_active, u.created_at, u.last_login, u.password)
+            for u in User.objects.all()
         }
         assert after == before["users"]
         for token in before["tokens"]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 import orjson
 import pytest
@@ -24,7 +24,9 @@ def auth(token: str) -> dict[str, str]:
 
 
 def register(server: LiveServer, username: str, password: str = "secret1") -> str:
-    response = requests.post(f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30)
+    response = requests.post(
+        f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
@@ -47,7 +49,9 @@ def test_concurrent_pushes_from_eight_threads_are_serialised(server: LiveServer)
         with requests.Session() as session:
             for n in range(25):
                 body = {"clientVersion": 0, "stores": {"humans": {f"w{worker}-r{n}": {"name": f"Person {worker} {n}"}}}}
-                response = session.post(f"{server.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=60)
+                response = session.post(
+                    f"{server.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=60
+                )
                 with lock:
                     if response.status_code != 200:
                         failures.append(response.text)
@@ -96,18 +100,24 @@ def test_a_body_over_50_mib_is_refused_with_413_and_nothing_changes(server: Live
 def test_a_chunked_body_under_the_limit_is_an_ordinary_push(server: LiveServer) -> None:
     token = register(server, "chunky")
     body = orjson.dumps({"stores": {"humans": {"h1": {"name": "A"}}}})
-    response = requests.post(f"{server.url}/api/sync", data=iter([body[:10], body[10:]]), headers=auth(token), timeout=30)
+    response = requests.post(
+        f"{server.url}/api/sync", data=iter([body[:10], body[10:]]), headers=auth(token), timeout=30
+    )
     assert response.status_code == 200, response.text
     assert response.json()["added"] == 1
 
 
 def test_no_token_is_stored_in_clear_text(server: LiveServer) -> None:
     tokens = [register(server, f"reader{n}") for n in range(3)]
-    login = requests.post(f"{server.url}/api/auth/login", json={"username": "reader0", "password": "secret1"}, timeout=30)
+    login = requests.post(
+        f"{server.url}/api/auth/login", json={"username": "reader0", "password": "secret1"}, timeout=30
+    )
     tokens.append(login.json()["token"])
     for token in tokens:
         assert requests.get(f"{server.url}/api/auth/me", headers=auth(token), timeout=30).status_code == 200
-        requests.post(f"{server.url}/api/sync", json={"stores": {"tags": {"t": {"by": "me"}}}}, headers=auth(token), timeout=30)
+        requests.post(
+            f"{server.url}/api/sync", json={"stores": {"tags": {"t": {"by": "me"}}}}, headers=auth(token), timeout=30
+        )
     files = [p for p in server.data_dir.rglob("*") if p.is_file()]
     assert any(p.name == "tokens.json" for p in files)
     for path in files:
@@ -132,7 +142,9 @@ def test_crash_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 # Records big enough that a push takes a while to write.
                 body = {"clientVersion": 0, "stores": {"humans": {f"r{n}": {"name": f"P{n}", "notes": "n" * 20000}}}}
                 try:
-                    response = session.post(f"{live.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=10)
+                    response = session.post(
+                        f"{live.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=10
+                    )
                 except requests.RequestException:
                     return
                 if response.status_code == 200:
@@ -181,8 +193,6 @@ def test_crash_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert [e["version"] for e in changes["changes"]] == [pull["version"], pull["version"] + 1]
     finally:
         restarted.stop()
-
-
 
 
 def test_login_rate_limit_holds_across_workers(server: LiveServer) -> None:

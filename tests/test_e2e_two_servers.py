@@ -10,7 +10,7 @@ repositories, versions and ETags.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -58,13 +58,17 @@ def servers(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
 
 
 def register(server: LiveServer, username: str, password: str = "secret1") -> str:
-    response = requests.post(f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30)
+    response = requests.post(
+        f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
 
 def login(server: LiveServer, username: str, password: str = "secret1") -> str:
-    response = requests.post(f"{server.url}/api/auth/login", json={"username": username, "password": password}, timeout=30)
+    response = requests.post(
+        f"{server.url}/api/auth/login", json={"username": username, "password": password}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
@@ -102,7 +106,9 @@ def test_pushes_through_both_servers_at_once_are_all_kept_in_one_line_of_version
             for n in range(pushes_per_thread):
                 record_id = f"{server.port}-w{worker}-r{n}"
                 body = {"clientVersion": 0, "stores": {"humans": {record_id: {"name": f"P {worker} {n}", "n": n}}}}
-                response = session.post(f"{server.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=60)
+                response = session.post(
+                    f"{server.url}/api/sync", data=orjson.dumps(body), headers=auth(token), timeout=60
+                )
                 with lock:
                     if response.status_code != 200 or response.json()["added"] != 1:
                         failures.append(f"{response.status_code} {response.text}")
@@ -190,6 +196,7 @@ def test_servers_reconnect_after_the_database_drops_their_connections(servers, d
     # Connection health checks notice the dead connections at the start of the next request.
     for server in (a, b):
         for _ in range(6):
-            response = requests.get(f"{server.url}/api/auth/me", headers={**auth(token), "Connection": "close"}, timeout=30)
+            response = requests.get(
+                f"{server.url}/api/auth/me", headers={**auth(token), "Connection": "close"}, timeout=30
+            )
             assert response.status_code == 200, response.text
-

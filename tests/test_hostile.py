@@ -96,7 +96,11 @@ DEEP_OBJECT = b'{"a":' * DEPTH + b"1" + b"}" * DEPTH
     [
         ("/api/auth/register", DEEP_ARRAY, "Malformed JSON: depth limit exceeded: line 1 column 1026 (char 1025)"),
         ("/api/auth/login", DEEP_OBJECT, "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"),
-        ("/api/auth/change-password", DEEP_OBJECT, "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"),
+        (
+            "/api/auth/change-password",
+            DEEP_OBJECT,
+            "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)",
+        ),
         ("/api/sync", DEEP_ARRAY, "Request body must be a JSON object"),
         ("/api/sync", b'{"stores":' + DEEP_OBJECT + b"}", "Malformed JSON: nesting too deep"),
         ("/api/sync", b'{"stores":{"s":{"r":' + DEEP_OBJECT + b"}}}", "Malformed JSON: nesting too deep"),
@@ -111,7 +115,10 @@ def test_json_nested_100000_levels_is_400(unchanged, seeded, url, body, error):
 def test_deep_query_body_is_400_with_success_false(unchanged, seeded):
     response = post_raw(seeded, "/api/query", DEEP_OBJECT)
     assert response.status_code == 400
-    assert response.json() == {"success": False, "error": "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)"}
+    assert response.json() == {
+        "success": False,
+        "error": "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)",
+    }
 
 
 # --- numbers and literals JSON does not have ----------------------------------------
@@ -189,7 +196,11 @@ def test_nan_and_infinity_are_400(unchanged, seeded, literal):
         ),
         ("/api/sync", b'{"stores":{"\xff":{"r":{}}}}', "Malformed JSON: invalid UTF-8: invalid start byte"),
         ("/api/sync", b'{"stores":{"s":{"\xc3\x28":{}}}}', "Malformed JSON: invalid UTF-8: invalid continuation byte"),
-        ("/api/sync", b'{"data":{"s":{"\xed\xa0\x80":{}}}}', "Malformed JSON: invalid UTF-8: invalid continuation byte"),
+        (
+            "/api/sync",
+            b'{"data":{"s":{"\xed\xa0\x80":{}}}}',
+            "Malformed JSON: invalid UTF-8: invalid continuation byte",
+        ),
         (
             "/api/sync",
             b'{"stores":{"s":{"r":{"a":"\xed\xa0\x80"}}}}',
@@ -210,11 +221,23 @@ def test_invalid_utf8_is_400(unchanged, seeded, url, body, error):
             b'{"username":"a\\ud800b","password":"secret1"}',
             "Malformed JSON: no low surrogate in string: line 1 column 15 (char 14)",
         ),
-        ("/api/sync", b'{"stores":{"\\ud800":{"r":{}}}}', "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 18)"),
-        ("/api/sync", b'{"stores":{"s":{"\\udfff":{}}}}', "Malformed JSON: JSON is malformed: invalid utf-16 surrogate pair (byte 23)"),
+        (
+            "/api/sync",
+            b'{"stores":{"\\ud800":{"r":{}}}}',
+            "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 18)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"\\udfff":{}}}}',
+            "Malformed JSON: JSON is malformed: invalid utf-16 surrogate pair (byte 23)",
+        ),
         # msgspec's own words for a lone high surrogate at the end of a string.
         ("/api/sync", b'{"stores":{"s":{"r":{"a":"\\ud800"}}}}', "Malformed JSON: Input data was truncated"),
-        ("/api/sync", b'{"stores":{"s":{"r":{"\\ud800":1}}}}', "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 28)"),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"\\ud800":1}}}}',
+            "Malformed JSON: JSON is malformed: unexpected end of hex escape (byte 28)",
+        ),
     ],
     ids=["register", "push-store-name", "push-record-id", "push-record-value", "push-record-key"],
 )
@@ -325,8 +348,14 @@ def test_path_and_prototype_usernames_are_just_names(data_dir, admin_api, api, u
 
 def test_username_of_10000_characters(unchanged, seeded):
     name = "u" * 10_000
-    reject(seeded.post("/api/auth/register", {"username": name, "password": "secret1"}), 400, "Username must be at most 64 characters")
-    reject(seeded.post("/api/auth/login", {"username": name, "password": "secret1"}), 401, "Invalid username or password")
+    reject(
+        seeded.post("/api/auth/register", {"username": name, "password": "secret1"}),
+        400,
+        "Username must be at most 64 characters",
+    )
+    reject(
+        seeded.post("/api/auth/login", {"username": name, "password": "secret1"}), 401, "Invalid username or password"
+    )
 
 
 SQL_USERNAMES = ["x' OR '1'='1", "'; DROP TABLE accounts_user; --", 'admin" --', "1; SELECT * FROM accounts_user"]
@@ -345,12 +374,23 @@ def test_sql_looking_usernames_are_stored_as_typed(admin_api):
     [("admin' --", "x"), ("' OR 1=1 --", "' OR ''='"), ("admin", "' OR '1'='1"), ("admin'/*", "*/--")],
 )
 def test_sql_looking_logins_fail_like_any_wrong_password(unchanged, seeded, username, password):
-    reject(seeded.post("/api/auth/login", {"username": username, "password": password}), 401, "Invalid username or password")
+    reject(
+        seeded.post("/api/auth/login", {"username": username, "password": password}),
+        401,
+        "Invalid username or password",
+    )
 
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "text/json", "application/json-patch+json"],
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "text/json",
+        "application/json-patch+json",
+    ],
 )
 @pytest.mark.parametrize("url", ["/api/auth/register", "/api/auth/login", "/api/auth/change-password", "/api/sync"])
 def test_content_type_other_than_json_is_415(unchanged, seeded, url, content_type):
@@ -371,7 +411,9 @@ def test_content_type_other_than_json_is_415(unchanged, seeded, url, content_typ
 )
 def test_bearer_tokens_that_are_not_issued_uuids_are_401(unchanged, seeded, header):
     for method, url in (("get", "/api/sync"), ("post", "/api/sync")):
-        response = getattr(seeded.client, method)(url, {"stores": {"s": {"r": {}}}}, format="json", HTTP_AUTHORIZATION=header)
+        response = getattr(seeded.client, method)(
+            url, {"stores": {"s": {"r": {}}}}, format="json", HTTP_AUTHORIZATION=header
+        )
         reject(response, 401, "Invalid or expired token")
         assert response["WWW-Authenticate"] == "Bearer"
 
@@ -424,7 +466,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def live_token(live: LiveServer) -> str:
-    response = requests.post(f"{live.url}/api/auth/register", json={"username": "big", "password": "secret1"}, timeout=30)
+    response = requests.post(
+        f"{live.url}/api/auth/register", json={"username": "big", "password": "secret1"}, timeout=30
+    )
     assert response.status_code == 200
     return response.json()["token"]
 
@@ -445,10 +489,19 @@ def test_headers_of_100_kb(live, live_token):
     before = files(live.data_dir)
     big = b"x" * 100_000
     for request, status in [
-        (b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nX-Big: " + big + b"\r\n\r\n", b"431 Request Header Fields Too Large"),
-        (b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + big + b"\r\n\r\n", b"431 Request Header Fields Too Large"),
+        (
+            b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nX-Big: " + big + b"\r\n\r\n",
+            b"431 Request Header Fields Too Large",
+        ),
+        (
+            b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + big + b"\r\n\r\n",
+            b"431 Request Header Fields Too Large",
+        ),
         (b"GET /api/auth/me?" + big + b" HTTP/1.1\r\nHost: t\r\n\r\n", b"414 URI Too Long"),
-        (b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(1000)) + b"\r\n", b"431 Request Header Fields Too Large"),
+        (
+            b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(1000)) + b"\r\n",
+            b"431 Request Header Fields Too Large",
+        ),
     ]:
         answer = raw_http(live.port, request)
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -457,7 +510,9 @@ def test_headers_of_100_kb(live, live_token):
         assert len(body) < 1000 and b"Traceback" not in body
     # 99 KB in fields gunicorn accepts (at most 100 fields of at most 16 KiB; requests adds 5 of its own).
     spread = {f"X-Pad-{i}": "p" * 1100 for i in range(90)}
-    response = requests.get(f"{live.url}/api/auth/me", headers={**spread, "Authorization": f"Bearer {live_token}"}, timeout=30)
+    response = requests.get(
+        f"{live.url}/api/auth/me", headers={**spread, "Authorization": f"Bearer {live_token}"}, timeout=30
+    )
     assert response.status_code == 200 and response.json()["user"]["username"] == "big"
     response = requests.get(f"{live.url}/api/auth/me", headers=spread, timeout=30)
     assert (response.status_code, response.json()) == (401, {"error": "Authentication required"})
@@ -469,22 +524,44 @@ def test_headers_of_100_kb(live, live_token):
 def test_rejected_50_mb_bodies_hold_under_4x_and_write_nothing(live, live_token):
     pid = live.worker_pids()[0]
     size = 49 * MIB
-    seed = requests.post(f"{live.url}/api/sync", json={"stores": {"s": {"seed": {}}}}, headers=live_headers(live_token), timeout=60)
+    seed = requests.post(
+        f"{live.url}/api/sync", json={"stores": {"s": {"seed": {}}}}, headers=live_headers(live_token), timeout=60
+    )
     assert seed.status_code == 200  # a repository exists (see test_rejected_first_push_creates_no_file)
     pull = requests.get(f"{live.url}/api/sync", headers=live_headers(live_token), timeout=60).content
     before = snapshot(live.data_dir)  # files' bytes and database rows (SQLite's -shm changes on reads)
     cases = [
-        ("/api/auth/register", b'{"password":"secret1","username":"' + b"u" * size + b'"}', 400, "Username must be at most 64 characters"),
+        (
+            "/api/auth/register",
+            b'{"password":"secret1","username":"' + b"u" * size + b'"}',
+            400,
+            "Username must be at most 64 characters",
+        ),
         # Valid JSON up to its end, where a brace is missing: the whole body is scanned first.
-        ("/api/sync", b'{"stores":{"s":{"r":{"blob":"' + b"x" * size + b'"}}}', 400, "Malformed JSON: Input data was truncated"),
-        ("/api/sync", b'{"stores":{"s":{"r":{"blob":"' + b"x" * size + b'","n":1e400}}}}', 400, "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 51380240 (char 51380239)"),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"blob":"' + b"x" * size + b'"}}}',
+            400,
+            "Malformed JSON: Input data was truncated",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":{"blob":"' + b"x" * size + b'","n":1e400}}}}',
+            400,
+            "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 51380240 (char 51380239)",
+        ),
     ]
     for url, body, status, error in cases:
         response, peak = peak_during(
-            pid, lambda url=url, body=body: requests.post(f"{live.url}{url}", data=body, headers=live_headers(live_token), timeout=120)
+            pid,
+            lambda url=url, body=body: requests.post(
+                f"{live.url}{url}", data=body, headers=live_headers(live_token), timeout=120
+            ),
         )
         assert (response.status_code, response.json()) == (status, {"error": error})
-        print(f"\n{url} rejected, {len(body) / MIB:.0f} MiB body: worker peak +{peak / MIB:.0f} MiB ({peak / len(body):.1f}x)")
+        print(
+            f"\n{url} rejected, {len(body) / MIB:.0f} MiB body: worker peak +{peak / MIB:.0f} MiB ({peak / len(body):.1f}x)"
+        )
         assert peak <= 4 * len(body), f"{peak / MIB:.0f} MiB for a {len(body) / MIB:.0f} MiB body"
     assert snapshot(live.data_dir) == before
     assert requests.get(f"{live.url}/api/sync", headers=live_headers(live_token), timeout=60).content == pull
@@ -542,6 +619,7 @@ def test_slow_clients_hold_sync_workers_until_gunicorns_timeout(tmp_path):
     stop = threading.Event()
     sockets = []
     try:
+
         def trickle(conn: socket.socket) -> None:
             try:
                 conn.sendall(b"GET /api/auth/health HTTP/1.1\r\nHost: t\r\n")

@@ -48,8 +48,13 @@ def pg_connect() -> Any:
 def my_connect() -> Any:
     spec = parse_connection_string(MY_URL)
     return MySQLdb.connect(
-        host=spec.host, port=spec.port, user=spec.user, password=spec.password, database=spec.database,
-        connect_timeout=5, autocommit=True,
+        host=spec.host,
+        port=spec.port,
+        user=spec.user,
+        password=spec.password,
+        database=spec.database,
+        connect_timeout=5,
+        autocommit=True,
     )
 
 
@@ -150,8 +155,15 @@ def assert_failed(response: Any, status: int, error: str) -> None:
     assert response.json() == {"success": False, "error": error}
 
 
-def url_with(url: str, *, host: str | None = None, port: int | None = None, database: str | None = None,
-             user: str | None = None, password: str | None = None) -> str:
+def url_with(
+    url: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    database: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> str:
     spec = parse_connection_string(url)
     scheme = "postgres" if spec.engine == "postgresql" else "mysql"
     user = spec.user if user is None else user
@@ -345,7 +357,9 @@ def test_allowed_hosts_by_name_address_network_and_port(admin_api: Any, pg: Serv
     pg_local = url_with(pg.url, host="localhost")
     with override_settings(PZLS_QUERY_ALLOWED_HOSTS=["db.example.com"]):
         assert_failed(
-            query(admin_api, pg_local, "SELECT 1"), 403, f"Host localhost port {pg_port} is not in PZLS_QUERY_ALLOWED_HOSTS"
+            query(admin_api, pg_local, "SELECT 1"),
+            403,
+            f"Host localhost port {pg_port} is not in PZLS_QUERY_ALLOWED_HOSTS",
         )
     with override_settings(PZLS_QUERY_ALLOWED_HOSTS=["localhost"]):
         assert assert_ok(query(admin_api, pg_local, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
@@ -426,7 +440,9 @@ def test_own_database_is_recognised_behind_an_alias_the_address_check_misses(
     services._identity_cache.clear()
     try:
         with override_settings(DATABASES={"default": _own(server.kind, server.url)}):
-            assert_failed(query(admin_api, server.url, "SELECT 1"), 403, "Queries on PZLS's own database are not allowed")
+            assert_failed(
+                query(admin_api, server.url, "SELECT 1"), 403, "Queries on PZLS's own database are not allowed"
+            )
             if server.kind == "pg":
                 body = assert_ok(query(admin_api, url_with(server.url, database="postgres"), "SELECT 1 AS one"))
                 assert body["rows"] == [{"one": 1}]
@@ -672,7 +688,11 @@ def test_errors_are_400_and_never_show_the_password(
     pg_port = parse_connection_string(pg.url).port
     cases = [
         (f"sqlite://u:{secret}@h/db", "SELECT 1", "Unsupported database scheme 'sqlite'"),
-        (f"postgres://u:{secret}@h:port/db", "SELECT 1", "connectionString is not a valid URL (check the host and port)"),
+        (
+            f"postgres://u:{secret}@h:port/db",
+            "SELECT 1",
+            "connectionString is not a valid URL (check the host and port)",
+        ),
         (f"postgres://u:{secret}@no-such-host.invalid/db", "SELECT 1", "Could not resolve host 'no-such-host.invalid'"),
         (
             url_with(pg.url, host="127.0.0.1", port=closed_port, password=secret),
@@ -687,7 +707,7 @@ def test_errors_are_400_and_never_show_the_password(
         (
             url_with(pg.url, user=missing_role, password=secret),
             "SELECT 1",
-            f'Could not connect to PostgreSQL at {parse_connection_string(pg.url).host}:{pg_port}: '
+            f"Could not connect to PostgreSQL at {parse_connection_string(pg.url).host}:{pg_port}: "
             f'connection to server at "127.0.0.1", port {pg_port} failed: role "{missing_role}" does not exist',
         ),
         (url_with(my.url, password=secret), "SELECT 1", "Could not connect to MySQL/MariaDB at "),
@@ -699,7 +719,11 @@ def test_errors_are_400_and_never_show_the_password(
         (url_with(my.url, database=missing_db), "SELECT 1", f"Unknown database '{missing_db}' (error 1049)"),
         (url_with(pg.url, password=secret), "SELEC 1", 'SQL error: syntax error at or near "SELEC" (SQLSTATE 42601)'),
         (url_with(my.url), "SELEC 1", "SQL error: You have an error in your SQL syntax"),
-        (url_with(pg.url, password=secret), f"SELECT * FROM no_such_table_{uuid.uuid4().hex[:6]}", "SQL error: relation"),
+        (
+            url_with(pg.url, password=secret),
+            f"SELECT * FROM no_such_table_{uuid.uuid4().hex[:6]}",
+            "SQL error: relation",
+        ),
     ]
     for url, sql, expected in cases:
         response = query(admin_api, url, sql)
@@ -727,7 +751,9 @@ def test_copy_is_refused(admin_api: Any, pg: Server) -> None:
     )
 
 
-def test_a_server_that_ignores_the_cancel_cannot_hold_the_worker(admin_api: Any, server: Server, monkeypatch: Any) -> None:
+def test_a_server_that_ignores_the_cancel_cannot_hold_the_worker(
+    admin_api: Any, server: Server, monkeypatch: Any
+) -> None:
     from query import runner
 
     engine_run = runner._PostgresRun if server.kind == "pg" else runner._MySQLRun

@@ -79,8 +79,14 @@ def test_supported_options(url: str, options: dict[str, str]) -> None:
     "url, message",
     [
         ("", "connectionString must be a non-empty string"),
-        ("sqlite:///tmp/x.db", "Unsupported database scheme 'sqlite': use postgres://, postgresql://, mysql:// or mariadb://"),
-        ("mongodb://u:p@h/db", "Unsupported database scheme 'mongodb': use postgres://, postgresql://, mysql:// or mariadb://"),
+        (
+            "sqlite:///tmp/x.db",
+            "Unsupported database scheme 'sqlite': use postgres://, postgresql://, mysql:// or mariadb://",
+        ),
+        (
+            "mongodb://u:p@h/db",
+            "Unsupported database scheme 'mongodb': use postgres://, postgresql://, mysql:// or mariadb://",
+        ),
         ("just some text", "connectionString must be a URL such as postgres://user:password@host:5432/database"),
         ("postgres://u:p@h:notaport/db", "connectionString is not a valid URL (check the host and port)"),
         ("postgres://u:p@h:70000/db", "connectionString is not a valid URL (check the host and port)"),
@@ -102,7 +108,10 @@ def test_supported_options(url: str, options: dict[str, str]) -> None:
             "Unsupported connection option 'read_default_file' for MySQL/MariaDB"
             " (supported: charset, ssl-mode, ssl_mode, sslmode, ssl)",
         ),
-        ("postgres://u@h/db?sslmode=maybe", "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"),
+        (
+            "postgres://u@h/db?sslmode=maybe",
+            "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full",
+        ),
         ("postgres://u@h/db?sslmode=require&sslmode=disable", "Connection option 'sslmode' is given twice"),
         ("mysql://u@h/db?charset=utf8;drop", "charset must be a character set name such as utf8mb4"),
     ],
@@ -267,7 +276,9 @@ def test_rows_as_objects_converts_what_the_fast_path_must_not_pass() -> None:
         ["nan", "inf", "big", "neg", "ok", "dec"],
         [(float("nan"), float("-inf"), 2**53, -(2**53), 2.5, Decimal("1.10"))],
     )
-    assert rows == [{"nan": None, "inf": None, "big": "9007199254740992", "neg": "-9007199254740992", "ok": 2.5, "dec": "1.10"}]
+    assert rows == [
+        {"nan": None, "inf": None, "big": "9007199254740992", "neg": "-9007199254740992", "ok": 2.5, "dec": "1.10"}
+    ]
 
 
 def test_rows_as_objects_keeps_column_order() -> None:
@@ -330,7 +341,9 @@ def test_settings_check_reports_bad_patterns_and_unknown_roles() -> None:
     from query.apps import check_query_settings
 
     assert check_query_settings() == []
-    with override_settings(PZLS_QUERY_ALLOWED_HOSTS=["db.example.com", "host:port"], PZLS_QUERY_ROLES=["admin", "root"]):
+    with override_settings(
+        PZLS_QUERY_ALLOWED_HOSTS=["db.example.com", "host:port"], PZLS_QUERY_ROLES=["admin", "root"]
+    ):
         problems = check_query_settings()
     assert [(p.id, p.msg) for p in problems] == [
         ("pzls.E401", "PZLS_QUERY_ALLOWED_HOSTS: Host pattern 'host:port' has an invalid port"),

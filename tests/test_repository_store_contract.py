@@ -79,7 +79,9 @@ def test_push_adds_records_and_raises_the_version(store: BaseRepositoryStore) ->
 def test_pull_bytes_are_compact_json_of_the_repository(store: BaseRepositoryStore) -> None:
     push(store, {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}})
     raw = store.pull_bytes(U1)
-    assert raw == orjson.dumps({"version": 1, "data": {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}}})
+    assert raw == orjson.dumps(
+        {"version": 1, "data": {"humans": {"h1": {"name": "Zoë", "n": 1.5, "tags": ["a", None, True]}}}}
+    )
 
 
 def test_pull_tag_changes_exactly_when_the_pull_changes(store: BaseRepositoryStore) -> None:
@@ -137,7 +139,14 @@ def test_changelog_entries_have_the_protocol_shape(store: BaseRepositoryStore) -
     page = store.changes(U1, 0)
     assert page.current_version == 2 and page.pending == 2
     assert page.entries == [
-        {"version": 1, "timestamp": TS, "clientVersion": None, "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
+        {
+            "version": 1,
+            "timestamp": TS,
+            "clientVersion": None,
+            "added": [{"store": "humans", "id": "h1"}],
+            "modified": [],
+            "action": "push",
+        },
         {
             "version": 2,
             "timestamp": "2026-05-17T10:04:06.000Z",
@@ -186,8 +195,22 @@ def test_users_are_isolated(store: BaseRepositoryStore) -> None:
 def test_replace_installs_a_repository_and_its_changelog(store: BaseRepositoryStore) -> None:
     push(store, {"old": {"x": {}}})
     entries = [
-        {"version": 4, "timestamp": TS, "clientVersion": 3, "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
-        {"version": 7, "timestamp": "2026-05-17T11:00:00.000Z", "clientVersion": 6, "added": [], "modified": [], "action": "push"},
+        {
+            "version": 4,
+            "timestamp": TS,
+            "clientVersion": 3,
+            "added": [{"store": "humans", "id": "h1"}],
+            "modified": [],
+            "action": "push",
+        },
+        {
+            "version": 7,
+            "timestamp": "2026-05-17T11:00:00.000Z",
+            "clientVersion": 6,
+            "added": [],
+            "modified": [],
+            "action": "push",
+        },
     ]
     store.replace(U1, Repository(version=7, data={"humans": {"h1": {"n": "A"}}}), entries)
     other = fresh(store)
@@ -195,7 +218,12 @@ def test_replace_installs_a_repository_and_its_changelog(store: BaseRepositorySt
     page = other.changes(U1, 0)
     assert page.current_version == 7 and page.entries == entries
     summary = other.summary(U1)
-    assert (summary.version, summary.records, summary.total_syncs, summary.last_sync) == (7, 1, 2, "2026-05-17T11:00:00.000Z")
+    assert (summary.version, summary.records, summary.total_syncs, summary.last_sync) == (
+        7,
+        1,
+        2,
+        "2026-05-17T11:00:00.000Z",
+    )
     result = push(other, {"humans": {"h2": {}}})
     assert result.version == 8
 
@@ -248,6 +276,6 @@ def test_record_texts_come_back_byte_for_byte_whatever_they_hold(store: BaseRepo
     }
     pushed = {"s": {rid: msgspec.Raw(text) for rid, text in texts.items()}}
     assert store.push(U1, pushed, client_version=0, timestamp=TS).added == 4
-    body = b"".join(f'{orjson.dumps(rid).decode()}:'.encode() + text + b"," for rid, text in texts.items())[:-1]
+    body = b"".join(f"{orjson.dumps(rid).decode()}:".encode() + text + b"," for rid, text in texts.items())[:-1]
     assert store.pull_bytes(U1) == b'{"version":1,"data":{"s":{' + body + b"}}}"
     assert fresh(store).pull_bytes(U1) == store.pull_bytes(U1)

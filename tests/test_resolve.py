@@ -18,7 +18,6 @@ from resolve.reference import (
     js_key_order,
     js_number_string,
     name_similarity,
-    resolve_reference,
     to_fixed_0,
     utf16_units,
 )
@@ -106,8 +105,15 @@ def test_bad_threshold_is_400(analyst_api, raw):
 
 @pytest.mark.parametrize(
     "raw, echoed",
-    [("1", b'"threshold":1,'), ("0", b'"threshold":0,'), ("-0", b'"threshold":0,'), ("1.0", b'"threshold":1,'),
-     ("0.60", b'"threshold":0.6,'), ("1e-1", b'"threshold":0.1,'), (".25", b'"threshold":0.25,')],
+    [
+        ("1", b'"threshold":1,'),
+        ("0", b'"threshold":0,'),
+        ("-0", b'"threshold":0,'),
+        ("1.0", b'"threshold":1,'),
+        ("0.60", b'"threshold":0.6,'),
+        ("1e-1", b'"threshold":0.1,'),
+        (".25", b'"threshold":0.25,'),
+    ],
 )
 def test_threshold_is_echoed_as_javascript_prints_it(analyst_api, raw, echoed):
     response = analyst_api.get("/api/resolve", data={"threshold": raw})
@@ -116,11 +122,14 @@ def test_threshold_is_echoed_as_javascript_prints_it(analyst_api, raw, echoed):
 
 
 def test_missing_threshold_means_0_6(analyst_api):
-    push(analyst_api, humans={
-        "a": person("John Smith", birthDate="1980-01-01"),
-        "b": person("Jon Smith", birthDate="1980-01-01"),  # about 0.57: below 0.6
-        "c": person("John Smith", birthDate="1980-01-01", nationality="Irish"),
-    })
+    push(
+        analyst_api,
+        humans={
+            "a": person("John Smith", birthDate="1980-01-01"),
+            "b": person("Jon Smith", birthDate="1980-01-01"),  # about 0.57: below 0.6
+            "c": person("John Smith", birthDate="1980-01-01", nationality="Irish"),
+        },
+    )
     body = resolve(analyst_api)
     assert body["threshold"] == 0.6
     assert [(r["entity1"]["id"], r["entity2"]["id"]) for r in body["results"]] == [("a", "c")]
@@ -152,28 +161,33 @@ def test_answer_shape_and_reasons(analyst_api):
     assert resolve(analyst_api) == {
         "count": 1,
         "threshold": 0.6,
-        "results": [{
-            "entity1": {"id": "h1", "name": "John Smith", "type": "human"},
-            "entity2": {"id": "o1", "name": "John Smith", "type": "other"},
-            "score": 0.8,
-            "reasons": ["Name similarity: 100%", "Same birth date", "Same nationality", "Shared tags: a, b"],
-        }],
+        "results": [
+            {
+                "entity1": {"id": "h1", "name": "John Smith", "type": "human"},
+                "entity2": {"id": "o1", "name": "John Smith", "type": "other"},
+                "score": 0.8,
+                "reasons": ["Name similarity: 100%", "Same birth date", "Same nationality", "Shared tags: a, b"],
+            }
+        ],
     }
 
 
 def test_names_that_are_missing_or_not_strings_are_skipped(analyst_api):
     same = {"birthDate": "1970-01-01", "nationality": "Irish", "workplace": "Acme", "tags": ["x", "y", "z"]}
-    push(analyst_api, humans={
-        "n1": {**same},
-        "n2": person(None, **same),
-        "n3": person(5, **same),
-        "n4": person(["Ann"], **same),
-        "n5": person({"first": "Ann"}, **same),
-        "n6": person("", **same),
-        "n7": person(True, **same),
-        "ok1": person("Ann Lee", **same),
-        "ok2": person("Bob Stone", **same),
-    })
+    push(
+        analyst_api,
+        humans={
+            "n1": {**same},
+            "n2": person(None, **same),
+            "n3": person(5, **same),
+            "n4": person(["Ann"], **same),
+            "n5": person({"first": "Ann"}, **same),
+            "n6": person("", **same),
+            "n7": person(True, **same),
+            "ok1": person("Ann Lee", **same),
+            "ok2": person("Bob Stone", **same),
+        },
+    )
     body = resolve(analyst_api, "?threshold=0")
     assert body["count"] == 1
     assert [(r["entity1"]["id"], r["entity2"]["id"]) for r in body["results"]] == [("ok1", "ok2")]
@@ -195,7 +209,7 @@ def test_javascript_property_order_and_stable_sort(analyst_api):
     body = resolve(analyst_api, "?threshold=0")
     pairs = [(r["entity1"]["id"], r["entity2"]["id"]) for r in body["results"]]
     assert pairs == [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))]
-    assert js_key_order({k: None for k in keys}) == order
+    assert js_key_order(dict.fromkeys(keys)) == order
 
 
 def test_humans_come_before_others_whatever_the_push_order(analyst_api):
@@ -217,16 +231,19 @@ def test_count_counts_all_results_hold_200(analyst_api):
 
 
 def test_strict_equality_of_fields(analyst_api):
-    push(analyst_api, humans={
-        "a1": person("Xq", birthDate="1990-01-01", nationality=5, workplace=True),
-        "a2": person("Zw", birthDate="1990-01-01", nationality=5.0, workplace=True),
-        "b1": person("Kv", birthDate=1990, nationality="5", workplace=1),
-        "b2": person("Jm", birthDate="1990", nationality=[5], workplace={"x": 1}),
-        "b3": person("Pt", birthDate=0, nationality="", workplace=False),
-        "b4": person("Rb", birthDate=0, nationality="", workplace=False),
-        "b5": person("Yc", birthDate=[1], nationality={"a": 1}, workplace=None),
-        "b6": person("Gf", birthDate=[1], nationality={"a": 1}, workplace=None),
-    })
+    push(
+        analyst_api,
+        humans={
+            "a1": person("Xq", birthDate="1990-01-01", nationality=5, workplace=True),
+            "a2": person("Zw", birthDate="1990-01-01", nationality=5.0, workplace=True),
+            "b1": person("Kv", birthDate=1990, nationality="5", workplace=1),
+            "b2": person("Jm", birthDate="1990", nationality=[5], workplace={"x": 1}),
+            "b3": person("Pt", birthDate=0, nationality="", workplace=False),
+            "b4": person("Rb", birthDate=0, nationality="", workplace=False),
+            "b5": person("Yc", birthDate=[1], nationality={"a": 1}, workplace=None),
+            "b6": person("Gf", birthDate=[1], nationality={"a": 1}, workplace=None),
+        },
+    )
     body = resolve(analyst_api, "?threshold=0")
     assert body["count"] == 1
     assert body["results"][0]["reasons"] == ["Same birth date", "Same nationality", "Same workplace"]
@@ -244,31 +261,37 @@ def test_tags_compare_by_type_and_value_and_join_as_javascript(analyst_api):
 
 
 def test_tags_must_both_be_arrays(analyst_api):
-    push(analyst_api, humans={"a": person("Qz", tags=["x"]), "b": person("Wv", tags="x"), "c": person("Kp", tags={"0": "x"})})
+    push(
+        analyst_api,
+        humans={"a": person("Qz", tags=["x"]), "b": person("Wv", tags="x"), "c": person("Kp", tags={"0": "x"})},
+    )
     assert resolve(analyst_api, "?threshold=0")["count"] == 0
 
 
 def test_names_are_counted_in_utf16_units(analyst_api):
     # In UTF-16 both names are 3 units sharing "a" and a high surrogate: Jaro 7/9, prefix 2.
-    push(analyst_api, humans={"a": person("a\U0001F600"), "b": person("a\U0001F601")})
+    push(analyst_api, humans={"a": person("a\U0001f600"), "b": person("a\U0001f601")})
     result = resolve(analyst_api, "?threshold=0")["results"][0]
     j = (2 / 3 + 2 / 3 + 2 / 2) / 3
     sim = j + 2 * 0.1 * (1 - j)
     assert result["reasons"] == ["Name similarity: 82%"]
     assert result["score"] == sim * 40 / 100
     # Counted in code points, as Python and rapidfuzz count, they would not match at all.
-    assert name_similarity("a\U0001F600", "a\U0001F601") == sim
-    assert utf16_units("a\U0001F600") == "a\ud83d\ude00"
+    assert name_similarity("a\U0001f600", "a\U0001f601") == sim
+    assert utf16_units("a\U0001f600") == "a\ud83d\ude00"
 
 
 def test_threshold_zero_and_one_and_boundaries(analyst_api):
-    push(analyst_api, humans={
-        "a": person("Ann Lee", tags=["t"]),
-        "b": person("Bob Stone", tags=["t"]),  # one shared tag: 0.05
-        "c": person("Carl Wu", nationality="Irish"),
-        "d": person("Dora Fox", nationality="Irish"),  # 0.1
-        "e": person("Eve Ng"),
-    })
+    push(
+        analyst_api,
+        humans={
+            "a": person("Ann Lee", tags=["t"]),
+            "b": person("Bob Stone", tags=["t"]),  # one shared tag: 0.05
+            "c": person("Carl Wu", nationality="Irish"),
+            "d": person("Dora Fox", nationality="Irish"),  # 0.1
+            "e": person("Eve Ng"),
+        },
+    )
     assert resolve(analyst_api, "?threshold=0")["count"] == 2
     assert resolve(analyst_api, "?threshold=0.05")["count"] == 2
     assert resolve(analyst_api, "?threshold=0.050001")["count"] == 1
@@ -281,15 +304,30 @@ def test_threshold_zero_and_one_and_boundaries(analyst_api):
 
 @pytest.mark.parametrize(
     "value, text",
-    [(2.0, "2"), (1e21, "1e+21"), (0.1, "0.1"), (-0.0, "0"), (0, "0"), (1.5e-7, "1.5e-7"), (1e-6, "0.000001"),
-     (123456789012345678901, "123456789012345680000"), (-3.25, "-3.25"), (18446744073709551615, "18446744073709552000"),
-     (5e-324, "5e-324"), (1e20, "100000000000000000000"), (0.000001234, "0.000001234"), (2.5e-7, "2.5e-7")],
+    [
+        (2.0, "2"),
+        (1e21, "1e+21"),
+        (0.1, "0.1"),
+        (-0.0, "0"),
+        (0, "0"),
+        (1.5e-7, "1.5e-7"),
+        (1e-6, "0.000001"),
+        (123456789012345678901, "123456789012345680000"),
+        (-3.25, "-3.25"),
+        (18446744073709551615, "18446744073709552000"),
+        (5e-324, "5e-324"),
+        (1e20, "100000000000000000000"),
+        (0.000001234, "0.000001234"),
+        (2.5e-7, "2.5e-7"),
+    ],
 )
 def test_js_number_string(value, text):
     assert js_number_string(value) == text
 
 
-@pytest.mark.parametrize("value, text", [(82.5, "83"), (0.5, "1"), (1.005 * 100, "100"), (99.49999999999999, "99"), (84.5, "85")])
+@pytest.mark.parametrize(
+    "value, text", [(82.5, "83"), (0.5, "1"), (1.005 * 100, "100"), (99.49999999999999, "99"), (84.5, "85")]
+)
 def test_to_fixed_rounds_the_binary_value_half_up(value, text):
     assert to_fixed_0(value) == text
 

@@ -11,9 +11,10 @@ tags, tiny chunks), so every path is checked against the reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Any, Iterator
+from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,16 +52,37 @@ def tuned(name: str) -> Iterator[None]:
 
 
 BASE_NAMES = [
-    "Ann Lee", "Anne Lee", "Ann  Lee", "Nna Lee", "Ann Le", "Ann Lee ", "An nLee", "ann lee",
-    "John Smith", "Jon Smith", "Jhon Smith", "José Henry", "Jose Henry", "A", "B", "ab", "ba", "aa",
-    "a\U0001F600", "a\U0001F601", "\U0001F600Ann", "Ann\U0001F600 Lee", "Zoë Ito", "Zoe Ito",
+    "Ann Lee",
+    "Anne Lee",
+    "Ann  Lee",
+    "Nna Lee",
+    "Ann Le",
+    "Ann Lee ",
+    "An nLee",
+    "ann lee",
+    "John Smith",
+    "Jon Smith",
+    "Jhon Smith",
+    "José Henry",
+    "Jose Henry",
+    "A",
+    "B",
+    "ab",
+    "ba",
+    "aa",
+    "a\U0001f600",
+    "a\U0001f601",
+    "\U0001f600Ann",
+    "Ann\U0001f600 Lee",
+    "Zoë Ito",
+    "Zoe Ito",
     "Maximilian Alexander Bartholomew von Hohenzollern-Sigmaringen the Third",
     "Maximilian Alexander Bartholomew von Hohenzolern-Sigmaringen the Third",
-    "Maximilian Alexander Bartholomew von Hohenzollern-Sigmaringen the 3rd \U0001F600",
+    "Maximilian Alexander Bartholomew von Hohenzollern-Sigmaringen the 3rd \U0001f600",
 ]
 names = st.one_of(
     st.sampled_from(BASE_NAMES),
-    st.text(alphabet=st.sampled_from("aAbn é\U0001F600\U0001F601"), max_size=8),
+    st.text(alphabet=st.sampled_from("aAbn é\U0001f600\U0001f601"), max_size=8),
     st.sampled_from([MISSING, None, "", 5, 0, True, ["Ann Lee"], {"n": "Ann Lee"}]),
 )
 scalars = st.sampled_from(
@@ -76,8 +98,12 @@ ids = st.one_of(st.just(MISSING), st.just(None), st.text(alphabet="xyz", min_siz
 def records(draw: Any) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for field, strategy in (
-        ("id", ids), ("name", names), ("birthDate", scalars), ("nationality", small),
-        ("workplace", small), ("tags", tags),
+        ("id", ids),
+        ("name", names),
+        ("birthDate", scalars),
+        ("nationality", small),
+        ("workplace", small),
+        ("tags", tags),
     ):
         value = draw(strategy)
         if value is not MISSING:
@@ -105,7 +131,7 @@ def test_engine_equals_reference(data, threshold, tuning):
         assert engine.resolve_fast(data, threshold) == expected
 
 
-@lru_cache(maxsize=None)
+@cache
 def realistic_reference(threshold: float) -> tuple[Any, ...]:
     return resolve_reference(generate(150, seed=7), threshold)
 
@@ -121,7 +147,9 @@ def test_engine_equals_reference_on_realistic_data(threshold, tuning):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(st.sampled_from("abcAB é\U0001F600\U0001F601"), min_size=1, max_size=12), min_size=2, max_size=10))
+@given(
+    st.lists(st.text(st.sampled_from("abcAB é\U0001f600\U0001f601"), min_size=1, max_size=12), min_size=2, max_size=10)
+)
 def test_bulk_jaro_winkler_equals_the_reference_bit_for_bit(raw_names):
     """The engine's numpy Jaro-Winkler gives the reference's double for every ordered pair, not only close ones."""
     entities = [Entity(id=k, name=name, type="human", record={}) for k, name in enumerate(raw_names)]

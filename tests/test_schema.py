@@ -225,7 +225,9 @@ class Conformance:
     def check(self, path: str, method: str, response: Any) -> None:
         operation = self.document["paths"][path][method]
         code = str(response.status_code)
-        assert code in operation["responses"], f"{method.upper()} {path} answered undocumented {code}: {response.content[:200]!r}"
+        assert code in operation["responses"], (
+            f"{method.upper()} {path} answered undocumented {code}: {response.content[:200]!r}"
+        )
         documented = operation["responses"][code]
         for name, header in documented.get("headers", {}).items():
             if header.get("required"):
@@ -263,8 +265,12 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
     assert response.status_code == 200 and "text/html" in response["Content-Type"]
     c.seen.add(("/api/docs", "get", "200"))
 
-    c.check("/api/auth/register", "post", api.post("/api/auth/register", {"username": "carol", "password": "carolpass"}))
-    c.check("/api/auth/register", "post", api.post("/api/auth/register", {"username": "CAROL", "password": "carolpass"}))
+    c.check(
+        "/api/auth/register", "post", api.post("/api/auth/register", {"username": "carol", "password": "carolpass"})
+    )
+    c.check(
+        "/api/auth/register", "post", api.post("/api/auth/register", {"username": "CAROL", "password": "carolpass"})
+    )
     c.check("/api/auth/register", "post", api.post("/api/auth/register", {"username": "dave", "password": "x"}))
     c.check("/api/auth/register", "post", api.client.post("/api/auth/register", "name=x", content_type="text/plain"))
     settings.PZLS_REGISTRATION = "closed"
@@ -294,7 +300,11 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
     c.check("/api/sync", "post", analyst.post("/api/sync", {"clientVersion": 0, "stores": people}))
     c.check("/api/sync", "post", analyst.post("/api/sync", {"clientVersion": None, "data": {"cases": {"c1": {}}}}))
     c.check("/api/sync", "post", analyst.post("/api/sync", {"stores": {"humans": {"h1": []}}}))
-    c.check("/api/sync", "post", analyst.client.post("/api/sync", "x", content_type="text/plain", HTTP_AUTHORIZATION=f"Bearer {analyst.token}"))
+    c.check(
+        "/api/sync",
+        "post",
+        analyst.client.post("/api/sync", "x", content_type="text/plain", HTTP_AUTHORIZATION=f"Bearer {analyst.token}"),
+    )
     c.check("/api/sync", "post", api.post("/api/sync", {"stores": {}}))
     pull = analyst.get("/api/sync")
     c.check("/api/sync", "get", pull)
@@ -309,9 +319,15 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
     c.check("/api/resolve", "get", matches)
     c.check("/api/resolve", "get", analyst.get("/api/resolve?threshold=2"))
 
-    c.check("/api/query", "post", analyst.post("/api/query", {"connectionString": "postgres://u:p@h/db", "query": "SELECT 1"}))
+    c.check(
+        "/api/query",
+        "post",
+        analyst.post("/api/query", {"connectionString": "postgres://u:p@h/db", "query": "SELECT 1"}),
+    )
     c.check("/api/query", "post", admin.post("/api/query", {"connectionString": "ftp://u:p@h/db", "query": "SELECT 1"}))
-    c.check("/api/query", "post", api.post("/api/query", {"connectionString": "postgres://u:p@h/db", "query": "SELECT 1"}))
+    c.check(
+        "/api/query", "post", api.post("/api/query", {"connectionString": "postgres://u:p@h/db", "query": "SELECT 1"})
+    )
 
     c.check("/api/admin/users", "get", admin.get("/api/admin/users"))
     c.check("/api/admin/users", "get", analyst.get("/api/admin/users"))
@@ -320,26 +336,40 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
     c.check("/api/admin/users/{user_id}", "delete", admin.delete("/api/admin/users/nobody"))
     c.check("/api/admin/users/{user_id}", "delete", admin.delete(f"/api/admin/users/{users['carol']}"))
 
-    c.check("/api/auth/change-password", "post", analyst.post("/api/auth/change-password", {"currentPassword": "nope!!", "newPassword": "newpass1"}))
-    c.check("/api/auth/change-password", "post", analyst.post("/api/auth/change-password", {"currentPassword": "analystpass", "newPassword": "new"}))
-    c.check("/api/auth/change-password", "post", analyst.post("/api/auth/change-password", {"currentPassword": "analystpass", "newPassword": "newpass1"}))
+    c.check(
+        "/api/auth/change-password",
+        "post",
+        analyst.post("/api/auth/change-password", {"currentPassword": "nope!!", "newPassword": "newpass1"}),
+    )
+    c.check(
+        "/api/auth/change-password",
+        "post",
+        analyst.post("/api/auth/change-password", {"currentPassword": "analystpass", "newPassword": "new"}),
+    )
+    c.check(
+        "/api/auth/change-password",
+        "post",
+        analyst.post("/api/auth/change-password", {"currentPassword": "analystpass", "newPassword": "newpass1"}),
+    )
     c.check("/api/auth/logout", "post", analyst.post("/api/auth/logout"))
     c.check("/api/auth/logout", "post", analyst.post("/api/auth/logout"))
 
-    expected = {
-        ("/api/auth/register", "post", code) for code in ("200", "400", "403", "409", "413", "415")
-    } | {("/api/auth/login", "post", code) for code in ("200", "400", "401", "429")} | {
-        ("/api/sync", "get", "304"),
-        ("/api/resolve", "get", "400"),
-        ("/api/query", "post", "400"),
-        ("/api/query", "post", "401"),
-        ("/api/query", "post", "403"),
-        ("/api/admin/users", "get", "403"),
-        ("/api/admin/users/{user_id}", "delete", "200"),
-        ("/api/admin/users/{user_id}", "delete", "400"),
-        ("/api/admin/users/{user_id}", "delete", "404"),
-        ("/api/auth/change-password", "post", "403"),
-        ("/api/auth/logout", "post", "401"),
-    }
+    expected = (
+        {("/api/auth/register", "post", code) for code in ("200", "400", "403", "409", "413", "415")}
+        | {("/api/auth/login", "post", code) for code in ("200", "400", "401", "429")}
+        | {
+            ("/api/sync", "get", "304"),
+            ("/api/resolve", "get", "400"),
+            ("/api/query", "post", "400"),
+            ("/api/query", "post", "401"),
+            ("/api/query", "post", "403"),
+            ("/api/admin/users", "get", "403"),
+            ("/api/admin/users/{user_id}", "delete", "200"),
+            ("/api/admin/users/{user_id}", "delete", "400"),
+            ("/api/admin/users/{user_id}", "delete", "404"),
+            ("/api/auth/change-password", "post", "403"),
+            ("/api/auth/logout", "post", "401"),
+        }
+    )
     assert expected <= c.seen, expected - c.seen
     assert {(path, method) for path, method, _ in c.seen} == {(p, m) for p, m, _ in _operations(schema)}

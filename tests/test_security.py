@@ -104,7 +104,8 @@ def settings_in_subprocess(data_dir: Path, code: str, **env: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "env,expected", [({}, "False"), ({"PZLS_DEBUG": "1"}, "True"), ({"PZLS_DEBUG": "off"}, "False"), ({"PZLS_DEBUG": ""}, "False")]
+    "env,expected",
+    [({}, "False"), ({"PZLS_DEBUG": "1"}, "True"), ({"PZLS_DEBUG": "off"}, "False"), ({"PZLS_DEBUG": ""}, "False")],
 )
 def test_debug_is_off_unless_pzls_debug(tmp_path, env, expected):
     assert settings_in_subprocess(tmp_path, "print(s.DEBUG)", **env) == expected
@@ -180,7 +181,9 @@ def session_cookie(response: requests.Response) -> str:
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The server as run behind a TLS-terminating proxy on this machine (which sets X-Forwarded-Proto)."""
-    server = LiveServer(tmp_path_factory.mktemp("https") / "data", workers=1, env={"PZLS_HTTPS": "1", "PZLS_TRUSTED_PROXIES": "1"})
+    server = LiveServer(
+        tmp_path_factory.mktemp("https") / "data", workers=1, env={"PZLS_HTTPS": "1", "PZLS_TRUSTED_PROXIES": "1"}
+    )
     server.start()
     requests.post(f"{server.url}/api/auth/register", json={"username": "root", "password": "rootpass"}, timeout=30)
     yield server
@@ -203,7 +206,9 @@ def test_live_server_has_debug_off_and_headers_on_static_files(https_server):
     assert response.status_code == 404
     assert "URLconf" not in response.text and "Traceback" not in response.text  # Django's debug page
     assert_security_headers(response, CSP_API)
-    static = requests.get(f"{https_server.url}/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js", timeout=30)
+    static = requests.get(
+        f"{https_server.url}/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js", timeout=30
+    )
     assert static.status_code == 200
     assert static.headers["X-Content-Type-Options"] == NOSNIFF
 
@@ -233,9 +238,23 @@ class TestPagesInABrowser:
                 page.set_default_timeout(15_000)
                 # CSP violations are console errors; a missing file shows as an answer >= 400
                 # (the browser's own /favicon.ico probe aside: PZLS has none at the root).
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+                page.on(
+                    "console",
+                    lambda m: (
+                        problems.append(m.text)
+                        if m.type == "error" and "Failed to load resource" not in m.text
+                        else None
+                    ),
+                )
                 page.on("pageerror", lambda e: problems.append(str(e)))
-                page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+                page.on(
+                    "response",
+                    lambda r: (
+                        problems.append(f"{r.status} {r.url}")
+                        if r.status >= 400 and not r.url.endswith("/favicon.ico")
+                        else None
+                    ),
+                )
                 page.goto("/admin/")
                 page.fill("#id_username", "root")
                 page.fill("#id_password", "rootpass")

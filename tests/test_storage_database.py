@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import orjson
@@ -56,13 +56,18 @@ def test_token_rows_hold_only_digests(api) -> None:
 
 def test_failed_and_incomplete_logins_issue_no_token(admin_api) -> None:
     before = list(Token.objects.values_list("digest", flat=True))
-    for body in ({}, {"username": "admin"}, {"username": "admin", "password": "wrongpass"}, {"username": 1, "password": 2}):
+    for body in (
+        {},
+        {"username": "admin"},
+        {"username": "admin", "password": "wrongpass"},
+        {"username": 1, "password": 2},
+    ):
         assert Api().post("/api/auth/login", body).status_code in (400, 401)
     assert list(Token.objects.values_list("digest", flat=True)) == before
 
 
 def test_renewal_is_written_at_most_once_a_minute(api) -> None:
-    now = [datetime.now(timezone.utc)]
+    now = [datetime.now(UTC)]
     with mock.patch("accounts.services.utcnow", side_effect=lambda: now[0]):
         token = api.register("alice", "secret1")["token"]
         issued = Token.objects.get(digest=digest(token)).last_used
@@ -133,7 +138,12 @@ def test_every_pull_is_one_moment_of_the_repository_while_pushes_land() -> None:
         try:
             for n in range(60):
                 # Each push adds one record to each of two stores.
-                store.push(U, encode_stores({"a": {f"r{n}": {"n": n}}, "b": {f"r{n}": {"n": n}}}), client_version=n, timestamp=TS)
+                store.push(
+                    U,
+                    encode_stores({"a": {f"r{n}": {"n": n}}, "b": {f"r{n}": {"n": n}}}),
+                    client_version=n,
+                    timestamp=TS,
+                )
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:

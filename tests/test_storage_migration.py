@@ -112,7 +112,12 @@ def test_an_installation_moves_between_storages_and_back_unchanged(tmp_path: Pat
         api = Api()
         api.token = api.post("/api/auth/login", {"username": "admin", "password": "adminpass"}).json()["token"]
         pushed = api.post("/api/sync", {"stores": {"humans": {"h1": {"b": 1, "a": {"y": [], "x": {}}}, "h4": {}}}})
-        assert pushed.json() == {"version": 4, "added": 1, "modified": 0, "message": "Sync successful. 1 added, 0 modified."}
+        assert pushed.json() == {
+            "version": 4,
+            "added": 1,
+            "modified": 0,
+            "message": "Sync successful. 1 added, 0 modified.",
+        }
         after = orjson.loads(api.get("/api/sync").content)
         assert list(after["data"]["humans"]) == ["h2", "h1", "h3", "h4"]
 

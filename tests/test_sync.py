@@ -106,8 +106,6 @@ def test_push_with_both_stores_and_data_is_400(admin_api):
 # --- push: shape validation, all or nothing ------------------------------------------------
 
 
-
-
 INVALID_PUSHES = [
     # (stores, store named in the error, id named in the error)
     pytest.param({"humans": {"h1": []}}, "humans", "h1", id="record-list"),
@@ -188,9 +186,7 @@ def test_non_control_characters_are_fine_in_names_and_ids(admin_api):
 # --- push: clientVersion ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "client_version", [-1, 1.5, "3", "", True, False, [1], {"v": 1}, -0.5, 1e20, 2**63, 2**64 - 1]
-)
+@pytest.mark.parametrize("client_version", [-1, 1.5, "3", "", True, False, [1], {"v": 1}, -0.5, 1e20, 2**63, 2**64 - 1])
 def test_invalid_client_version_is_400_and_writes_nothing(admin_api, client_version):
     response = admin_api.post("/api/sync", {"clientVersion": client_version, "stores": {"humans": {"h1": {}}}})
     assert_error(response, 400)
@@ -198,7 +194,9 @@ def test_invalid_client_version_is_400_and_writes_nothing(admin_api, client_vers
     assert changes(admin_api)["pendingChanges"] == 0
 
 
-@pytest.mark.parametrize("client_version,recorded", [(0, 0), (5, 5), (None, None), (7.0, 7), (2**53, 2**53), (2**63 - 1, 2**63 - 1)])
+@pytest.mark.parametrize(
+    "client_version,recorded", [(0, 0), (5, 5), (None, None), (7.0, 7), (2**53, 2**53), (2**63 - 1, 2**63 - 1)]
+)
 def test_valid_client_version_is_recorded(admin_api, client_version, recorded):
     push(admin_api, {"humans": {"h1": {}}}, client_version=client_version)
     assert changes(admin_api)["changes"][0]["clientVersion"] == recorded

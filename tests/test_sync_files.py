@@ -4,7 +4,7 @@ on-disk layout, crash recovery, atomic writes, and caching by file identity."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -46,7 +46,9 @@ def test_repository_file_is_exactly_the_pull_body(store: JSONFileRepositoryStore
 def test_large_repositories_are_written_piece_by_piece_to_the_same_bytes(
     store: JSONFileRepositoryStore, data_dir: Path, sizes: list[int]
 ) -> None:
-    stores = {f"s{n}": {f"r{i}": {"i": i, "name": "Zoë \u2028 \"q\""} for i in range(size)} for n, size in enumerate(sizes)}
+    stores = {
+        f"s{n}": {f"r{i}": {"i": i, "name": 'Zoë \u2028 "q"'} for i in range(size)} for n, size in enumerate(sizes)
+    }
     store.replace(U, Repository(version=1, data=stores), [])  # keeps empty stores, which a push never adds
     expected = b'{"version":1,"data":' + orjson.dumps(stores) + b"}"
     assert (data_dir / f"repo_{U}.json").read_bytes() == expected
@@ -67,7 +69,14 @@ def test_leftover_changelog_line_of_a_crashed_push_is_ignored_then_replaced(
 ) -> None:
     push(store, {"humans": {"h1": {}}})
     # A push that crashed after its changelog line but before the repository file.
-    crashed = {"version": 2, "timestamp": TS, "clientVersion": 1, "added": [{"store": "humans", "id": "ghost"}], "modified": [], "action": "push"}
+    crashed = {
+        "version": 2,
+        "timestamp": TS,
+        "clientVersion": 1,
+        "added": [{"store": "humans", "id": "ghost"}],
+        "modified": [],
+        "action": "push",
+    }
     with open(data_dir / f"changelog_{U}.jsonl", "ab") as fh:
         fh.write(orjson.dumps(crashed) + b"\n")
     reader = JSONFileRepositoryStore(data_dir)
@@ -131,7 +140,9 @@ def expected_after_re_push(stores: dict) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("sidecar", ["current", "missing", "of another file", "not fitting its file", "garbage"])
-def test_a_re_push_merges_the_same_whatever_the_sidecar_says(store: JSONFileRepositoryStore, data_dir: Path, sidecar: str) -> None:
+def test_a_re_push_merges_the_same_whatever_the_sidecar_says(
+    store: JSONFileRepositoryStore, data_dir: Path, sidecar: str
+) -> None:
     # The sidecar says where a repository file's pieces lie; a push reads the
     # stored repository through it only when it names that very file.
     stores = big_repository()
@@ -185,9 +196,13 @@ def test_user_ids_that_are_not_ids_are_refused(store: JSONFileRepositoryStore) -
 
 def test_token_file_holds_digests_not_tokens(data_dir: Path) -> None:
     token = "5f0e4c1e-2f7a-4c6b-9d1e-2b3c4d5e6f70"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tokens = JSONFileTokenStore(data_dir / "tokens.json")
-    tokens.add(TokenRecord(digest=token_digest(token), user_id="u", created=now, last_used=now, expires=now + timedelta(hours=1)))
+    tokens.add(
+        TokenRecord(
+            digest=token_digest(token), user_id="u", created=now, last_used=now, expires=now + timedelta(hours=1)
+        )
+    )
     raw = (data_dir / "tokens.json").read_bytes()
     assert token.encode() not in raw
     assert token_digest(token).encode() in raw

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import msgspec
@@ -163,7 +164,9 @@ json_values = st.recursive(
 )
 record_texts = st.one_of(
     # The standard library writes any integer, as JavaScript clients may.
-    st.dictionaries(st.text(max_size=5), json_values, max_size=5).map(lambda r: json.dumps(r, ensure_ascii=False).encode()),
+    st.dictionaries(st.text(max_size=5), json_values, max_size=5).map(
+        lambda r: json.dumps(r, ensure_ascii=False).encode()
+    ),
     st.sampled_from(TRICKY_RECORDS),
 )
 record_ids = st.one_of(st.text(min_size=1, max_size=8), st.sampled_from(["", "a\x01", "x" * 257, "ok"]))
@@ -171,8 +174,18 @@ record_ids = st.one_of(st.text(min_size=1, max_size=8), st.sampled_from(["", "a\
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    stored=st.dictionaries(st.sampled_from(["h", "o"]), st.dictionaries(st.sampled_from(["a", "b", "c"]), record_texts.filter(lambda t: t.startswith(b"{") and _is_object(t)), max_size=3), max_size=2),
-    pushed=st.dictionaries(st.sampled_from(["h", "o", "t"]), st.dictionaries(record_ids, record_texts, max_size=6), max_size=3),
+    stored=st.dictionaries(
+        st.sampled_from(["h", "o"]),
+        st.dictionaries(
+            st.sampled_from(["a", "b", "c"]),
+            record_texts.filter(lambda t: t.startswith(b"{") and _is_object(t)),
+            max_size=3,
+        ),
+        max_size=2,
+    ),
+    pushed=st.dictionaries(
+        st.sampled_from(["h", "o", "t"]), st.dictionaries(record_ids, record_texts, max_size=6), max_size=3
+    ),
 )
 def test_plan_merge_agrees_with_the_exact_path(stored: dict, pushed: dict) -> None:
     current, incoming = raw_stores(stored), raw_stores(pushed)
@@ -196,8 +209,24 @@ def merged(current: dict, incoming: dict, plan: Any) -> list:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    stored=st.dictionaries(st.sampled_from(["h", "o", "e"]), st.dictionaries(st.sampled_from(list("abcdefg")), st.sampled_from([b'{"v":1}', b'{"v":2}', b'{ "v" : 1 }', b'{"v":1.0}']), max_size=7), max_size=3),
-    pushed=st.dictionaries(st.sampled_from(["h", "o", "t"]), st.dictionaries(st.sampled_from(list("abcdefgxyz")), st.sampled_from([b'{"v":1}', b'{"v":2}', b'{"v":3}', b'{"v": 2}']), max_size=8), max_size=3),
+    stored=st.dictionaries(
+        st.sampled_from(["h", "o", "e"]),
+        st.dictionaries(
+            st.sampled_from(list("abcdefg")),
+            st.sampled_from([b'{"v":1}', b'{"v":2}', b'{ "v" : 1 }', b'{"v":1.0}']),
+            max_size=7,
+        ),
+        max_size=3,
+    ),
+    pushed=st.dictionaries(
+        st.sampled_from(["h", "o", "t"]),
+        st.dictionaries(
+            st.sampled_from(list("abcdefgxyz")),
+            st.sampled_from([b'{"v":1}', b'{"v":2}', b'{"v":3}', b'{"v": 2}']),
+            max_size=8,
+        ),
+        max_size=3,
+    ),
     size=st.integers(1, 4),
 )
 def test_a_store_read_piece_by_piece_merges_as_one_read_whole(stored: dict, pushed: dict, size: int) -> None:
@@ -255,13 +284,32 @@ push_bodies = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "clientVersion": st.one_of(st.none(), st.integers(-3, 2**64), st.floats(allow_nan=False), st.text(max_size=3)),
-            "stores": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.dictionaries(st.text(max_size=3), json_values, max_size=3), max_size=3), json_values),
-            "data": st.dictionaries(st.text(max_size=3), st.dictionaries(st.text(max_size=3), json_values, max_size=2), max_size=2),
+            "clientVersion": st.one_of(
+                st.none(), st.integers(-3, 2**64), st.floats(allow_nan=False), st.text(max_size=3)
+            ),
+            "stores": st.one_of(
+                st.none(),
+                st.dictionaries(
+                    st.text(max_size=3), st.dictionaries(st.text(max_size=3), json_values, max_size=3), max_size=3
+                ),
+                json_values,
+            ),
+            "data": st.dictionaries(
+                st.text(max_size=3), st.dictionaries(st.text(max_size=3), json_values, max_size=2), max_size=2
+            ),
             "extra": json_values,
         },
     ).map(lambda body: json.dumps(body).encode()),
-    st.sampled_from([b"", b"[]", b"null", b'{"stores":{}', b'{"stores":{},"stores":{"h":{}}}', b'{"stores":{"h":{}},"clientVersion":1e400}']),
+    st.sampled_from(
+        [
+            b"",
+            b"[]",
+            b"null",
+            b'{"stores":{}',
+            b'{"stores":{},"stores":{"h":{}}}',
+            b'{"stores":{"h":{}},"clientVersion":1e400}',
+        ]
+    ),
 )
 
 

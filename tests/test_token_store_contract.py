@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -14,8 +14,9 @@ from django.utils.module_loading import import_string
 from accounts.backends import BaseTokenStore, TokenRecord, get_token_store, token_stores
 from tests.backends import TOKEN_BACKENDS
 
+
 def _now_ms() -> datetime:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -24,7 +25,9 @@ T0 = _now_ms()
 
 
 def record(digest: str, user_id: str = "u1", *, created: datetime = T0, ttl_h: float = 24) -> TokenRecord:
-    return TokenRecord(digest=digest, user_id=user_id, created=created, last_used=created, expires=created + timedelta(hours=ttl_h))
+    return TokenRecord(
+        digest=digest, user_id=user_id, created=created, last_used=created, expires=created + timedelta(hours=ttl_h)
+    )
 
 
 @pytest.fixture(params=TOKEN_BACKENDS)
@@ -125,7 +128,9 @@ def test_concurrent_writers_lose_nothing(store: BaseTokenStore) -> None:
     def issue(worker: int) -> None:
         try:
             for n in range(15):
-                store.add(record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(timezone.utc)))
+                store.add(
+                    record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC))
+                )
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

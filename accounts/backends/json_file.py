@@ -9,9 +9,10 @@ are dropped whenever the file is rewritten.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from django.conf import settings

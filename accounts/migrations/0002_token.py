@@ -4,24 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Token',
+            name="Token",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('digest', models.CharField(max_length=64, unique=True)),
-                ('user_id', models.CharField(max_length=64)),
-                ('created', models.DateTimeField()),
-                ('last_used', models.DateTimeField()),
-                ('expires', models.DateTimeField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("digest", models.CharField(max_length=64, unique=True)),
+                ("user_id", models.CharField(max_length=64)),
+                ("created", models.DateTimeField()),
+                ("last_used", models.DateTimeField()),
+                ("expires", models.DateTimeField()),
             ],
             options={
-                'indexes': [models.Index(fields=['user_id', 'created'], name='token_user_created'), models.Index(fields=['expires'], name='token_expires')],
+                "indexes": [
+                    models.Index(fields=["user_id", "created"], name="token_user_created"),
+                    models.Index(fields=["expires"], name="token_expires"),
+                ],
             },
         ),
     ]

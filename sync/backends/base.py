@@ -10,8 +10,9 @@ and ``sync.merge``; a store receives validated data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -89,7 +90,9 @@ class RepositorySummary:
     last_sync: str | None
 
 
-EMPTY_SUMMARY = RepositorySummary(version=0, stores=0, records=0, data_size_bytes=len(EMPTY_PULL), total_syncs=0, last_sync=None)
+EMPTY_SUMMARY = RepositorySummary(
+    version=0, stores=0, records=0, data_size_bytes=len(EMPTY_PULL), total_syncs=0, last_sync=None
+)
 
 
 class BaseRepositoryStore:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import operator
 import logging
+import operator
 import os
 import re
 import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import msgspec
 import orjson
@@ -122,7 +123,10 @@ def _copy_field(text: str) -> str:
 def _copy_text(rows: list[tuple[int, str, str, str, int]]) -> bytes:
     """(store id, key, item, digest, seq) rows in PostgreSQL's COPY text format, UTF-8."""
     return "".join(
-        [f"{store_id}\t{_copy_field(key)}\t{_copy_field(item)}\t{digest}\t{seq}\n" for store_id, key, item, digest, seq in rows]
+        [
+            f"{store_id}\t{_copy_field(key)}\t{_copy_field(item)}\t{digest}\t{seq}\n"
+            for store_id, key, item, digest, seq in rows
+        ]
     ).encode()
 
 
@@ -355,7 +359,11 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         records = Record.objects.using(self.using).filter(store=store)
         if len(keys) > _SCAN_THRESHOLD or len(keys) * 4 > store.record_count:
             wanted = set(keys)
-            return {key: digest for key, digest in records.values_list("key", "digest").iterator(chunk_size=5000) if key in wanted}
+            return {
+                key: digest
+                for key, digest in records.values_list("key", "digest").iterator(chunk_size=5000)
+                if key in wanted
+            }
         found: dict[str, str] = {}
         for chunk in _chunks(keys, _LOOKUP_CHUNK):
             found.update(records.filter(key__in=chunk).values_list("key", "digest"))
@@ -443,7 +451,9 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 if store is None or not records:
                     continue
                 stored = self._stored_digests(store, list(records))
-                known: dict[str, msgspec.Raw] = {key: records[key] for key, digest in stored.items() if pushed[key] == digest}
+                known: dict[str, msgspec.Raw] = {
+                    key: records[key] for key, digest in stored.items() if pushed[key] == digest
+                }
                 differing = [key for key, digest in stored.items() if pushed[key] != digest]
                 for key, text in self._stored_texts(store, differing).items():
                     known[key] = msgspec.Raw(text)
@@ -487,7 +497,9 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             self._write_records(added, replace_existing=False)
             self._write_records(modified, replace_existing=True)
             for name, count in added_per_store.items():
-                Store.objects.using(self.using).filter(pk=existing[name].pk).update(record_count=F("record_count") + count)
+                Store.objects.using(self.using).filter(pk=existing[name].pk).update(
+                    record_count=F("record_count") + count
+                )
 
             entry = {
                 "version": version,
@@ -513,9 +525,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         if uid is None:
             raise StorageError(f"not a user id: {user_id!r}")
         # A later entry with the same version wins, as the later write.
-        entries = {
-            int(entry["version"]): entry for entry in changelog if int(entry["version"]) <= repository.version
-        }
+        entries = {int(entry["version"]): entry for entry in changelog if int(entry["version"]) <= repository.version}
         data = encode_stores(repository.data)
         with database_errors("write repository"):
             self._ensure_row(uid)

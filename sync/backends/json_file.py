@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import msgspec
 import orjson
@@ -165,7 +166,7 @@ class _Committed:
     Close it when done.
     """
 
-    def __init__(self, store: "JSONFileRepositoryStore", user_id: str, *, use_layout: bool = True) -> None:
+    def __init__(self, store: JSONFileRepositoryStore, user_id: str, *, use_layout: bool = True) -> None:
         self.fd: int | None = None
         self.version, self.records, self.identity = 0, 0, None
         self.total_syncs: int | None = None
@@ -327,7 +328,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             pending += 1
             if len(page) < CHANGES_PAGE:
                 page.append(line)
-        return ChangesPage(current_version=committed, pending=pending, entries=[orjson.loads(line) for line in reversed(page)])
+        return ChangesPage(
+            current_version=committed, pending=pending, entries=[orjson.loads(line) for line in reversed(page)]
+        )
 
     def changelog(self, user_id: str) -> list[dict[str, Any]]:
         committed = self._committed_version(user_id) or 0
@@ -452,7 +455,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 }
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
-                identity = atomic_write(path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout))
+                identity = atomic_write(
+                    path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout)
+                )
                 if committed.total_syncs is not None:
                     total_syncs = committed.total_syncs + 1
                 else:
@@ -524,10 +529,15 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             with exclusive_lock(self._path(user_id, "lock")):
                 entries = [entry for entry in changelog if int(entry["version"]) <= repository.version]
-                atomic_write(self._path(user_id, "changelog"), [chunk for entry in entries for chunk in _entry_line(entry)] or [b""])
+                atomic_write(
+                    self._path(user_id, "changelog"),
+                    [chunk for entry in entries for chunk in _entry_line(entry)] or [b""],
+                )
                 data = encode_stores(repository.data)
                 layout: Layout = {}
-                identity = atomic_write(self._path(user_id, "repo"), repository_chunks(repository.version, _items(data), layout))
+                identity = atomic_write(
+                    self._path(user_id, "repo"), repository_chunks(repository.version, _items(data), layout)
+                )
                 last = entries[-1].get("timestamp") if entries else None
                 self._write_meta(
                     user_id,

@@ -23,80 +23,104 @@ def exact_names_on_mysql(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Repository',
+            name="Repository",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('user_id', models.CharField(max_length=64, unique=True)),
-                ('version', models.BigIntegerField(default=0)),
-                ('generation', models.BigIntegerField()),
-                ('next_seq', models.BigIntegerField(default=0)),
-                ('store_count', models.IntegerField(default=0)),
-                ('record_count', models.BigIntegerField(default=0)),
-                ('data_size', models.BigIntegerField(default=2)),
-                ('total_syncs', models.BigIntegerField(default=0)),
-                ('last_sync', models.CharField(max_length=64, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("user_id", models.CharField(max_length=64, unique=True)),
+                ("version", models.BigIntegerField(default=0)),
+                ("generation", models.BigIntegerField()),
+                ("next_seq", models.BigIntegerField(default=0)),
+                ("store_count", models.IntegerField(default=0)),
+                ("record_count", models.BigIntegerField(default=0)),
+                ("data_size", models.BigIntegerField(default=2)),
+                ("total_syncs", models.BigIntegerField(default=0)),
+                ("last_sync", models.CharField(max_length=64, null=True)),
             ],
             options={
-                'verbose_name_plural': 'repositories',
+                "verbose_name_plural": "repositories",
             },
         ),
         migrations.CreateModel(
-            name='Store',
+            name="Store",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64)),
-                ('seq', models.BigIntegerField()),
-                ('record_count', models.BigIntegerField(default=0)),
-                ('repository', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='stores', to='sync.repository')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=64)),
+                ("seq", models.BigIntegerField()),
+                ("record_count", models.BigIntegerField(default=0)),
+                (
+                    "repository",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="stores",
+                        to="sync.repository",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Record',
+            name="Record",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=256)),
-                ('item', models.TextField()),
-                ('digest', models.CharField(max_length=32)),
-                ('seq', models.BigIntegerField()),
-                ('store', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='records', to='sync.store')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.CharField(max_length=256)),
+                ("item", models.TextField()),
+                ("digest", models.CharField(max_length=32)),
+                ("seq", models.BigIntegerField()),
+                (
+                    "store",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="records",
+                        to="sync.store",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ChangelogEntry',
+            name="ChangelogEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.BigIntegerField()),
-                ('entry', models.TextField()),
-                ('repository', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='changelog', to='sync.repository')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.BigIntegerField()),
+                ("entry", models.TextField()),
+                (
+                    "repository",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="changelog",
+                        to="sync.repository",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'changelog entries',
-                'constraints': [models.UniqueConstraint(fields=('repository', 'version'), name='sync_changelog_repository_version')],
+                "verbose_name_plural": "changelog entries",
+                "constraints": [
+                    models.UniqueConstraint(fields=("repository", "version"), name="sync_changelog_repository_version")
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='store',
-            index=models.Index(fields=['repository', 'seq'], name='sync_store_repository_seq'),
+            model_name="store",
+            index=models.Index(fields=["repository", "seq"], name="sync_store_repository_seq"),
         ),
         migrations.AddConstraint(
-            model_name='store',
-            constraint=models.UniqueConstraint(fields=('repository', 'name'), name='sync_store_repository_name'),
+            model_name="store",
+            constraint=models.UniqueConstraint(fields=("repository", "name"), name="sync_store_repository_name"),
         ),
         migrations.AddIndex(
-            model_name='record',
-            index=models.Index(fields=['store', 'seq'], name='sync_record_store_seq'),
+            model_name="record",
+            index=models.Index(fields=["store", "seq"], name="sync_record_store_seq"),
         ),
         migrations.AddConstraint(
-            model_name='record',
-            constraint=models.UniqueConstraint(fields=('store', 'key'), name='sync_record_store_key'),
+            model_name="record",
+            constraint=models.UniqueConstraint(fields=("store", "key"), name="sync_record_store_key"),
         ),
         # Not atomic: MySQL cannot run DDL inside a transaction.
         migrations.RunPython(exact_names_on_mysql, migrations.RunPython.noop, atomic=False),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -22,7 +22,7 @@ ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_ADMIN_URL", "postgres://postgres@
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def _admin(*, in_test: bool) -> "psycopg2.extensions.connection":
+def _admin(*, in_test: bool) -> psycopg2.extensions.connection:
     try:
         connection = psycopg2.connect(ADMIN_URL, connect_timeout=5)
     except psycopg2.OperationalError as exc:

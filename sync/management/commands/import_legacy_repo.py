@@ -14,7 +14,7 @@ from sync.services import repository_import_legacy
 
 class Command(BaseCommand):
     help = (
-        "Import a legacy single-user repository file ({\"version\": N, \"data\": {...}}, as the "
+        'Import a legacy single-user repository file ({"version": N, "data": {...}}, as the '
         "pre-authentication server wrote it) into a user's repository, with the changelog.json "
         "beside it. Into an empty repository it keeps the file's version and history; a user "
         "who already has data is refused unless --merge, which pushes the legacy records over "
@@ -24,9 +24,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--path", type=Path, help="The legacy file (default: DATA_DIR/repo.json).")
         parser.add_argument("--user", required=True, help="Username (any case) whose repository receives the data.")
-        parser.add_argument(
-            "--merge", action="store_true", help="Push the legacy records over a non-empty repository."
-        )
+        parser.add_argument("--merge", action="store_true", help="Push the legacy records over a non-empty repository.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

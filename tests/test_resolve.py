@@ -22,9 +22,7 @@ from resolve.reference import (
     utf16_units,
 )
 
-GOLDEN = Path("/work/shared/fixtures/resolve")
-if not GOLDEN.is_dir():  # CI lays shared/ beside the clone
-    GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "resolve"
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "resolve"
 
 THRESHOLD_ERROR = {"error": "threshold must be a number between 0 and 1"}
 

@@ -119,6 +119,9 @@ class RegistrationGate(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
 
+    def __str__(self) -> str:
+        return "registration gate"
+
 
 class LoginAttemptWindow(models.Model):
     """Login attempts of one (client address, username) in one fixed time window.
@@ -134,6 +137,9 @@ class LoginAttemptWindow(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["key", "window"], name="login_attempt_key_window")]
         indexes = [models.Index(fields=["window"])]
+
+    def __str__(self) -> str:
+        return f"{self.attempts} login attempts of {self.key} in window {self.window}"
 
 
 class Token(models.Model):

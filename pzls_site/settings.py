@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pzls_site import __version__ as _PZLS_VERSION
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -201,8 +203,6 @@ REST_FRAMEWORK = {
 
 # The OpenAPI description (/api/schema, browsable at /api/docs); the bodies
 # are written out in pzls_site/schema.py from PROTOCOL.md.
-from pzls_site import __version__ as _PZLS_VERSION
-
 SPECTACULAR_SETTINGS = {
     "TITLE": "PZLS API",
     "DESCRIPTION": (

@@ -173,7 +173,7 @@ def run_query(
         exc.message = scrub(exc.message, spec.password)
         raise
     rows = rows_as_objects(fields, raw_rows)
-    elapsed_ms = int(round((time.monotonic() - started) * 1000))
+    elapsed_ms = round((time.monotonic() - started) * 1000)
     return QueryResult(fields=fields, rows=rows, row_count=row_count, truncated=truncated, elapsed_ms=elapsed_ms)
 
 

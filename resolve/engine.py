@@ -325,7 +325,6 @@ def _feature_blocks(index: _Index) -> list[tuple[np.ndarray, np.ndarray, tuple[i
     Weights are heaviest first and the feature-id columns follow them. Within
     one weight the column order does not matter, because keys are sorted.
     """
-    n = index.n
     fields = []
     for codes, kind, points in (
         (index.birth, _KIND_BIRTH, ref.BIRTH_DATE_POINTS),
@@ -641,7 +640,7 @@ def resolve_fast(data: Mapping[str, Any], threshold: float) -> tuple[int, list[d
             for chunk in _chunks(codes):
                 _evaluate(index, chunk, threshold, need_name, best)
     results = []
-    for s, i, j in zip(best.s.tolist(), best.first.tolist(), best.second.tolist()):
+    for s, i, j in zip(best.s.tolist(), best.first.tolist(), best.second.tolist(), strict=True):
         a, b = entities[i], entities[j]
         score, reasons = ref.score_pair(a, b)
         confirmed = ref.final_score(score)

@@ -141,7 +141,7 @@ def data_export(*, path: Path) -> BackupCounts:
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], bytes]]:
     """(line number, parsed object, the line itself) of every non-blank line."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below; opened apart so open errors get their own message
     except FileNotFoundError:
         raise NotFound(f"No such file: {path}") from None
     except OSError as exc:

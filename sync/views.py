@@ -45,11 +45,10 @@ def _etag(tag: str, gzip: bool = False) -> str:
 def _matches(if_none_match: str, tag: str) -> bool:
     """Whether If-None-Match names this tag (in either encoding) or is ``*``."""
     for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*":
+        stripped = candidate.strip()
+        if stripped == "*":
             return True
-        candidate = candidate.removeprefix("W/").strip('"')
-        if candidate.removesuffix(_GZIP_SUFFIX) == tag:
+        if stripped.removeprefix("W/").strip('"').removesuffix(_GZIP_SUFFIX) == tag:
             return True
     return False
 

@@ -63,11 +63,21 @@ def test_a_failing_command_says_why_and_exits_with_status_1(tmp_path: Path) -> N
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
     first = subprocess.run(
-        [*manage, "createuser", "root", "--password-stdin"], input="rootpass\n", env=env, capture_output=True, text=True
+        [*manage, "createuser", "root", "--password-stdin"],
+        input="rootpass\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert first.returncode == 0 and "Created admin root" in first.stdout
     again = subprocess.run(
-        [*manage, "createuser", "ROOT", "--password-stdin"], input="rootpass\n", env=env, capture_output=True, text=True
+        [*manage, "createuser", "ROOT", "--password-stdin"],
+        input="rootpass\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert again.returncode == 1
     assert again.stderr.strip() == "CommandError: Username already taken"

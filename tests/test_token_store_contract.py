@@ -128,9 +128,7 @@ def test_concurrent_writers_lose_nothing(store: BaseTokenStore) -> None:
     def issue(worker: int) -> None:
         try:
             for n in range(15):
-                store.add(
-                    record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC))
-                )
+                store.add(record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC)))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

@@ -242,7 +242,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         if path is None:
             return None
         try:
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
         except OSError:
             return None
         return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)

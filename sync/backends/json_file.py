@@ -110,8 +110,8 @@ def repository_chunks(
         yield opening
         offset += len(opening)
         pieces: list[list[int]] = []
-        items = iter(items)
-        while batch := dict(islice(items, _RECORDS_PER_PIECE)):
+        remaining = iter(items)
+        while batch := dict(islice(remaining, _RECORDS_PER_PIECE)):
             if pieces:
                 yield b","
                 offset += 1
@@ -252,7 +252,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def pull(self, user_id: str) -> PullSource:
         try:
-            fh = open(self._path(user_id, "repo"), "rb")
+            fh = open(self._path(user_id, "repo"), "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
         except FileNotFoundError:
             return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
         except OSError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.core.exceptions import ValidationError
@@ -41,7 +41,9 @@ class Role(models.TextChoices):
 
 
 class UserManager(BaseUserManager["User"]):
-    def get_by_natural_key(self, username: str) -> User:
+    def get_by_natural_key(self, username: str | None) -> User:
+        if username is None:
+            raise self.model.DoesNotExist("No username given")
         return self.get(username_key=username_key(username))
 
     def create_user(
@@ -75,7 +77,7 @@ class User(AbstractBaseUser):
     objects = UserManager()
 
     USERNAME_FIELD = "username"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         ordering = ["created_at"]

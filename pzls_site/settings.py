@@ -144,7 +144,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": PZLS_DATA_DIR / "db.sqlite3",
+            "NAME": str(PZLS_DATA_DIR / "db.sqlite3"),
             "OPTIONS": _SQLITE_OPTIONS,
             # One connection per worker, kept: opening SQLite (and its PRAGMAs)
             # for every request cost more than the request itself.

@@ -92,10 +92,10 @@ class SyncView(APIView):
         if if_none_match:
             tag = services.repository_pull_tag(user_id=user_id)
             if _matches(if_none_match, tag):
-                response = HttpResponse(status=304)
-                response["ETag"] = _etag(tag)
-                patch_vary_headers(response, ("Accept-Encoding",))
-                return response
+                not_modified = HttpResponse(status=304)
+                not_modified["ETag"] = _etag(tag)
+                patch_vary_headers(not_modified, ("Accept-Encoding",))
+                return not_modified
         gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
         if gzip:
             source = services.repository_pull_gzip(user_id=user_id)

@@ -282,7 +282,7 @@ def build_server() -> dict[str, Any]:
     Api().register("carol", "carolpass")  # no data
     login("Ann", "annpass1")  # sets last_login
     User.objects.filter(username="bob").update(is_active=False)
-    snapshot = {
+    snapshot: dict[str, Any] = {
         "users": {
             u.username: (str(u.pk), u.role, u.is_active, u.created_at, u.last_login, u.password)
             for u in User.objects.all()

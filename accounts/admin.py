@@ -32,6 +32,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
 from accounts import services
+from accounts.authentication import request_user
 from accounts.forms import UserAdminChangeForm, UserAdminCreationForm, UserPasswordResetForm
 from accounts.models import Role, User
 from pzls_site.exceptions import PZLSError
@@ -51,13 +52,18 @@ CHANGELOG_SHOWN = 50
 
 
 def _summary(user: User) -> RepositorySummary | None:
-    """The user's repository summary, read once per row (three columns use it)."""
-    if not hasattr(user, "_pzls_summary"):
+    """The user's repository summary, read once per row (three columns use it).
+
+    It is kept on the row's User instance, which lives as long as the page.
+    """
+    memo = vars(user)
+    if "_pzls_summary" not in memo:
         try:
-            user._pzls_summary = sync_services.repository_summary(user_id=str(user.pk))
+            memo["_pzls_summary"] = sync_services.repository_summary(user_id=str(user.pk))
         except PZLSError:
-            user._pzls_summary = None
-    return user._pzls_summary
+            memo["_pzls_summary"] = None
+    summary: RepositorySummary | None = memo["_pzls_summary"]
+    return summary
 
 
 @admin.register(User)
@@ -112,7 +118,9 @@ class UserAdmin(DjangoUserAdmin):
 
     # --- actions ---------------------------------------------------------------
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[User], change: Callable[[User], None], done: str) -> None:
+    def _apply(
+        self, request: HttpRequest, queryset: QuerySet[User], change: Callable[[User], object], done: str
+    ) -> None:
         """Apply ``change`` to each user; report how many it worked for and why others were refused."""
         changed = 0
         for user in queryset.order_by("created_at"):
@@ -175,11 +183,11 @@ class UserAdmin(DjangoUserAdmin):
         return super().has_delete_permission(request, obj)
 
     def delete_model(self, request: HttpRequest, obj: User) -> None:
-        services.user_delete_with_data(user=obj, actor=request.user)
+        services.user_delete_with_data(user=obj, actor=request_user(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         for user in queryset:
-            services.user_delete_with_data(user=user, actor=request.user)
+            services.user_delete_with_data(user=user, actor=request_user(request))
 
     # --- saving the user page ----------------------------------------------------------
 

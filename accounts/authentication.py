@@ -7,6 +7,7 @@ good answers 401 with ``WWW-Authenticate: Bearer``; a disabled account 403.
 
 from __future__ import annotations
 
+from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
@@ -55,3 +56,24 @@ def optional_user(request: Request) -> User | None:
     except Exception:  # an optional token that is no good is simply absent
         return None
     return user
+
+
+def request_user(request: Request | HttpRequest) -> User:
+    """The authenticated user of a request, for views that require one.
+
+    Behind IsAuthenticated (and in the admin site, which lets only active
+    staff in) there always is one; without it the caller is told to log in,
+    never served as somebody else.
+    """
+    user = request.user
+    if not isinstance(user, User):
+        raise NotAuthenticated()
+    return user
+
+
+def request_token_digest(request: Request) -> str:
+    """The digest of the bearer token a request was authenticated with (``request.auth``)."""
+    digest = request.auth
+    if not isinstance(digest, str):
+        raise NotAuthenticated()
+    return digest

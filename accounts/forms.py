@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.forms import AdminPasswordChangeForm, BaseUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import AdminPasswordChangeForm, BaseUserCreationForm, UserChangeForm, UsernameField
 from django.core.exceptions import ValidationError
 
 from accounts import services
@@ -41,15 +41,18 @@ def _clean_password(value: str) -> str:
 class UserAdminChangeForm(UserChangeForm):
     """The user page: username, role and active flag; the password only through its own page."""
 
-    class Meta(UserChangeForm.Meta):
+    # Not UserChangeForm.Meta's subclass: its fields is "__all__", which typing holds to a string.
+    class Meta:
         model = User
         fields = ("username", "password", "role", "is_active")
+        field_classes = {"username": UsernameField}
 
     def clean_username(self) -> str:
         return _clean_username(self.cleaned_data["username"], instance=self.instance)
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if self.instance.pk is not None and "role" in cleaned and "is_active" in cleaned:
             stored = User.objects.get(pk=self.instance.pk)
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.core.exceptions import ValidationError
@@ -41,7 +41,9 @@ class Role(models.TextChoices):
 
 
 class UserManager(BaseUserManager["User"]):
-    def get_by_natural_key(self, username: str) -> User:
+    def get_by_natural_key(self, username: str | None) -> User:
+        if username is None:
+            raise self.model.DoesNotExist("No username given")
         return self.get(username_key=username_key(username))
 
     def create_user(
@@ -75,7 +77,7 @@ class User(AbstractBaseUser):
     objects = UserManager()
 
     USERNAME_FIELD = "username"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         ordering = ["created_at"]
@@ -119,6 +121,9 @@ class RegistrationGate(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
 
+    def __str__(self) -> str:
+        return "registration gate"
+
 
 class LoginAttemptWindow(models.Model):
     """Login attempts of one (client address, username) in one fixed time window.
@@ -134,6 +139,9 @@ class LoginAttemptWindow(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["key", "window"], name="login_attempt_key_window")]
         indexes = [models.Index(fields=["window"])]
+
+    def __str__(self) -> str:
+        return f"{self.attempts} login attempts of {self.key} in window {self.window}"
 
 
 class Token(models.Model):

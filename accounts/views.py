@@ -11,11 +11,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import services
+from accounts.authentication import request_token_digest, request_user
 from accounts.models import User
 from pzls_site import health
 from pzls_site.clock import iso
 from pzls_site.requests import client_ip, json_object
-from pzls_site.schema import PROTECTED, WITH_BODY, body, errors, ok
+from pzls_site.schema import NO_AUTH, PROTECTED, WITH_BODY, body, errors, ok
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -27,7 +28,8 @@ class IsAdmin(BasePermission):
     message = "Admin role required"
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        return bool(request.user and request.user.is_admin)
+        user = request.user
+        return isinstance(user, User) and user.is_admin
 
 
 class RegisterView(APIView):
@@ -36,7 +38,7 @@ class RegisterView(APIView):
 
     @extend_schema(
         summary="Create an account (the first one is admin) and log in",
-        auth=[{}],
+        auth=NO_AUTH,
         request=body("Registration"),
         responses={
             200: ok("TokenAndUser"),
@@ -55,7 +57,7 @@ class LoginView(APIView):
 
     @extend_schema(
         summary="Log in",
-        auth=[{}],
+        auth=NO_AUTH,
         request=body("Credentials"),
         responses={
             200: ok("TokenAndUser"),
@@ -73,14 +75,14 @@ class LoginView(APIView):
 class LogoutView(APIView):
     @extend_schema(summary="Revoke this token", request=None, responses={200: ok("Success"), **errors(*PROTECTED)})
     def post(self, request: Request) -> Response:
-        services.token_revoke(digest=request.auth)
+        services.token_revoke(digest=request_token_digest(request))
         return Response({"success": True})
 
 
 class MeView(APIView):
     @extend_schema(summary="The caller's account", responses={200: ok("Me"), **errors(*PROTECTED)})
     def get(self, request: Request) -> Response:
-        return Response({"user": user_json(request.user)})
+        return Response({"user": user_json(request_user(request))})
 
 
 class ChangePasswordView(APIView):
@@ -95,10 +97,10 @@ class ChangePasswordView(APIView):
     def post(self, request: Request) -> Response:
         body = json_object(request)
         services.user_change_password(
-            user=request.user,
+            user=request_user(request),
             current_password=body.get("currentPassword"),
             new_password=body.get("newPassword"),
-            keep_digest=request.auth,
+            keep_digest=request_token_digest(request),
         )
         return Response({"success": True})
 
@@ -109,7 +111,7 @@ class HealthView(APIView):
 
     @extend_schema(
         summary="Whether the data directory is writable and the database answers",
-        auth=[{}],
+        auth=NO_AUTH,
         responses={200: ok("Health"), 503: ok("HealthUnavailable", "The server cannot do its job.")},
     )
     def get(self, request: Request) -> Response:
@@ -165,5 +167,5 @@ class AdminUserView(APIView):
         },
     )
     def delete(self, request: Request, user_id: str) -> Response:
-        services.user_delete(actor=request.user, user_id=user_id)
+        services.user_delete(actor=request_user(request), user_id=user_id)
         return Response({"success": True})

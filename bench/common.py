@@ -40,8 +40,8 @@ class Table:
     def render(self) -> str:
         widths = [len(c) for c in self.columns]
         for row in self.rows:
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
-        line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
         out = [f"## {self.title}", "", line(self.columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         out += [line(row) for row in self.rows]
         out += [""] + [f"- {note}" for note in self.notes]

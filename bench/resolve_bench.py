@@ -39,10 +39,10 @@ def _measure(server: LiveServer, session: requests.Session, headers: dict[str, s
     """(answer, median seconds, peak worker RSS) of ``GET /api/resolve?threshold=...``."""
     url = f"{server.url}/api/resolve?threshold={threshold}"
     # One untimed request per worker so that every worker has parsed the repository once.
-    answer = None
-    for _ in range(server.workers):
-        answer = session.get(url, headers=headers, timeout=600)
-        answer.raise_for_status()
+    answer = session.get(url, headers=headers, timeout=600)
+    answer.raise_for_status()
+    for _ in range(server.workers - 1):
+        session.get(url, headers=headers, timeout=600).raise_for_status()
     pids = server.worker_pids()
     reset_peaks(pids)
     with PeakSampler(pids) as sampler:

@@ -27,7 +27,6 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,9 @@ def changed(stores: dict[str, dict[str, dict[str, Any]]], fraction: float, run: 
         for key, record in records.items():
             edit = index % step
             if edit <= run:
-                record = {**record, "updatedAt": f"2026-11-27T10:00:{edit:02d}.000Z", "reviewed": edit}
-            out[name][key] = record
+                out[name][key] = {**record, "updatedAt": f"2026-11-27T10:00:{edit:02d}.000Z", "reviewed": edit}
+            else:
+                out[name][key] = record
             index += 1
     return out
 
@@ -284,14 +284,12 @@ def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: 
                 )
                 if n in ORIGINAL:
                     o = ORIGINAL[n]
-                    ratio: Callable[[str], str] = lambda key: f"{o[key] / r[key]:.1f}x"  # noqa: E731
                     comparison.add(
                         f"{n:,}",
-                        ratio("pull"),
-                        ratio("first push"),
-                        ratio("re-push 1%"),
-                        ratio("status"),
-                        ratio("changes"),
+                        *(
+                            f"{o[key] / r[key]:.1f}x"
+                            for key in ("pull", "first push", "re-push 1%", "status", "changes")
+                        ),
                         f"{o['memory'] * 1e6 / r['memory']:.1f}x",
                     )
                 if n == 100000:

@@ -153,8 +153,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         headers = {}
         if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
             headers["WWW-Authenticate"] = "Bearer"
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))
+        # Throttled keeps the seconds to wait (rounded up, or None) in .wait, which its stubs do not declare.
+        wait = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None
+        if wait:
+            headers["Retry-After"] = str(int(wait))
         return Response(error_body(_drf_message(exc)), status=exc.status_code, headers=headers)
-    logger.exception("Unhandled error in %s", context.get("view").__class__.__name__ if context.get("view") else "view")
+    # DRF calls this handler with the exception rather than from inside its
+    # except block, so the traceback is passed explicitly.
+    logger.error(
+        "Unhandled error in %s",
+        context.get("view").__class__.__name__ if context.get("view") else "view",
+        exc_info=exc,
+    )
     return Response(error_body("Internal server error"), status=500)

@@ -7,6 +7,7 @@ decoding failure into the protocol's ``Malformed JSON: ...`` error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from django.conf import settings
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
 
 from pzls_site.exceptions import BodyTooLarge, MalformedJSON
 
@@ -52,7 +54,7 @@ def is_blank(body: bytes | bytearray) -> bool:
     return not body or body.isspace()
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | bytearray) -> Any:
     """Parse JSON bytes strictly (no NaN, no Infinity, valid UTF-8 only)."""
     try:
         return orjson.loads(body)
@@ -65,7 +67,7 @@ class ORJSONParser(BaseParser):
 
     media_type = "application/json"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         body = read_body(stream, settings.PZLS_MAX_BODY_BYTES)
         if not body.strip():
             return {}
@@ -79,7 +81,9 @@ class ORJSONRenderer(BaseRenderer):
     format = "json"
     charset = None
 
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: dict | None = None) -> bytes:
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None
+    ) -> bytes:
         if data is None:
             return b""
         return orjson.dumps(data)
@@ -88,11 +92,14 @@ class ORJSONRenderer(BaseRenderer):
 class JSONOnlyNegotiation(BaseContentNegotiation):
     """The API speaks JSON whatever ``Accept`` says, as the original did: no 406."""
 
-    def select_parser(self, request: Any, parsers: list) -> Any:
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
         for parser in parsers:
             if request.content_type.split(";")[0].strip().lower() == parser.media_type:
                 return parser
         return None
 
-    def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple:
-        return renderers[0], renderers[0].media_type
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type

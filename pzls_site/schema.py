@@ -14,7 +14,8 @@ page of HTML.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.renderers import OpenApiJsonRenderer2
@@ -22,6 +23,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from accounts.models import USERNAME_MAX_LENGTH
 from pzls_site.json import ORJSONRenderer
@@ -306,8 +308,19 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         }
 
 
+def _security(*requirements: dict[str, list[str]]) -> Sequence[str]:
+    """An ``auth=`` for extend_schema: the operation's OpenAPI security requirements.
+
+    drf-spectacular writes the list as given into the operation's ``security``
+    (requirement objects), though it annotates the parameter as names.
+    """
+    return cast(Sequence[str], list(requirements))
+
+
+#: For URLs that need no token (any sent is not looked at).
+NO_AUTH = _security({})
 #: For URLs where a token is optional (an invalid one is simply ignored).
-OPTIONAL_BEARER = [{BEARER: []}, {}]
+OPTIONAL_BEARER = _security({BEARER: []}, {})
 
 THRESHOLD = OpenApiParameter(
     "threshold",
@@ -381,13 +394,13 @@ def complete(result: dict[str, Any], generator: Any, request: Any, public: bool)
     return result
 
 
-class _JSONErrors:
+class _JSONErrors(APIView):
     """Errors of these views answer ``{"error": ...}`` as JSON, whatever renders their success."""
 
     def handle_exception(self, exc: Exception) -> Response:
         self.request.accepted_renderer = ORJSONRenderer()
         self.request.accepted_media_type = ORJSONRenderer.media_type
-        return super().handle_exception(exc)  # type: ignore[misc]
+        return super().handle_exception(exc)
 
 
 class SchemaView(_JSONErrors, SpectacularAPIView):
@@ -398,7 +411,7 @@ class SchemaView(_JSONErrors, SpectacularAPIView):
 
     @extend_schema(
         summary="This OpenAPI 3 description",
-        auth=[{}],
+        auth=NO_AUTH,
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The OpenAPI 3 document.")},
     )
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
@@ -413,7 +426,7 @@ class DocsView(_JSONErrors, SpectacularSwaggerSplitView):
 
     @extend_schema(
         summary="Browse this description (Swagger UI)",
-        auth=[{}],
+        auth=NO_AUTH,
         responses={(200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="An HTML page.")},
     )
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:

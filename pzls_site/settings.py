@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pzls_site import __version__ as _PZLS_VERSION
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -142,7 +144,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": PZLS_DATA_DIR / "db.sqlite3",
+            "NAME": str(PZLS_DATA_DIR / "db.sqlite3"),
             "OPTIONS": _SQLITE_OPTIONS,
             # One connection per worker, kept: opening SQLite (and its PRAGMAs)
             # for every request cost more than the request itself.
@@ -201,8 +203,6 @@ REST_FRAMEWORK = {
 
 # The OpenAPI description (/api/schema, browsable at /api/docs); the bodies
 # are written out in pzls_site/schema.py from PROTOCOL.md.
-from pzls_site import __version__ as _PZLS_VERSION
-
 SPECTACULAR_SETTINGS = {
     "TITLE": "PZLS API",
     "DESCRIPTION": (

@@ -11,4 +11,4 @@ application = get_wsgi_application()
 # so the workers share these modules' memory instead of each importing them.
 from django.urls import get_resolver  # noqa: E402
 
-get_resolver().url_patterns
+get_resolver().url_patterns  # noqa: B018 - the property imports the URLconf and every view: that is the point

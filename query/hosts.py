@@ -126,7 +126,7 @@ def resolve(host: str, port: int, *, timeout: float) -> list[str]:
     def lookup() -> None:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            answers.put([info[4][0] for info in infos])
+            answers.put([str(info[4][0]) for info in infos])  # an IP address: str for SOCK_STREAM
         except Exception as exc:  # handed to the waiting thread
             answers.put(exc)
 
@@ -154,7 +154,7 @@ def _machine_addresses() -> frozenset[Address]:
     for name in {socket.gethostname(), socket.getfqdn()}:
         try:
             for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
-                found.add(canonical(info[4][0]))
+                found.add(canonical(str(info[4][0])))
         except (OSError, ValueError):
             continue
     return frozenset(found)

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import MySQLdb
 import MySQLdb.cursors
@@ -173,7 +173,7 @@ def run_query(
         exc.message = scrub(exc.message, spec.password)
         raise
     rows = rows_as_objects(fields, raw_rows)
-    elapsed_ms = int(round((time.monotonic() - started) * 1000))
+    elapsed_ms = round((time.monotonic() - started) * 1000)
     return QueryResult(fields=fields, rows=rows, row_count=row_count, truncated=truncated, elapsed_ms=elapsed_ms)
 
 
@@ -317,8 +317,10 @@ def _pg_types() -> list[Any]:
         ((4451, 4536, 4532, 4533, 4534, 4535), (6150, 6157, 6151, 6152, 6153, 6155), "MULTIRANGE", _pg_text),
     ]
     types = []
-    for oids, array_oids, name, cast in casters:
-        scalar = pgext.new_type(oids, f"PZLS_{name}", cast)
+    for oids, array_oids, name, caster in casters:
+        # psycopg2 hands a caster the server's text (str) or None; its stubs also allow bytes,
+        # which only its binary casters get. Checking every value for bytes would cost a call each.
+        scalar = pgext.new_type(oids, f"PZLS_{name}", cast(Callable[[str | bytes | None, Any], Any], caster))
         types += [scalar, pgext.new_array_type(array_oids, f"PZLS_{name}ARRAY", scalar)]
     return types
 
@@ -501,12 +503,12 @@ _MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
 
 
 def _mysql_code(exc: Exception) -> int | None:
-    args = getattr(exc, "args", ())
+    args = exc.args
     return args[0] if args and isinstance(args[0], int) else None
 
 
 def _mysql_message(exc: Exception) -> str:
-    args = getattr(exc, "args", ())
+    args = exc.args
     code = _mysql_code(exc)
     if code is not None and len(args) > 1:
         return f"{_one_line(args[1])} (error {code})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -146,7 +147,7 @@ def _addresses(spec: ConnectionSpec, *, timeout: float) -> list[str]:
     return allowed
 
 
-def _own_settings() -> tuple[str, dict[str, Any]] | None:
+def _own_settings() -> tuple[str, Mapping[str, Any]] | None:
     """(engine, Django's settings) of the database PZLS itself uses, when it is on the network."""
     database = settings.DATABASES.get("default") or {}
     engine = str(database.get("ENGINE", ""))

@@ -157,6 +157,7 @@ def rows_as_objects(fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> lis
                     else convert(value)
                     for value in row
                 ],
+                strict=True,
             )
         )
         for row in rows

@@ -7,6 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import request_user
 from pzls_site.requests import json_object
 from pzls_site.schema import body, errors, ok
 from query import services
@@ -33,7 +34,7 @@ class QueryView(APIView):
     def post(self, request: Request) -> Response:
         body = json_object(request)
         result = services.query_run(
-            user=request.user, connection_string=body.get("connectionString"), query=body.get("query")
+            user=request_user(request), connection_string=body.get("connectionString"), query=body.get("query")
         )
         return Response(
             {

@@ -187,8 +187,8 @@ def _build_index(entities: list[ref.Entity]) -> _Index:
     words = (len(frequent) + 63) // 64
     tag_bits = np.zeros((n, words), dtype=np.uint64)
     for bit, tag_id in enumerate(frequent):
-        members = np.asarray(postings[tag_id], dtype=np.int64)
-        tag_bits[members, bit // 64] |= np.uint64(1 << (bit % 64))
+        holders = np.asarray(postings[tag_id], dtype=np.int64)
+        tag_bits[holders, bit // 64] |= np.uint64(1 << (bit % 64))
     rare_parts = []
     for members in postings:
         if 2 <= len(members) <= RARE_TAG_POSTINGS:
@@ -325,7 +325,6 @@ def _feature_blocks(index: _Index) -> list[tuple[np.ndarray, np.ndarray, tuple[i
     Weights are heaviest first and the feature-id columns follow them. Within
     one weight the column order does not matter, because keys are sorted.
     """
-    n = index.n
     fields = []
     for codes, kind, points in (
         (index.birth, _KIND_BIRTH, ref.BIRTH_DATE_POINTS),
@@ -337,7 +336,7 @@ def _feature_blocks(index: _Index) -> list[tuple[np.ndarray, np.ndarray, tuple[i
     signature = counts.copy()
     for bit, (present, _, _) in enumerate(fields):
         signature += present.astype(np.int64) << (40 + bit)
-    blocks = []
+    blocks: list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]] = []
     regular = ~index.irregular
     for value in np.unique(signature[regular]).tolist():
         rows = np.nonzero(regular & (signature == value))[0]
@@ -358,11 +357,11 @@ def _feature_blocks(index: _Index) -> list[tuple[np.ndarray, np.ndarray, tuple[i
     birth, nationality, workplace = index.birth.tolist(), index.nationality.tolist(), index.workplace.tolist()
     for pos in np.nonzero(index.irregular)[0].tolist():
         features = _record_features(index, pos, birth, nationality, workplace)
-        rows, ids = irregular.setdefault(tuple(w for w, _ in features), ([], []))
-        rows.append(pos)
-        ids.append([f for _, f in features])
-    for weights, (rows, ids) in irregular.items():
-        blocks.append((np.asarray(rows, dtype=np.int64), np.asarray(ids, dtype=np.int64), weights))
+        positions, feature_ids = irregular.setdefault(tuple(w for w, _ in features), ([], []))
+        positions.append(pos)
+        feature_ids.append([f for _, f in features])
+    for feature_weights, (positions, feature_ids) in irregular.items():
+        blocks.append((np.asarray(positions, dtype=np.int64), np.asarray(feature_ids, dtype=np.int64), feature_weights))
     return blocks
 
 
@@ -587,10 +586,11 @@ def _dense(index: _Index, threshold: float, need_name: float, best: _Best) -> No
         b = min(n - 1, a + rows)
         # Rows a..b-1 (first entity i) against columns a+1..n-1 (second entity j); only j > i counts.
         upper = np.arange(a + 1, n)[None, :] > np.arange(a, b)[:, None]
-        fields = []
-        for codes in (index.birth, index.nationality, index.workplace):
-            mine = codes[a:b, None]
-            fields.append(((mine >= 0) & (mine == codes[None, a + 1 :])).astype(np.float64))
+        # Whether i and j share a known birth date, nationality, workplace.
+        birth, nationality, workplace = (
+            ((codes[a:b, None] >= 0) & (codes[a:b, None] == codes[None, a + 1 :])).astype(np.float64)
+            for codes in (index.birth, index.nationality, index.workplace)
+        )
         shared = np.zeros(upper.shape, dtype=np.int64)
         if words:
             shared += np.bitwise_count(index.tag_bits[a:b, None, :] & index.tag_bits[None, a + 1 :, :]).sum(
@@ -616,11 +616,11 @@ def _dense(index: _Index, threshold: float, need_name: float, best: _Best) -> No
         name_part = np.zeros(upper.shape, dtype=np.float64)
         wanted = upper & (jr >= JARO_CUTOFF)
         if need_name > 0:
-            wanted &= _exact_points(*fields, shared) >= need_name
+            wanted &= _exact_points(birth, nationality, workplace, shared) >= need_name
         i, j = np.nonzero(wanted)
         if len(i):
             name_part[i, j] = _name_parts(index, i + a, j + a + 1, jr[i, j])
-        score, s = _score(name_part, *fields, shared)
+        score, s = _score(name_part, birth, nationality, workplace, shared)
         i, j = np.nonzero(upper & (score > 0) & (s >= threshold))
         if len(i):
             best.add(s[i, j], i + a, j + a + 1)
@@ -641,7 +641,7 @@ def resolve_fast(data: Mapping[str, Any], threshold: float) -> tuple[int, list[d
             for chunk in _chunks(codes):
                 _evaluate(index, chunk, threshold, need_name, best)
     results = []
-    for s, i, j in zip(best.s.tolist(), best.first.tolist(), best.second.tolist()):
+    for s, i, j in zip(best.s.tolist(), best.first.tolist(), best.second.tolist(), strict=True):
         a, b = entities[i], entities[j]
         score, reasons = ref.score_pair(a, b)
         confirmed = ref.final_score(score)

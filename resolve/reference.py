@@ -212,7 +212,7 @@ def jaro(a: str, b: str) -> float:
         return 0.0
     b_chars = [b[j] for j in range(lb) if b_matched[j]]
     # Transpositions: matched characters of a and b, taken in order, that differ.
-    t = sum(1 for x, y in zip(a_chars, b_chars) if x != y)
+    t = sum(1 for x, y in zip(a_chars, b_chars, strict=True) if x != y)
     return (m / la + m / lb + (m - t / 2) / m) / 3
 
 

@@ -7,6 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import request_user
 from pzls_site.schema import PROTECTED, THRESHOLD, errors, ok
 from resolve import services
 
@@ -19,5 +20,5 @@ class ResolveView(APIView):
     )
     def get(self, request: Request) -> Response:
         threshold = services.threshold_parse(raw=request.query_params.get("threshold"))
-        resolution = services.matches_find(user_id=str(request.user.pk), threshold=threshold)
+        resolution = services.matches_find(user_id=str(request_user(request).pk), threshold=threshold)
         return Response(resolution.as_dict())

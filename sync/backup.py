@@ -141,7 +141,7 @@ def data_export(*, path: Path) -> BackupCounts:
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], bytes]]:
     """(line number, parsed object, the line itself) of every non-blank line."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below; opened apart so open errors get their own message
     except FileNotFoundError:
         raise NotFound(f"No such file: {path}") from None
     except OSError as exc:
@@ -159,9 +159,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], bytes]]:
             yield number, obj, raw
 
 
-def _parse_time(value: Any, number: int, name: str, *, optional: bool = False) -> datetime | None:
-    if value is None and optional:
-        return None
+def _parse_time(value: Any, number: int, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except (TypeError, ValueError):
@@ -184,7 +182,7 @@ def _user_from(obj: dict[str, Any], number: int) -> User:
         role=obj["role"],
         is_active=obj["isActive"],
         created_at=_parse_time(obj.get("createdAt"), number, "createdAt"),
-        last_login=_parse_time(obj.get("lastLogin"), number, "lastLogin", optional=True),
+        last_login=None if obj.get("lastLogin") is None else _parse_time(obj["lastLogin"], number, "lastLogin"),
     )
     try:
         user.full_clean(exclude=["password", "username_key"], validate_unique=False)

@@ -228,7 +228,7 @@ def _strict_equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_strict_equal(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b))
+        return isinstance(b, list) and len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -352,8 +352,9 @@ def _merged_items(
     for piece in pieces:
         touched = modified & piece.keys() if modified else None
         if touched:
-            piece = {**piece, **{record_id: records[record_id] for record_id in touched}}
-        yield from piece.items()
+            yield from {**piece, **{record_id: records[record_id] for record_id in touched}}.items()
+        else:
+            yield from piece.items()
     for record_id in new_ids:
         yield record_id, records[record_id]
 

@@ -44,7 +44,8 @@ class Repository(models.Model):
     data_size = models.BigIntegerField(default=2)
     total_syncs = models.BigIntegerField(default=0)
     # Kept as the changelog wrote it (ISO 8601 with milliseconds and Z), not reparsed.
-    last_sync = models.CharField(max_length=64, null=True)
+    # NULL until the first sync: the protocol's lastSync is null then, and "" would be a second "never".
+    last_sync = models.CharField(max_length=64, null=True)  # noqa: DJ001
 
     class Meta:
         verbose_name_plural = "repositories"

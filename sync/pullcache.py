@@ -77,7 +77,7 @@ def compress(*, user_id: str, source: PullSource) -> PullSource:
 
 
 def open_cached(path: Path, *, tag: str) -> PullSource:
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
     return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)
 
 

@@ -45,11 +45,10 @@ def _etag(tag: str, gzip: bool = False) -> str:
 def _matches(if_none_match: str, tag: str) -> bool:
     """Whether If-None-Match names this tag (in either encoding) or is ``*``."""
     for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*":
+        stripped = candidate.strip()
+        if stripped == "*":
             return True
-        candidate = candidate.removeprefix("W/").strip('"')
-        if candidate.removesuffix(_GZIP_SUFFIX) == tag:
+        if stripped.removeprefix("W/").strip('"').removesuffix(_GZIP_SUFFIX) == tag:
             return True
     return False
 
@@ -93,10 +92,10 @@ class SyncView(APIView):
         if if_none_match:
             tag = services.repository_pull_tag(user_id=user_id)
             if _matches(if_none_match, tag):
-                response = HttpResponse(status=304)
-                response["ETag"] = _etag(tag)
-                patch_vary_headers(response, ("Accept-Encoding",))
-                return response
+                not_modified = HttpResponse(status=304)
+                not_modified["ETag"] = _etag(tag)
+                patch_vary_headers(not_modified, ("Accept-Encoding",))
+                return not_modified
         gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
         if gzip:
             source = services.repository_pull_gzip(user_id=user_id)

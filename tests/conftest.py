@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rest_framework.test import APIClient
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path: Path, db: Any) -> Path:
+def data_dir(tmp_path: Path, db: Any) -> Iterator[Path]:
     """Every test gets an empty data directory; the stores are rebuilt to use it."""
     directory = tmp_path / "data"
     directory.mkdir()
@@ -26,7 +27,8 @@ class Api:
         self.client = APIClient()
         self.token: str | None = None
 
-    def _headers(self, token: str | None) -> dict[str, str]:
+    # Any: spread into the test client's **extra (WSGI environ keys), which mypy would match against its named arguments.
+    def _headers(self, token: str | None) -> dict[str, Any]:
         token = token if token is not None else self.token
         return {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
 

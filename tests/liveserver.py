@@ -56,16 +56,15 @@ class LiveServer:
             **self.extra_env,
         }
         env.pop("DJANGO_SETTINGS_MODULE", None)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "serve.sh")],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                ["bash", str(ROOT / "scripts" / "serve.sh")],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

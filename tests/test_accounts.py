@@ -12,7 +12,7 @@ import orjson
 import pytest
 from django.test import override_settings
 
-import pzls_site
+import pzls_site.clock
 from accounts.models import User
 from tests.conftest import Api
 from tests.helpers import assert_error

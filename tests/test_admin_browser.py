@@ -15,11 +15,15 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 from tests.liveserver import ROOT, LiveServer
+
+if TYPE_CHECKING:  # for the annotations; playwright itself is imported when a browser is launched
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
+def chromium() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
         pytest.skip(f"{CHROMIUM} is not installed (make test installs it; CI always runs these tests)")
     from playwright.sync_api import sync_playwright
@@ -92,16 +96,16 @@ def artifacts() -> Path:
 
 
 @pytest.fixture
-def page(chromium: object, server: LiveServer) -> Iterator[object]:
+def page(chromium: Browser, server: LiveServer) -> Iterator[Page]:
     """A fresh browser context (no cookies) for each test."""
-    context = chromium.new_context(base_url=server.url, viewport={"width": 1440, "height": 900})  # type: ignore[attr-defined]
+    context = chromium.new_context(base_url=server.url, viewport={"width": 1440, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
     yield page
     context.close()
 
 
-def log_in(page: object, username: str, password: str) -> None:
+def log_in(page: Page, username: str, password: str) -> None:
     page.goto("/admin/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
@@ -109,32 +113,32 @@ def log_in(page: object, username: str, password: str) -> None:
 
 
 @pytest.fixture
-def admin(page: object) -> object:
+def admin(page: Page) -> Page:
     """The admin, logged in, on the admin site's index page."""
     log_in(page, "root", "rootpass")
     assert page.locator("#site-name").inner_text() == "PZLS administration"
     return page
 
 
-def find_user(page: object, username: str) -> None:
+def find_user(page: Page, username: str) -> None:
     page.goto("/admin/accounts/user/")
     page.fill("#searchbar", username)
     page.press("#searchbar", "Enter")
     page.wait_for_url(re.compile(r"\?q="))
 
 
-def run_action(page: object, username: str, action: str) -> None:
+def run_action(page: Page, username: str, action: str) -> None:
     find_user(page, username)
     page.locator("#result_list tbody tr", has_text=username).locator("input.action-select").check()
     page.select_option("select[name=action]", action)
     page.click("button[name=index]")
 
 
-def messages(page: object) -> str:
+def messages(page: Page) -> str:
     return page.locator("ul.messagelist").inner_text()
 
 
-def test_the_admin_sites_css_is_served_by_the_production_server(page: object, server: LiveServer) -> None:
+def test_the_admin_sites_css_is_served_by_the_production_server(page: Page, server: LiveServer) -> None:
     stylesheets: list[tuple[str, int]] = []
     page.on("response", lambda r: stylesheets.append((r.url, r.status)) if r.url.endswith(".css") else None)
     page.goto("/admin/login/")
@@ -151,7 +155,7 @@ def test_the_admin_sites_css_is_served_by_the_production_server(page: object, se
     assert page.evaluate("getComputedStyle(document.querySelector('#header')).display") == "flex"
 
 
-def test_an_analyst_cannot_log_in(page: object, server: LiveServer) -> None:
+def test_an_analyst_cannot_log_in(page: Page, server: LiveServer) -> None:
     api_register(server, "anna", "annapass")
     log_in(page, "anna", "annapass")
     assert STAFF_ONLY in page.locator(".errornote").inner_text()
@@ -159,7 +163,7 @@ def test_an_analyst_cannot_log_in(page: object, server: LiveServer) -> None:
     assert "/admin/login/" in page.url
 
 
-def test_disabling_a_user_signs_them_out_at_once(admin: object, server: LiveServer, artifacts: Path) -> None:
+def test_disabling_a_user_signs_them_out_at_once(admin: Page, server: LiveServer, artifacts: Path) -> None:
     token = api_register(server, "dora", "dorapass")
     assert api_me(server, token) == 200
     find_user(admin, "dora")
@@ -171,7 +175,7 @@ def test_disabling_a_user_signs_them_out_at_once(admin: object, server: LiveServ
     assert api_login(server, "dora", "dorapass").status_code == 403
 
 
-def test_revoking_one_session_on_the_user_page(admin: object, server: LiveServer, artifacts: Path) -> None:
+def test_revoking_one_session_on_the_user_page(admin: Page, server: LiveServer, artifacts: Path) -> None:
     first = api_register(server, "erin", "erinpass")
     second = api_login(server, "erin", "erinpass").json()["token"]
     requests.post(
@@ -194,7 +198,7 @@ def test_revoking_one_session_on_the_user_page(admin: object, server: LiveServer
     assert api_me(server, second) == 200
 
 
-def test_resetting_a_password(admin: object, server: LiveServer) -> None:
+def test_resetting_a_password(admin: Page, server: LiveServer) -> None:
     token = api_register(server, "fay", "oldpass1")
     find_user(admin, "fay")
     admin.click("#result_list a:text-is('fay')")
@@ -208,7 +212,7 @@ def test_resetting_a_password(admin: object, server: LiveServer) -> None:
     assert api_me(server, token) == 401  # a reset signs the user out everywhere
 
 
-def test_deleting_a_user_with_all_their_data(admin: object, server: LiveServer) -> None:
+def test_deleting_a_user_with_all_their_data(admin: Page, server: LiveServer) -> None:
     token = api_register(server, "gus", "guspass1")
     requests.post(
         f"{server.url}/api/sync",

@@ -62,8 +62,15 @@ def push(api: Api, stores: dict[str, Any]) -> None:
     assert response.status_code == 200, response.content
 
 
-def token_status(api: Api, token: str) -> int:
+def token_status(api: Api, token: str | None) -> int:
     return api.get("/api/auth/me", token=token).status_code
+
+
+def module(html: str, module_id: str) -> str:
+    """The admin page's ``<div class="module" id=...>`` section (up to its first closing div)."""
+    match = re.search(rf'<div class="module" id="{module_id}">.*?</div>', html, re.S)
+    assert match is not None, f"no {module_id} module on the page"
+    return match.group(0)
 
 
 # --- logging in ---------------------------------------------------------------
@@ -225,7 +232,7 @@ def test_the_user_page_lists_sessions_by_short_id_and_never_shows_a_token(browse
     html = browser.get(change_url("analyst")).content.decode()
     ids = re.findall(r'<tr id="session-([0-9a-f]{12})">', html)
     assert len(ids) == 2
-    assert analyst_api.token not in html and second not in html
+    assert analyst_api.token is not None and analyst_api.token not in html and second not in html
     assert "Revoke" in html
 
 
@@ -255,13 +262,13 @@ def test_the_user_page_shows_the_repository_and_the_last_50_changelog_entries(
     status = analyst_api.get("/api/sync/status").json()["account"]
     response = browser.get(change_url("analyst"))
     html = response.content.decode()
-    repository = re.search(r'<div class="module" id="repository">.*?</div>', html, re.S).group(0)
+    repository = module(html, "repository")
     assert "<td>56</td>" in repository  # version
     assert "56 in 2 stores" in repository
     assert status["lastSync"] in repository
     stores = dict(response.context["repository_stores"])
     assert stores == {"humans": 55, "tags": 1}
-    changelog = re.search(r'<div class="module" id="changelog">.*?</div>', html, re.S).group(0)
+    changelog = module(html, "changelog")
     assert "(newest 50 of 56)" in changelog
     versions = [int(v) for v in re.findall(r"<tr><td>(\d+)</td><td>\d{4}-", changelog)]
     assert versions == list(range(56, 6, -1))

@@ -9,6 +9,7 @@ and timestamps look like JavaScript's ``toISOString()``.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC
 from unittest import mock
@@ -147,6 +148,15 @@ def test_unexpected_error_in_a_view_is_500_without_details(admin_api):
     assert b"secret detail" not in response.content
     assert b"Traceback" not in response.content
     assert response["Access-Control-Allow-Origin"] == "*"
+
+
+def test_unexpected_error_in_a_view_is_logged_with_its_traceback(admin_api, caplog):
+    # What the client is not told, the operator must find in the log.
+    with mock.patch("sync.services.get_repository_store", side_effect=RuntimeError("secret detail /etc/passwd")):
+        admin_api.get("/api/sync")
+    [logged] = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert logged.getMessage().startswith("Unhandled error in ")
+    assert "RuntimeError: secret detail /etc/passwd" in caplog.text
 
 
 def test_unexpected_error_outside_drf_is_json_500(api):

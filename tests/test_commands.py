@@ -63,11 +63,21 @@ def test_a_failing_command_says_why_and_exits_with_status_1(tmp_path: Path) -> N
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
     first = subprocess.run(
-        [*manage, "createuser", "root", "--password-stdin"], input="rootpass\n", env=env, capture_output=True, text=True
+        [*manage, "createuser", "root", "--password-stdin"],
+        input="rootpass\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert first.returncode == 0 and "Created admin root" in first.stdout
     again = subprocess.run(
-        [*manage, "createuser", "ROOT", "--password-stdin"], input="rootpass\n", env=env, capture_output=True, text=True
+        [*manage, "createuser", "ROOT", "--password-stdin"],
+        input="rootpass\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert again.returncode == 1
     assert again.stderr.strip() == "CommandError: Username already taken"
@@ -272,7 +282,7 @@ def build_server() -> dict[str, Any]:
     Api().register("carol", "carolpass")  # no data
     login("Ann", "annpass1")  # sets last_login
     User.objects.filter(username="bob").update(is_active=False)
-    snapshot = {
+    snapshot: dict[str, Any] = {
         "users": {
             u.username: (str(u.pk), u.role, u.is_active, u.created_at, u.last_login, u.password)
             for u in User.objects.all()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
+from uuid import UUID
 
 import pytest
 import requests
@@ -35,7 +36,7 @@ def files(data_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
 
 
-def users() -> list[tuple[str, str, str]]:
+def users() -> list[tuple[UUID, str, str]]:
     return sorted(User.objects.values_list("pk", "username", "password"))
 
 

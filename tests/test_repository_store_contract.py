@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -22,7 +24,7 @@ TS = "2026-05-17T10:04:05.123Z"
 
 
 @pytest.fixture(params=REPOSITORY_BACKENDS)
-def store(request: pytest.FixtureRequest, data_dir) -> BaseRepositoryStore:
+def store(request: pytest.FixtureRequest, data_dir) -> Iterator[BaseRepositoryStore]:
     with override_settings(PZLS_SYNC_STORE={"BACKEND": request.param, "OPTIONS": {}}):
         instance = get_repository_store()
         assert f"{type(instance).__module__}.{type(instance).__name__}" == request.param
@@ -70,10 +72,11 @@ def test_a_new_user_has_an_empty_repository(store: BaseRepositoryStore) -> None:
 def test_push_adds_records_and_raises_the_version(store: BaseRepositoryStore) -> None:
     result = push(store, {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}})
     assert (result.version, result.added, result.modified) == (1, 3, 0)
-    expected = {"version": 1, "data": {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}}}
+    data: dict[str, dict[str, Any]] = {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}}
+    expected = {"version": 1, "data": data}
     assert pulled(store) == expected
     assert pulled(fresh(store)) == expected
-    assert fresh(store).load(U1) == Repository(version=1, data=expected["data"])
+    assert fresh(store).load(U1) == Repository(version=1, data=data)
 
 
 def test_pull_bytes_are_compact_json_of_the_repository(store: BaseRepositoryStore) -> None:

@@ -27,7 +27,7 @@ from resolve.reference import Entity, name_similarity, resolve_reference
 
 MISSING = object()
 
-TUNINGS = {
+TUNINGS: dict[str, dict[str, float]] = {
     "default": {},
     "index always": {"SPARSE_MAX_SHARE": 1.0, "SPARSE_MAX_PAIRS": 10**12},
     "every record heavy": {"SPARSE_MAX_SHARE": 1.0, "SPARSE_MAX_PAIRS": 10**12, "MAX_KEYS_PER_RECORD": 0},

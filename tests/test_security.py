@@ -63,7 +63,11 @@ def test_api_answers_carry_the_headers_errors_and_early_refusals_included(admin_
     }
     assert answers["413 early"].status_code == 413 and answers["400 early"].status_code == 400
     for name, response in answers.items():
-        assert_security_headers(response, CSP_API), name
+        try:
+            assert_security_headers(response, CSP_API)
+        except AssertionError as exc:
+            exc.add_note(f"the {name} answer")
+            raise
 
 
 def test_pages_carry_the_page_policy(admin_api, api):
@@ -159,7 +163,9 @@ def admin_login(server: LiveServer, *, https: bool) -> requests.Response:
     origin = f"{'https' if https else 'http'}://127.0.0.1:{server.port}"
     headers = {"X-Forwarded-Proto": "https"} if https else {}
     page = requests.get(f"{server.url}/admin/login/", headers=headers, timeout=30)
-    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert match is not None, "the login page has no CSRF token"
+    csrf = match.group(1)
     # Sent by hand: a cookie marked Secure is rightly not sent by requests over plain HTTP.
     csrf_cookie = next(c for c in page.raw.headers.getlist("Set-Cookie") if c.startswith("csrftoken="))
     assert ("; Secure" in csrf_cookie) is https

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 import pytest
@@ -311,7 +312,13 @@ def test_a_no_op_push_leaves_version_and_changelog_unchanged(admin_api, data_dir
     push(admin_api, {"humans": {"h1": {"n": 1}}})
     before = snapshot(admin_api)
     status_before = admin_api.get("/api/sync/status").json()["account"]
-    for stores in ({"humans": {"h1": {"n": 1}}}, {}, {"humans": {}}, {"empty-new-store": {}}):
+    no_ops: list[dict[str, dict[str, Any]]] = [
+        {"humans": {"h1": {"n": 1}}},
+        {},
+        {"humans": {}},
+        {"empty-new-store": {}},
+    ]
+    for stores in no_ops:
         body = push(admin_api, stores, client_version=1)
         assert body == {"version": 1, "added": 0, "modified": 0, "message": ok_message(0, 0)}
     assert snapshot(admin_api) == before

@@ -190,7 +190,7 @@ def test_store_names_and_ids_never_become_paths(store: JSONFileRepositoryStore, 
 
 
 def test_user_ids_that_are_not_ids_are_refused(store: JSONFileRepositoryStore) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a user id"):
         store.pull_bytes("../tokens")
 
 

@@ -128,7 +128,7 @@ def outcome(action: Callable[[], Any]) -> tuple:
 
 def exact_plan(current: dict, incoming: dict) -> Any:
     """plan_merge with its batch checks refusing to vouch for anything, so every store takes the exact path."""
-    with mock.patch.object(merge, "_records_valid", lambda raws: False):
+    with mock.patch.object(merge, "_records_valid", return_value=False):
         return plan_merge(current, incoming)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -31,7 +32,7 @@ def record(digest: str, user_id: str = "u1", *, created: datetime = T0, ttl_h: f
 
 
 @pytest.fixture(params=TOKEN_BACKENDS)
-def store(request: pytest.FixtureRequest, data_dir) -> BaseTokenStore:
+def store(request: pytest.FixtureRequest, data_dir) -> Iterator[BaseTokenStore]:
     with override_settings(PZLS_TOKEN_STORE={"BACKEND": request.param, "OPTIONS": {}}):
         instance = get_token_store()
         assert type(instance).__module__ + "." + type(instance).__name__ == request.param
@@ -76,6 +77,7 @@ def test_touch_moves_last_use_and_expiry(store: BaseTokenStore) -> None:
     later = T0 + timedelta(minutes=3)
     store.touch("a" * 64, last_used=later, expires=later + timedelta(hours=24))
     got = fresh(store).get("a" * 64)
+    assert got is not None
     assert got.last_used == later
     assert got.expires == later + timedelta(hours=24)
     assert got.created == T0
@@ -128,9 +130,7 @@ def test_concurrent_writers_lose_nothing(store: BaseTokenStore) -> None:
     def issue(worker: int) -> None:
         try:
             for n in range(15):
-                store.add(
-                    record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC))
-                )
+                store.add(record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC)))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

@@ -35,7 +35,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -76,7 +76,7 @@ _STATEMENT_BYTES = 4 * 1024 * 1024
 # Reads without a lock before a pull reads under the repository row's lock.
 _OPTIMISTIC_READS = 3
 _MAX_BIGINT = 2**63 - 1
-_USER_ID_MAX = RepositoryRow._meta.get_field("user_id").max_length
+_USER_ID_MAX = cast(int, RepositoryRow._meta.get_field("user_id").max_length)  # a CharField: it has one
 # User ids that may name a cache file.
 _FILE_SAFE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
@@ -242,7 +242,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         if path is None:
             return None
         try:
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
         except OSError:
             return None
         return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)

@@ -76,6 +76,12 @@ def _line_version(line: bytes) -> int | None:
     return int(match.group(1))
 
 
+def _head_version(fd: int) -> int | None:
+    """The version at the head of an open repository file."""
+    match = _VERSION_PREFIX.match(os.pread(fd, 32, 0))
+    return None if match is None else int(match.group(1))
+
+
 def _entry_line(entry: dict[str, Any]) -> list[bytes]:
     """A changelog line as its text and its newline, not joined (a first push's entry names every record)."""
     return [entry_json(entry), b"\n"]
@@ -110,8 +116,8 @@ def repository_chunks(
         yield opening
         offset += len(opening)
         pieces: list[list[int]] = []
-        items = iter(items)
-        while batch := dict(islice(items, _RECORDS_PER_PIECE)):
+        remaining = iter(items)
+        while batch := dict(islice(remaining, _RECORDS_PER_PIECE)):
             if pieces:
                 yield b","
                 offset += 1
@@ -179,7 +185,7 @@ class _Committed:
         self.identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         meta = store._read_meta_doc(user_id) or {}
         layout = meta.get("layout") if use_layout and meta.get("file") == list(self.identity) else None
-        if layout is not None and self._head_version() == meta.get("version"):
+        if layout is not None and _head_version(self.fd) == meta.get("version"):
             self.version, self.records = meta["version"], meta["records"]
             self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
         else:
@@ -192,10 +198,6 @@ class _Committed:
             self.records = sum(len(records) for records in doc.data.values())
         if meta.get("version") == self.version and isinstance(meta.get("totalSyncs"), int):
             self.total_syncs = meta["totalSyncs"]
-
-    def _head_version(self) -> int | None:
-        match = _VERSION_PREFIX.match(os.pread(self.fd, 32, 0))
-        return None if match is None else int(match.group(1))
 
     def close(self) -> None:
         if self.fd is not None:
@@ -252,7 +254,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def pull(self, user_id: str) -> PullSource:
         try:
-            fh = open(self._path(user_id, "repo"), "rb")
+            fh = open(self._path(user_id, "repo"), "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
         except FileNotFoundError:
             return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
         except OSError as exc:

@@ -14,7 +14,7 @@ from django.db.backends.postgresql import base, creation
 
 class DatabaseCreation(creation.DatabaseCreation):
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
-        with self._nodb_cursor() as cursor:
+        with self.connection._nodb_cursor() as cursor:
             cursor.execute(f"DROP DATABASE {self.connection.ops.quote_name(test_database_name)} WITH (FORCE)")
 
 

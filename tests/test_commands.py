@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from accounts.models import Role, User
-from tests.conftest import Api
+from tests.conftest import Api, data_dir_settings
 from tests.liveserver import ROOT
 
 COMMANDS = ["createuser", "import_legacy_repo", "export_data", "import_data"]
@@ -302,7 +302,7 @@ def test_a_restored_server_serves_the_same_pulls_logins_and_versions(tmp_path: P
     assert list(data_dir.glob("repo_*")) == []
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    with override_settings(PZLS_DATA_DIR=fresh):
+    with override_settings(**data_dir_settings(fresh)):
         out = io.StringIO()
         call_command("import_data", str(backup), stdout=out)
         assert "Imported 4 users, 2 repositories and 4 changelog entries" in out.getvalue()
@@ -373,7 +373,7 @@ def test_import_checks_the_whole_file_before_writing_anything(change: str, messa
     corrupt(backup, change)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    with override_settings(PZLS_DATA_DIR=fresh):
+    with override_settings(**data_dir_settings(fresh)):
         with pytest.raises(CommandError, match=message):
             call_command("import_data", str(backup), stdout=io.StringIO())
         assert not User.objects.exists()

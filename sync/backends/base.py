@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
 from sync.merge import RawStores
+
+if TYPE_CHECKING:
+    from sync.pullcache import PullCache
 
 EMPTY_PULL = b'{"version":0,"data":{}}'
 
@@ -96,7 +99,14 @@ EMPTY_SUMMARY = RepositorySummary(
 
 
 class BaseRepositoryStore:
-    """Interface every repository store implements."""
+    """Interface every repository store implements.
+
+    A store is built with the keyword ``location``, the data directory, and
+    keeps its copies of pull bodies (plain and gzip, see ``sync.pullcache``)
+    in ``pull_cache``; ``delete`` forgets them with the repository.
+    """
+
+    pull_cache: PullCache
 
     def pull_bytes(self, user_id: str) -> bytes:
         """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""

@@ -1,4 +1,4 @@
-"""Repository store in JSON files under the data directory.
+"""Repository store in JSON files in the data directory (the store's ``location`` option).
 
 Per user (``<id>`` is the user's UUID):
 
@@ -35,7 +35,6 @@ from typing import Any
 
 import msgspec
 import orjson
-from django.conf import settings
 
 from pzls_site.exceptions import StorageError
 from pzls_site.files import FileIdentity, atomic_write, exclusive_lock, file_identity, fsync_dir
@@ -52,6 +51,7 @@ from sync.backends.base import (
     entry_json,
 )
 from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
+from sync.pullcache import PullCache
 
 logger = logging.getLogger("pzls.sync")
 
@@ -230,10 +230,15 @@ def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 class JSONFileRepositoryStore(BaseRepositoryStore):
-    """The default repository store: a few files per user in the data directory."""
+    """The default repository store: a few files per user in the data directory ``location``.
 
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory else Path(settings.PZLS_DATA_DIR)
+    A pull sends the repository file itself; only gzip-compressed copies go
+    to the pull cache.
+    """
+
+    def __init__(self, *, location: str | Path) -> None:
+        self.directory = Path(location)
+        self.pull_cache = PullCache(self.directory / "pullcache")
 
     # --- paths -------------------------------------------------------------
 
@@ -564,6 +569,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             lock.unlink()
         except FileNotFoundError:
             pass
+        self.pull_cache.forget(user_id)
 
 
 def _tag(identity: tuple[int, int, int]) -> str:

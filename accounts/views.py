@@ -12,7 +12,6 @@ from rest_framework.views import APIView
 
 from accounts import services
 from accounts.models import User
-from pzls_site import health
 from pzls_site.clock import iso
 from pzls_site.requests import client_ip, json_object
 from pzls_site.schema import PROTECTED, WITH_BODY, body, errors, ok
@@ -101,22 +100,6 @@ class ChangePasswordView(APIView):
             keep_digest=request.auth,
         )
         return Response({"success": True})
-
-
-class HealthView(APIView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    @extend_schema(
-        summary="Whether the data directory is writable and the database answers",
-        auth=[{}],
-        responses={200: ok("Health"), 503: ok("HealthUnavailable", "The server cannot do its job.")},
-    )
-    def get(self, request: Request) -> Response:
-        problem = health.problem()
-        if problem:
-            return Response({"status": "unavailable", "error": problem}, status=503)
-        return Response({"status": "ok", "server": "PZLS", "version": health.server_version()})
 
 
 class AdminUsersView(APIView):

@@ -1,4 +1,8 @@
-"""Account endpoints (PROTOCOL.md §2) and the admin API (§6)."""
+"""Account endpoints (PROTOCOL.md §2) and the admin API's user deletion (§6).
+
+The admin API's users list shows each user's repository, so it is sync's
+(``sync.views.AdminUsersView``); ``user_json`` and ``IsAdmin`` serve it too.
+"""
 
 from __future__ import annotations
 
@@ -100,33 +104,6 @@ class ChangePasswordView(APIView):
             keep_digest=request.auth,
         )
         return Response({"success": True})
-
-
-class AdminUsersView(APIView):
-    permission_classes = [IsAdmin]
-
-    @extend_schema(
-        summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)}
-    )
-    def get(self, request: Request) -> Response:
-        from sync.services import repository_summaries
-
-        users = list(User.objects.all())
-        summaries = repository_summaries(user_ids=[str(u.pk) for u in users])
-        rows = []
-        for user in users:
-            summary = summaries[str(user.pk)]
-            rows.append(
-                {
-                    **user_json(user),
-                    "disabled": not user.is_active,
-                    "lastLogin": iso(user.last_login) if user.last_login else None,
-                    "version": summary.version,
-                    "records": summary.records,
-                    "lastSync": summary.last_sync,
-                }
-            )
-        return Response({"users": rows})
 
 
 class AdminUserView(APIView):

@@ -122,6 +122,11 @@ def token_revoke(*, digest: str) -> None:
     get_token_store().revoke(digest)
 
 
+def token_purge_expired() -> int:
+    """Forget every expired token (``manage.py purge_tokens``). Returns how many."""
+    return get_token_store().purge_expired(utcnow())
+
+
 def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
     """Sign a user out everywhere (but the token whose digest is ``keep_digest``)."""
     return get_token_store().revoke_user(str(user_id), keep=keep_digest)

@@ -26,6 +26,11 @@ def user_json(user: User) -> dict[str, Any]:
     return {"id": str(user.pk), "username": user.username, "role": user.role, "createdAt": iso(user.created_at)}
 
 
+def _signed_in(token: str, user: User) -> Response:
+    """The answer to a registration or a login: the new token and the user."""
+    return Response({"token": token, "user": user_json(user)})
+
+
 class IsAdmin(BasePermission):
     message = "Admin role required"
 
@@ -48,8 +53,7 @@ class RegisterView(APIView):
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        token, user = services.user_register(username=body.get("username"), password=body.get("password"))
-        return Response({"token": token, "user": user_json(user)})
+        return _signed_in(*services.user_register(username=body.get("username"), password=body.get("password")))
 
 
 class LoginView(APIView):
@@ -67,10 +71,11 @@ class LoginView(APIView):
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        token, user = services.user_login(
-            username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+        return _signed_in(
+            *services.user_login(
+                username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+            )
         )
-        return Response({"token": token, "user": user_json(user)})
 
 
 class LogoutView(APIView):

@@ -173,16 +173,7 @@ class StatusView(APIView):
         account = None
         if user is not None:
             summary = services.repository_summary(user_id=str(user.pk))
-            account = {
-                "username": user.username,
-                "role": user.role,
-                "version": summary.version,
-                "stores": summary.stores,
-                "records": summary.records,
-                "dataSizeBytes": summary.data_size_bytes,
-                "totalSyncs": summary.total_syncs,
-                "lastSync": summary.last_sync,
-            }
+            account = {"username": user.username, "role": user.role, **summary.as_json()}
         return Response(
             {
                 "server": "PZLS",

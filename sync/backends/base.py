@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
-from sync.merge import RawStores
+from sync.merge import MergePlan, RawStores
 
 if TYPE_CHECKING:
     from sync.pullcache import PullCache
@@ -38,6 +38,18 @@ def entry_json(entry: Mapping[str, Any]) -> bytes:
     """
     ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
     return _entry_encoder.encode(ordered)
+
+
+def push_entry(*, version: int, timestamp: str, client_version: int | None, plan: MergePlan) -> dict[str, Any]:
+    """The changelog entry of a push that changed something (``plan``), as every store logs it."""
+    return {
+        "version": version,
+        "timestamp": timestamp,
+        "clientVersion": client_version,
+        "added": plan.added,
+        "modified": plan.modified,
+        "action": "push",
+    }
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,29 @@ class RepositorySummary:
     data_size_bytes: int
     total_syncs: int
     last_sync: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as ``GET /api/sync/status`` shows it (and the file store's sidecar keeps it)."""
+        return {
+            "version": self.version,
+            "stores": self.stores,
+            "records": self.records,
+            "dataSizeBytes": self.data_size_bytes,
+            "totalSyncs": self.total_syncs,
+            "lastSync": self.last_sync,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RepositorySummary:
+        """The summary ``as_json`` wrote; KeyError when a field is missing."""
+        return cls(
+            version=doc["version"],
+            stores=doc["stores"],
+            records=doc["records"],
+            data_size_bytes=doc["dataSizeBytes"],
+            total_syncs=doc["totalSyncs"],
+            last_sync=doc["lastSync"],
+        )
 
 
 EMPTY_SUMMARY = RepositorySummary(

@@ -54,6 +54,7 @@ from sync.backends.base import (
     Repository,
     RepositorySummary,
     entry_json,
+    push_entry,
 )
 from sync.merge import RawStores, encode_stores, plan_merge
 from sync.models import ChangelogEntry, Record, Store
@@ -459,14 +460,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                     record_count=F("record_count") + count
                 )
 
-            entry = {
-                "version": version,
-                "timestamp": timestamp,
-                "clientVersion": client_version,
-                "added": plan.added,
-                "modified": plan.modified,
-                "action": "push",
-            }
+            entry = push_entry(version=version, timestamp=timestamp, client_version=client_version, plan=plan)
             ChangelogEntry.objects.using(self.using).create(repository=repo, version=version, entry=_entry_text(entry))
             repo.version = version
             repo.generation += 1

@@ -49,6 +49,7 @@ from sync.backends.base import (
     Repository,
     RepositorySummary,
     entry_json,
+    push_entry,
 )
 from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
 from sync.pullcache import PullCache
@@ -363,14 +364,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if meta is None:
             return None
         try:
-            return RepositorySummary(
-                version=meta["version"],
-                stores=meta["stores"],
-                records=meta["records"],
-                data_size_bytes=meta["dataSizeBytes"],
-                total_syncs=meta["totalSyncs"],
-                last_sync=meta["lastSync"],
-            )
+            return RepositorySummary.from_json(meta)
         except (KeyError, TypeError):
             return None
 
@@ -414,14 +408,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             total_syncs=total_syncs,
             last_sync=last_sync,
         )
-        meta: dict[str, Any] = {
-            "version": summary.version,
-            "stores": summary.stores,
-            "records": summary.records,
-            "dataSizeBytes": summary.data_size_bytes,
-            "totalSyncs": summary.total_syncs,
-            "lastSync": summary.last_sync,
-        }
+        meta = summary.as_json()
         if identity is not None and layout is not None:
             meta["file"], meta["layout"] = list(identity), layout
         # Derivable from the other files, so it need not be fsynced.
@@ -450,14 +437,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                         return PushResult(version=committed.version, added=0, modified=0)
                 version = committed.version
                 new_version = version + 1
-                entry = {
-                    "version": new_version,
-                    "timestamp": timestamp,
-                    "clientVersion": client_version,
-                    "added": plan.added,
-                    "modified": plan.modified,
-                    "action": "push",
-                }
+                entry = push_entry(version=new_version, timestamp=timestamp, client_version=client_version, plan=plan)
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
                 identity = atomic_write(

@@ -57,9 +57,10 @@ def _gzip_chunks(source: PullSource) -> list[bytes]:
 
 
 def _open(path: Path, tag: str) -> PullSource | None:
+    """The copy at ``path``, open; None when there is none (or it cannot be read: it is only a copy)."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 (the caller sends and closes it)
-    except FileNotFoundError:
+    except OSError:
         return None
     return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)
 

@@ -1,16 +1,17 @@
-"""The admin site's user pages.
+"""The admin site's user pages, as far as accounts go.
 
-Users page: every account with its role, state and repository at a glance,
-and bulk actions (make admin or analyst, disable, enable, sign out
-everywhere, delete with all data). User page: role and active flag, a
-password reset, the user's sessions with a revoke button each, the
-repository summary and the last changelog entries.
+Users page: every account with its role and state at a glance, and bulk
+actions (make admin or analyst, disable, enable, sign out everywhere, delete
+with all data). User page: role and active flag, a password reset, and the
+user's sessions with a revoke button each. The repository columns and the
+repository part of the user page are sync's (``sync.admin`` registers a
+subclass of this one): accounts knows nothing of repositories.
 
-Tokens and repositories are not database rows with the file storage, so
-everything beyond the User row is read through services and their stores'
-interfaces. Every rule (the last active admin stays, disabling signs out,
-a reset password signs out) lives in ``accounts.services``, shared with the
-API and the shell; this module only shows and asks.
+Tokens are not database rows with the file storage, so everything beyond
+the User row is read through services and the token store's interface.
+Every rule (the last active admin stays, disabling signs out, a reset
+password signs out) lives in ``accounts.services``, shared with the API and
+the shell; this module only shows and asks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
@@ -36,8 +36,6 @@ from accounts.authentication import request_user
 from accounts.forms import UserAdminChangeForm, UserAdminCreationForm, UserPasswordResetForm
 from accounts.models import Role, User
 from pzls_site.exceptions import PZLSError
-from sync import services as sync_services
-from sync.backends import RepositorySummary
 
 admin.site.site_header = "PZLS administration"
 admin.site.site_title = "PZLS admin"
@@ -48,23 +46,6 @@ admin.site.site_url = None
 if admin.site.is_registered(Group):
     admin.site.unregister(Group)
 
-CHANGELOG_SHOWN = 50
-
-
-def _summary(user: User) -> RepositorySummary | None:
-    """The user's repository summary, read once per row (three columns use it).
-
-    It is kept on the row's User instance, which lives as long as the page.
-    """
-    memo = vars(user)
-    if "_pzls_summary" not in memo:
-        try:
-            memo["_pzls_summary"] = sync_services.repository_summary(user_id=str(user.pk))
-        except PZLSError:
-            memo["_pzls_summary"] = None
-    summary: RepositorySummary | None = memo["_pzls_summary"]
-    return summary
-
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
@@ -74,16 +55,7 @@ class UserAdmin(DjangoUserAdmin):
     change_form_template = "admin/accounts/user/change_form.html"
     change_user_password_template = "admin/accounts/user/change_password.html"
 
-    list_display = (
-        "username",
-        "role",
-        "is_active",
-        "created_at",
-        "last_login",
-        "repository_version",
-        "record_count",
-        "last_sync",
-    )
+    list_display: tuple[str, ...] = ("username", "role", "is_active", "created_at", "last_login")
     list_filter = ("role", "is_active")
     search_fields = ("username",)
     ordering = ("created_at",)
@@ -96,25 +68,6 @@ class UserAdmin(DjangoUserAdmin):
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "role", "password1", "password2")}),)
     actions = ["make_admin", "make_analyst", "disable", "enable", "sign_out_everywhere", "delete_selected"]
-
-    # --- users page columns --------------------------------------------------
-
-    @admin.display(description="repo version")
-    def repository_version(self, user: User) -> Any:
-        summary = _summary(user)
-        return summary.version if summary else "?"
-
-    @admin.display(description="records")
-    def record_count(self, user: User) -> Any:
-        summary = _summary(user)
-        return summary.records if summary else "?"
-
-    @admin.display(description="last sync")
-    def last_sync(self, user: User) -> Any:
-        summary = _summary(user)
-        if summary is None:
-            return "?"
-        return summary.last_sync or self.get_empty_value_display()
 
     # --- actions ---------------------------------------------------------------
 
@@ -200,7 +153,7 @@ class UserAdmin(DjangoUserAdmin):
         obj.save(update_fields=["username"])
         services.user_set_access(user=obj, role=obj.role, is_active=obj.is_active)
 
-    # --- the user page: sessions, repository, changelog -----------------------------------
+    # --- the user page: sessions (and what subclasses add) ---------------------------------
 
     def get_urls(self) -> list[Any]:
         return [
@@ -218,34 +171,12 @@ class UserAdmin(DjangoUserAdmin):
         user = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if user is not None:
-            context.update(self._overview(user))
+            context.update(self.user_overview(user))
         return super().change_view(request, object_id, form_url, context)
 
-    def _overview(self, user: User) -> dict[str, Any]:
-        user_id = str(user.pk)
-        overview: dict[str, Any] = {"sessions": services.user_sessions(user_id=user_id)}
-        try:
-            summary = sync_services.repository_summary(user_id=user_id)
-            repository = sync_services.repository_load(user_id=user_id)
-            page = sync_services.repository_changes(user_id=user_id, since=0)
-        except PZLSError:
-            overview["repository_error"] = "The repository could not be read; the server log has the details."
-            return overview
-        overview.update(
-            repository=summary,
-            repository_size=filesizeformat(summary.data_size_bytes),
-            repository_stores=sorted((name, len(records)) for name, records in repository.data.items()),
-            changelog=[
-                {
-                    **entry,
-                    "added_count": len(entry.get("added") or []),
-                    "modified_count": len(entry.get("modified") or []),
-                }
-                for entry in reversed(page.entries[-CHANGELOG_SHOWN:])
-            ],
-            changelog_total=page.pending,
-        )
-        return overview
+    def user_overview(self, user: User) -> dict[str, Any]:
+        """What the user page shows below the form (template context); subclasses add theirs."""
+        return {"sessions": services.user_sessions(user_id=str(user.pk))}
 
     @method_decorator(require_POST)
     def revoke_session_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

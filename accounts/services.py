@@ -20,6 +20,7 @@ from django.utils import timezone
 from accounts import ratelimit
 from accounts.backends import TokenRecord, get_token_store
 from accounts.models import USERNAME_MAX_LENGTH, RegistrationGate, Role, User, has_control_characters, username_key
+from accounts.signals import user_created
 from pzls_site.clock import utcnow
 from pzls_site.exceptions import BadRequest, Conflict, Forbidden, NotAuthenticated, NotFound, TooManyRequests
 
@@ -121,6 +122,11 @@ def token_revoke(*, digest: str) -> None:
     get_token_store().revoke(digest)
 
 
+def token_purge_expired() -> int:
+    """Forget every expired token (``manage.py purge_tokens``). Returns how many."""
+    return get_token_store().purge_expired(utcnow())
+
+
 def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
     """Sign a user out everywhere (but the token whose digest is ``keep_digest``)."""
     return get_token_store().revoke_user(str(user_id), keep=keep_digest)
@@ -180,6 +186,15 @@ def user_change_password(*, user: User, current_password: object, new_password: 
 
 
 # --- administration -------------------------------------------------------------
+
+
+def user_list() -> list[User]:
+    """Every user, oldest first."""
+    return list(User.objects.order_by("created_at", "pk"))
+
+
+def user_count() -> int:
+    return User.objects.count()
 
 
 def user_get(*, user_id: object) -> User:
@@ -301,16 +316,15 @@ def user_create(*, username: object, password: object, role: str | None = None) 
     Without a ``role`` the registration rule applies: the first account is an
     admin, later ones analysts. The registration gate row serialises account
     creation, so two simultaneous first registrations cannot both become
-    admin. The first account ever also takes over a legacy single-user
-    repository, if one is in the data directory.
+    admin. ``accounts.signals.user_created`` goes out inside that transaction
+    (sync's receiver lets the first account ever take over a legacy
+    single-user repository, if one is in the data directory).
     """
     username = validate_username(username)
     password = validate_password(password)
     if role is not None and role not in Role.values:
         raise BadRequest(f"Role must be one of: {', '.join(Role.values)}")
     password_hash = make_password(password)  # slow; done before taking the gate
-    from sync import services as sync_services
-
     try:
         with transaction.atomic():
             RegistrationGate.objects.get_or_create(pk=1)
@@ -320,8 +334,7 @@ def user_create(*, username: object, password: object, role: str | None = None) 
             first = not User.objects.exists()
             user = User(username=username, role=role or (Role.ADMIN if first else Role.ANALYST), password=password_hash)
             user.save()
-            if first:
-                sync_services.repository_adopt_legacy(user_id=str(user.pk))
+            user_created.send(sender=User, user=user, first=first)
     except IntegrityError:
         raise Conflict("Username already taken") from None
     return user

@@ -10,7 +10,5 @@ urlpatterns = [
     re_path(r"^auth/logout/?$", views.LogoutView.as_view()),
     re_path(r"^auth/me/?$", views.MeView.as_view()),
     re_path(r"^auth/change-password/?$", views.ChangePasswordView.as_view()),
-    re_path(r"^auth/health/?$", views.HealthView.as_view()),
-    re_path(r"^admin/users/?$", views.AdminUsersView.as_view()),
     re_path(r"^admin/users/(?P<user_id>[^/]+)/?$", views.AdminUserView.as_view()),
 ]

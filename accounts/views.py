@@ -1,4 +1,8 @@
-"""Account endpoints (PROTOCOL.md §2) and the admin API (§6)."""
+"""Account endpoints (PROTOCOL.md §2) and the admin API's user deletion (§6).
+
+The admin API's users list shows each user's repository, so it is sync's
+(``sync.views.AdminUsersView``); ``user_json`` and ``IsAdmin`` serve it too.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from rest_framework.views import APIView
 from accounts import services
 from accounts.authentication import request_token_digest, request_user
 from accounts.models import User
-from pzls_site import health
 from pzls_site.clock import iso
 from pzls_site.requests import client_ip, json_object
 from pzls_site.schema import NO_AUTH, PROTECTED, WITH_BODY, body, errors, ok
@@ -22,6 +25,11 @@ from pzls_site.schema import NO_AUTH, PROTECTED, WITH_BODY, body, errors, ok
 def user_json(user: User) -> dict[str, Any]:
     """The protocol's user object: never a hash, never a token."""
     return {"id": str(user.pk), "username": user.username, "role": user.role, "createdAt": iso(user.created_at)}
+
+
+def _signed_in(token: str, user: User) -> Response:
+    """The answer to a registration or a login: the new token and the user."""
+    return Response({"token": token, "user": user_json(user)})
 
 
 class IsAdmin(BasePermission):
@@ -47,8 +55,7 @@ class RegisterView(APIView):
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        token, user = services.user_register(username=body.get("username"), password=body.get("password"))
-        return Response({"token": token, "user": user_json(user)})
+        return _signed_in(*services.user_register(username=body.get("username"), password=body.get("password")))
 
 
 class LoginView(APIView):
@@ -66,10 +73,11 @@ class LoginView(APIView):
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        token, user = services.user_login(
-            username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+        return _signed_in(
+            *services.user_login(
+                username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+            )
         )
-        return Response({"token": token, "user": user_json(user)})
 
 
 class LogoutView(APIView):
@@ -103,49 +111,6 @@ class ChangePasswordView(APIView):
             keep_digest=request_token_digest(request),
         )
         return Response({"success": True})
-
-
-class HealthView(APIView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    @extend_schema(
-        summary="Whether the data directory is writable and the database answers",
-        auth=NO_AUTH,
-        responses={200: ok("Health"), 503: ok("HealthUnavailable", "The server cannot do its job.")},
-    )
-    def get(self, request: Request) -> Response:
-        problem = health.problem()
-        if problem:
-            return Response({"status": "unavailable", "error": problem}, status=503)
-        return Response({"status": "ok", "server": "PZLS", "version": health.server_version()})
-
-
-class AdminUsersView(APIView):
-    permission_classes = [IsAdmin]
-
-    @extend_schema(
-        summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)}
-    )
-    def get(self, request: Request) -> Response:
-        from sync.services import repository_summaries
-
-        users = list(User.objects.all())
-        summaries = repository_summaries(user_ids=[str(u.pk) for u in users])
-        rows = []
-        for user in users:
-            summary = summaries[str(user.pk)]
-            rows.append(
-                {
-                    **user_json(user),
-                    "disabled": not user.is_active,
-                    "lastLogin": iso(user.last_login) if user.last_login else None,
-                    "version": summary.version,
-                    "records": summary.records,
-                    "lastSync": summary.last_sync,
-                }
-            )
-        return Response({"users": rows})
 
 
 class AdminUserView(APIView):

@@ -1,14 +1,18 @@
 """Loading pluggable storage backends from settings, the way Django loads STORAGES.
 
 A setting such as ``PZLS_TOKEN_STORE = {"BACKEND": "dotted.path.Class",
-"OPTIONS": {...}}`` names the class; the handler imports it lazily, keeps one
-instance per process, and forgets it when the setting (or the data directory)
-changes, so ``override_settings`` in tests swaps backends for real.
+"OPTIONS": {...}}`` names the class and the keyword arguments it is built
+with (every store takes its data directory as ``location``, as Django's
+FileSystemStorage does). The handler imports the class lazily, keeps one
+instance per process, and forgets it when its setting changes, so
+``override_settings`` in tests swaps backends for real. It knows nothing of
+any other setting: a backend's configuration is its OPTIONS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
@@ -44,7 +48,7 @@ class BackendHandler(Generic[T]):
         setting_changed.connect(self._on_setting_changed, weak=False)
 
     def _on_setting_changed(self, *, setting: str, **kwargs: Any) -> None:
-        if setting in (self.setting_name, "PZLS_DATA_DIR", "PZLS_TOKEN_TTL_HOURS"):
+        if setting == self.setting_name:
             self.reset()
 
     def reset(self) -> None:
@@ -65,7 +69,14 @@ class BackendHandler(Generic[T]):
             raise ImproperlyConfigured(
                 f"{self.setting_name}: {config['BACKEND']!r} is not a {self.base_class.__name__}"
             )
-        return cls(**config.get("OPTIONS", {}))
+        options = config.get("OPTIONS", {})
+        try:
+            inspect.signature(cls).bind(**options)
+        except TypeError as exc:
+            raise ImproperlyConfigured(
+                f"{self.setting_name}: OPTIONS do not fit {config['BACKEND']!r}: {exc}"
+            ) from None
+        return cls(**options)
 
     def get(self) -> T:
         instance = self._instance

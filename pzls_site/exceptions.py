@@ -4,16 +4,20 @@ Services and backends raise a ``PZLSError`` subclass; views let it pass. The
 handler turns it, DRF's own exceptions and Django's (404, PermissionDenied,
 oversized bodies) into the protocol's ``{"error": "..."}`` body, keeps
 ``WWW-Authenticate: Bearer`` on every 401, and logs anything unexpected before
-answering ``500 {"error": "Internal server error"}``.
+answering ``500 {"error": "Internal server error"}``. Management commands
+turn it into their error message with ``command_errors``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.core.management.base import CommandError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -87,16 +91,17 @@ class TooManyRequests(PZLSError):
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
-class ServiceUnavailable(PZLSError):
-    status_code = 503
-    default_message = "Service unavailable"
-
-
 class StorageError(PZLSError):
-    """A backend could not read or write its storage; details are logged, not shown."""
+    """A backend could not read or write its storage: a 500, whose details are logged, not shown."""
 
-    status_code = 500
-    default_message = "Internal server error"
+
+@contextlib.contextmanager
+def command_errors() -> Iterator[None]:
+    """In a management command: a refusal (PZLSError) is printed as its message, without a traceback."""
+    try:
+        yield
+    except PZLSError as exc:
+        raise CommandError(exc.message) from None
 
 
 def error_body(message: str) -> dict[str, str]:

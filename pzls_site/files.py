@@ -55,8 +55,8 @@ def atomic_write(path: Path, data: bytes | list | Iterator, *, durable: bool = T
     """Replace ``path`` with ``data`` so that readers see the old file or the new one.
 
     ``data`` may be a list of chunks (bytes or any buffer), written in order
-    without joining them, or an iterator of chunks, each written as it comes
-    (so a large file never has to be in memory at once). With ``durable`` the
+    without joining them, or an iterator of chunks or of such lists, each
+    written as it comes (so a large file never has to be in memory at once). With ``durable`` the
     new content and the rename are fsynced before returning. Returns the
     identity of the new file.
     """
@@ -70,7 +70,7 @@ def atomic_write(path: Path, data: bytes | list | Iterator, *, durable: bool = T
                 _write_all(fd, [data])
             else:
                 for chunk in data:
-                    _write_all(fd, [chunk])
+                    _write_all(fd, chunk if isinstance(chunk, list) else [chunk])
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)

@@ -284,11 +284,11 @@ if PZLS_STORAGE not in _STORAGE_BACKENDS:
     raise ImproperlyConfigured(f"PZLS_STORAGE must be files or database, not {PZLS_STORAGE!r}")
 PZLS_TOKEN_STORE = {
     "BACKEND": os.environ.get("PZLS_TOKEN_BACKEND") or _STORAGE_BACKENDS[PZLS_STORAGE][0],
-    "OPTIONS": {},
+    "OPTIONS": {"location": str(PZLS_DATA_DIR)},
 }
 PZLS_SYNC_STORE = {
     "BACKEND": os.environ.get("PZLS_SYNC_BACKEND") or _STORAGE_BACKENDS[PZLS_STORAGE][1],
-    "OPTIONS": {},
+    "OPTIONS": {"location": str(PZLS_DATA_DIR)},
 }
 
 # --- Query (remote SQL) --------------------------------------------------

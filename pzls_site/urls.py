@@ -1,5 +1,6 @@
-"""Root URLs: each app's API under /api/, its OpenAPI description at /api/schema
-(browsable at /api/docs), Django's admin site under /admin/."""
+"""Root URLs: each app's API under /api/, the server's health at /api/auth/health
+(where the protocol puts it), the OpenAPI description at /api/schema (browsable
+at /api/docs), Django's admin site under /admin/."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -13,6 +14,7 @@ urlpatterns = [
     path("api/", include("resolve.urls")),
     path("api/", include("query.urls")),
     # Before the catch-all, which answers 404 for every other /api/ URL.
+    re_path(r"^api/auth/health/?$", views.HealthView.as_view()),
     re_path(r"^api/schema/?$", schema.SchemaView.as_view(), name="api-schema"),
     re_path(r"^api/docs/?$", schema.DocsView.as_view(), name="api-docs"),
     re_path(r"^api(/.*)?$", views.api_not_found),

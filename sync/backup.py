@@ -26,12 +26,11 @@ bytes to a pull.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import orjson
@@ -40,7 +39,7 @@ from django.db import transaction
 from accounts.models import Role, User, username_key
 from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, Conflict, NotFound
-from pzls_site.files import fsync_dir
+from pzls_site.files import atomic_write
 from sync.backends import Repository, get_repository_store
 from sync.merge import InvalidStores, validate_stores
 
@@ -76,8 +75,8 @@ def _user_line(user: User) -> bytes:
     )
 
 
-def _write_repository(out: IO[bytes], user_id: str) -> int | None:
-    """Write one user's repository and changelog; the number of changelog entries, None when empty."""
+def _repository_lines(user_id: str) -> tuple[list[bytes], int] | None:
+    """One user's repository line and changelog lines, in pieces, and how many entries; None when empty."""
     store = get_repository_store()
     pulled = store.pull_bytes(user_id)
     parsed = orjson.loads(pulled)
@@ -89,10 +88,10 @@ def _write_repository(out: IO[bytes], user_id: str) -> int | None:
     # its version, which are left out, so repository and changelog agree.
     entries = [entry for entry in store.changelog(user_id) if int(entry["version"]) <= version]
     uid = orjson.dumps(user_id)
-    out.write(b'{"type":"repository","userId":' + uid + b',"repository":' + pulled.strip() + b"}\n")
+    pieces = [b'{"type":"repository","userId":', uid, b',"repository":', pulled.strip(), b"}\n"]
     for entry in entries:
-        out.write(b'{"type":"change","userId":' + uid + b',"entry":' + orjson.dumps(entry) + b"}\n")
-    return len(entries)
+        pieces.append(b'{"type":"change","userId":' + uid + b',"entry":' + orjson.dumps(entry) + b"}\n")
+    return pieces, len(entries)
 
 
 def data_export(*, path: Path) -> BackupCounts:
@@ -103,36 +102,26 @@ def data_export(*, path: Path) -> BackupCounts:
     path = Path(path)
     if not path.parent.is_dir():
         raise NotFound(f"No such directory: {path.parent}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    users = repositories = changes = 0
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            out.write(
-                orjson.dumps({"format": FORMAT, "formatVersion": FORMAT_VERSION, "createdAt": iso(utcnow())}) + b"\n"
-            )
-            user_ids = []
-            for user in User.objects.order_by("created_at", "pk").iterator():
-                out.write(_user_line(user) + b"\n")
-                user_ids.append(str(user.pk))
-                users += 1
-            for user_id in user_ids:
-                written = _write_repository(out, user_id)
-                if written is not None:
-                    repositories += 1
-                    changes += written
-            out.write(
-                orjson.dumps({"type": "end", "users": users, "repositories": repositories, "changes": changes}) + b"\n"
-            )
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return BackupCounts(users=users, repositories=repositories, changes=changes)
+    counts = {"users": 0, "repositories": 0, "changes": 0}
+
+    def lines() -> Iterator[bytes | list[bytes]]:
+        yield orjson.dumps({"format": FORMAT, "formatVersion": FORMAT_VERSION, "createdAt": iso(utcnow())}) + b"\n"
+        user_ids = []
+        for user in User.objects.order_by("created_at", "pk").iterator():
+            yield _user_line(user) + b"\n"
+            user_ids.append(str(user.pk))
+            counts["users"] += 1
+        for user_id in user_ids:
+            written = _repository_lines(user_id)
+            if written is not None:
+                pieces, entries = written
+                counts["repositories"] += 1
+                counts["changes"] += entries
+                yield pieces
+        yield orjson.dumps({"type": "end", **counts}) + b"\n"
+
+    atomic_write(path, lines())
+    return BackupCounts(**counts)
 
 
 # --- import --------------------------------------------------------------------

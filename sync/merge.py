@@ -35,7 +35,6 @@ import simdjson
 STORE_NAME_MAX = 64
 RECORD_ID_MAX = 256
 
-RawRecord = msgspec.Raw
 RawStores = dict[str, dict[str, msgspec.Raw]]
 Stores = dict[str, dict[str, dict[str, Any]]]
 

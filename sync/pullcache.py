@@ -1,40 +1,49 @@
-"""Compressed copies of pull bodies, one per repository version, shared by the workers.
+"""Copies of pull bodies per (user, tag), plain and gzip, shared by the workers of one server.
 
-A pull over 256 KiB compressed with gzip is written once to
-``DATA_DIR/pullcache/<user>-<tag>.json.gz`` (``tag`` changes with every change
-of the pull body) and sent from there to every later client that accepts
-gzip, until the repository changes. One worker compresses while the others
-wait for its file, so no version is compressed twice. Smaller pulls are
-compressed on the fly.
+Every repository store keeps its copies in one directory, ``<location>/pullcache/``:
+
+- ``<user>.<tag>.json``: a pull body the database store read, so later pulls
+  of that version are sent from the file (the file store needs none: its
+  repository file is the body);
+- ``<user>.<tag>.json.gz``: the body gzip-compressed, for clients that accept
+  gzip. One worker compresses while the others wait for its file, so no
+  version is compressed twice.
+
+A tag names one body for good (it changes with every change of the body), so
+a copy never goes stale. One clean-up rule: keeping a body for a user removes
+that user's copies of every other tag, and ``forget`` removes all of a
+user's copies when their repository goes. Bodies under ``min_bytes`` are never
+kept (a file would cost more than it saves); gzip compresses them on the fly.
+The copies are derived and disposable: the directory may be deleted at any time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import zlib
 from pathlib import Path
 
-from django.conf import settings
-
 from pzls_site.files import atomic_write, exclusive_lock
-from sync.backends import PullSource
+from sync.backends.base import PullSource
 
-# Bodies up to this size are compressed on the fly: a file would cost more than it saves.
+logger = logging.getLogger("pzls.sync")
+
+# Bodies below this size are not kept.
 SMALL_BODY = 256 * 1024
 # Level 1 compresses JSON about five-fold at a few hundred MB/s: the first pull
 # after a push pays little, and the network saves most of what level 9 would.
 GZIP_LEVEL = 1
 _CHUNK = 1 << 20
-
-
-def _directory() -> Path:
-    directory = Path(settings.PZLS_DATA_DIR) / "pullcache"
-    directory.mkdir(exist_ok=True)
-    return directory
+# User ids and tags that may name a file (no dot: it separates them).
+_FILE_SAFE = re.compile(r"^[0-9A-Za-z-]{1,128}$")
+_PLAIN, _GZIP = ".json", ".json.gz"
 
 
 def _gzip_chunks(source: PullSource) -> list[bytes]:
+    """``source`` compressed, in pieces; closes its file."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip container
     chunks: list[bytes] = []
     if source.file is not None:
@@ -47,43 +56,84 @@ def _gzip_chunks(source: PullSource) -> list[bytes]:
     return chunks
 
 
-def cached_path(*, user_id: str, tag: str) -> Path | None:
-    """The compressed pull of this user at this tag, if some worker has made it."""
-    path = _directory() / f"{user_id}-{tag}.json.gz"
-    return path if path.exists() else None
-
-
-def compress(*, user_id: str, source: PullSource) -> PullSource:
-    """``source`` gzip-compressed, as bytes when small, else as a cached file made once per tag.
-
-    Closes ``source``. Making a new cached file removes the user's older ones.
-    """
-    if source.size <= SMALL_BODY:
-        body = b"".join(_gzip_chunks(source))
-        return PullSource(tag=source.tag, size=len(body), body=body)
-    directory = _directory()
-    path = directory / f"{user_id}-{source.tag}.json.gz"
-    with exclusive_lock(directory / f"{user_id}.lock"):
-        if path.exists():
-            if source.file is not None:
-                source.file.close()
-        else:
-            atomic_write(path, _gzip_chunks(source), durable=False)
-            for old in directory.glob(f"{user_id}-*.json.gz"):
-                if old != path:
-                    with contextlib.suppress(FileNotFoundError):
-                        old.unlink()
-    return open_cached(path, tag=source.tag)
-
-
-def open_cached(path: Path, *, tag: str) -> PullSource:
-    fh = open(path, "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
+def _open(path: Path, tag: str) -> PullSource | None:
+    """The copy at ``path``, open; None when there is none (or it cannot be read: it is only a copy)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (the caller sends and closes it)
+    except OSError:
+        return None
     return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)
 
 
-def forget(*, user_id: str) -> None:
-    """Remove every cached pull of a user (their repository is gone)."""
-    directory = _directory()
-    for path in [*directory.glob(f"{user_id}-*.json.gz"), directory / f"{user_id}.lock"]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+class PullCache:
+    """The pull bodies kept in ``directory``; ``min_bytes=None`` keeps none."""
+
+    def __init__(self, directory: Path, *, min_bytes: int | None = SMALL_BODY) -> None:
+        self.directory = directory
+        self.min_bytes = min_bytes
+
+    def _path(self, user_id: str, tag: str, suffix: str) -> Path | None:
+        """Where a body of this user and tag is kept; None when no file may be named so or caching is off."""
+        if self.min_bytes is None or not (_FILE_SAFE.match(user_id) and _FILE_SAFE.match(tag)):
+            return None
+        return self.directory / f"{user_id}.{tag}{suffix}"
+
+    def _worth_keeping(self, size: int) -> bool:
+        return self.min_bytes is not None and size >= self.min_bytes
+
+    def open(self, user_id: str, tag: str, *, gzip: bool = False) -> PullSource | None:
+        """The kept body of this user at this tag (an open file the caller closes), or None."""
+        path = self._path(user_id, tag, _GZIP if gzip else _PLAIN)
+        return None if path is None else _open(path, tag)
+
+    def keep(self, user_id: str, tag: str, body: bytes) -> None:
+        """Keep a plain pull body if it is large enough; a failure only costs the next pull a read."""
+        path = self._path(user_id, tag, _PLAIN)
+        if path is None or not self._worth_keeping(len(body)):
+            return
+        try:
+            self.directory.mkdir(exist_ok=True)
+            self._replace(user_id, tag, path, body)
+        except OSError:
+            logger.warning("cannot keep a pull body in %s", self.directory, exc_info=True)
+
+    def gzip(self, user_id: str, source: PullSource) -> PullSource:
+        """``source`` gzip-compressed: bytes when small, else a file kept once per tag. Closes ``source``."""
+        path = self._path(user_id, source.tag, _GZIP)
+        if path is None or not self._worth_keeping(source.size):
+            body = b"".join(_gzip_chunks(source))
+            return PullSource(tag=source.tag, size=len(body), body=body)
+        self.directory.mkdir(exist_ok=True)
+        with exclusive_lock(self.directory / f"{user_id}.lock"):
+            kept = _open(path, source.tag)
+            if kept is not None:  # another worker compressed this version
+                if source.file is not None:
+                    source.file.close()
+                return kept
+            chunks = _gzip_chunks(source)
+            self._replace(user_id, source.tag, path, chunks)
+        kept = _open(path, source.tag)
+        if kept is None:  # a newer version's copy replaced it just now
+            body = b"".join(chunks)
+            return PullSource(tag=source.tag, size=len(body), body=body)
+        return kept
+
+    def _replace(self, user_id: str, tag: str, path: Path, data: bytes | list[bytes]) -> None:
+        """Write one copy; then the user's copies of every other tag go."""
+        atomic_write(path, data, durable=False)
+        self._remove(user_id, keep=tag)
+
+    def _remove(self, user_id: str, *, keep: str | None) -> None:
+        if not _FILE_SAFE.match(user_id):
+            return
+        for path in self.directory.glob(f"{user_id}.*{_PLAIN}*"):
+            if path.name[len(user_id) + 1 :].split(".", 1)[0] != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def forget(self, user_id: str) -> None:
+        """Remove every copy of a user and their lock file (their repository is gone)."""
+        self._remove(user_id, keep=None)
+        if _FILE_SAFE.match(user_id):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{user_id}.lock").unlink()

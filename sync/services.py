@@ -17,7 +17,6 @@ from django.conf import settings
 from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, MalformedJSON
 from pzls_site.json import is_blank
-from sync import pullcache
 from sync.backends import ChangesPage, PullSource, PushResult, Repository, RepositorySummary, get_repository_store
 from sync.merge import InvalidStores, MalformedBody, decode_push, encode_stores, validate_stores
 
@@ -43,14 +42,10 @@ def repository_pull_tag(*, user_id: str) -> str:
 def repository_pull_gzip(*, user_id: str) -> PullSource:
     """The pull body gzip-compressed, with its tag; a large body is compressed at most once per tag."""
     store = get_repository_store()
-    tag = store.pull_tag(user_id)
-    path = pullcache.cached_path(user_id=user_id, tag=tag)
-    if path is not None:
-        try:
-            return pullcache.open_cached(path, tag=tag)
-        except FileNotFoundError:  # replaced by a newer version just now
-            pass
-    return pullcache.compress(user_id=user_id, source=store.pull(user_id))
+    kept = store.pull_cache.open(user_id, store.pull_tag(user_id), gzip=True)
+    if kept is not None:
+        return kept
+    return store.pull_cache.gzip(user_id, store.pull(user_id))
 
 
 def repository_load(*, user_id: str) -> Repository:
@@ -92,7 +87,6 @@ def repository_summaries(*, user_ids: list[str]) -> dict[str, RepositorySummary]
 
 def repository_delete(*, user_id: str) -> None:
     get_repository_store().delete(user_id)
-    pullcache.forget(user_id=user_id)
 
 
 # --- the pre-authentication server's single repository ----------------------

@@ -1,4 +1,4 @@
-"""Sync API URLs."""
+"""Sync API URLs, and the admin API's users list (it shows each user's repository)."""
 
 from django.urls import re_path
 
@@ -8,4 +8,5 @@ urlpatterns = [
     re_path(r"^sync/?$", views.SyncView.as_view()),
     re_path(r"^sync/changes/?$", views.ChangesView.as_view()),
     re_path(r"^sync/status/?$", views.StatusView.as_view()),
+    re_path(r"^admin/users/?$", views.AdminUsersView.as_view()),
 ]

@@ -1,4 +1,4 @@
-"""Sync endpoints (PROTOCOL.md §3).
+"""Sync endpoints (PROTOCOL.md §3), and the admin API's users list with each user's repository (§6).
 
 Pulls are conditional and compressed, additions to the protocol that old
 clients ignore: every pull carries an ``ETag``; ``If-None-Match`` with the
@@ -19,7 +19,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import optional_user
-from accounts.models import User
+from accounts.services import user_count, user_list
+from accounts.views import IsAdmin, user_json
+from pzls_site.clock import iso
 from pzls_site.health import server_version
 from pzls_site.requests import raw_json_body
 from pzls_site.schema import (
@@ -170,22 +172,38 @@ class StatusView(APIView):
         account = None
         if user is not None:
             summary = services.repository_summary(user_id=str(user.pk))
-            account = {
-                "username": user.username,
-                "role": user.role,
-                "version": summary.version,
-                "stores": summary.stores,
-                "records": summary.records,
-                "dataSizeBytes": summary.data_size_bytes,
-                "totalSyncs": summary.total_syncs,
-                "lastSync": summary.last_sync,
-            }
+            account = {"username": user.username, "role": user.role, **summary.as_json()}
         return Response(
             {
                 "server": "PZLS",
                 "serverVersion": server_version(),
                 "uptime": services.uptime_seconds(),
-                "registeredUsers": User.objects.count(),
+                "registeredUsers": user_count(),
                 "account": account,
             }
         )
+
+
+class AdminUsersView(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(
+        summary="Every user with their repository (admin)", responses={200: ok("AdminUsers"), **errors(*PROTECTED)}
+    )
+    def get(self, request: Request) -> Response:
+        users = user_list()
+        summaries = services.repository_summaries(user_ids=[str(u.pk) for u in users])
+        rows = []
+        for user in users:
+            summary = summaries[str(user.pk)]
+            rows.append(
+                {
+                    **user_json(user),
+                    "disabled": not user.is_active,
+                    "lastLogin": iso(user.last_login) if user.last_login else None,
+                    "version": summary.version,
+                    "records": summary.records,
+                    "lastSync": summary.last_sync,
+                }
+            )
+        return Response({"users": rows})

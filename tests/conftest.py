@@ -7,8 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 from rest_framework.test import APIClient
+
+
+def data_dir_settings(
+    directory: Path, *, token_backend: str | None = None, sync_backend: str | None = None
+) -> dict[str, Any]:
+    """Settings that put the data directory and both stores in ``directory``.
+
+    Each store keeps the backend it has unless one is named.
+    """
+    options = {"location": str(directory)}
+    return {
+        "PZLS_DATA_DIR": directory,
+        "PZLS_TOKEN_STORE": {"BACKEND": token_backend or settings.PZLS_TOKEN_STORE["BACKEND"], "OPTIONS": options},
+        "PZLS_SYNC_STORE": {"BACKEND": sync_backend or settings.PZLS_SYNC_STORE["BACKEND"], "OPTIONS": options},
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +32,7 @@ def data_dir(tmp_path: Path, db: Any) -> Iterator[Path]:
     """Every test gets an empty data directory; the stores are rebuilt to use it."""
     directory = tmp_path / "data"
     directory.mkdir()
-    with override_settings(PZLS_DATA_DIR=directory):
+    with override_settings(**data_dir_settings(directory)):
         yield directory
 
 

@@ -45,8 +45,9 @@ if PZLS_TEST_STORAGE == "database":
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["ENGINE"] = "tests.postgresql"
-    PZLS_TOKEN_STORE = {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": {}}
-    PZLS_SYNC_STORE = {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": {}}
+    _OPTIONS = {"location": str(PZLS_DATA_DIR)}  # noqa: F405
+    PZLS_TOKEN_STORE = {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": _OPTIONS}
+    PZLS_SYNC_STORE = {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": _OPTIONS}
 elif PZLS_TEST_STORAGE != "files":
     raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")  # noqa: F405
 

@@ -1,6 +1,6 @@
-"""manage.py commands: createuser, createsuperuser, import_legacy_repo, export_data
-and import_data. Each result is checked as a user would see it: logging in
-and pulling through the HTTP API."""
+"""manage.py commands: createuser, createsuperuser, import_legacy_repo, export_data,
+import_data and purge_tokens. Each result is checked as a user would see it:
+logging in and pulling through the HTTP API."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -18,11 +20,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from accounts.backends import get_token_store
 from accounts.models import Role, User
-from tests.conftest import Api
+from tests.conftest import Api, data_dir_settings
 from tests.liveserver import ROOT
 
-COMMANDS = ["createuser", "import_legacy_repo", "export_data", "import_data"]
+COMMANDS = ["createuser", "import_legacy_repo", "export_data", "import_data", "purge_tokens"]
 
 
 def run(name: str, *args: str, stdin: str | None = None, monkeypatch: pytest.MonkeyPatch | None = None) -> str:
@@ -158,6 +161,25 @@ def test_createsuperuser_noinput_makes_an_admin_that_logs_in(monkeypatch: pytest
     monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "CHIEF")
     with pytest.raises(CommandError, match="already taken"):
         call_command("createsuperuser", interactive=False, stdout=io.StringIO())
+
+
+# --- purge_tokens ----------------------------------------------------------------------
+
+
+def test_purge_tokens_forgets_expired_tokens_and_keeps_live_ones(admin_api: Api) -> None:
+    now = datetime.now(UTC)
+    expired_token = admin_api.token
+    with mock.patch("accounts.services.utcnow", return_value=now + timedelta(hours=20)):
+        live_token = login("admin", "adminpass").json()["token"]
+    user_id = str(User.objects.get().pk)
+    assert len(get_token_store().list_user(user_id)) == 2
+    # A day and an hour on: the first token has expired, the second has not.
+    with mock.patch("accounts.services.utcnow", return_value=now + timedelta(hours=25)):
+        assert run("purge_tokens") == "Purged 1 expired token\n"
+        assert [r.expires > now + timedelta(hours=25) for r in get_token_store().list_user(user_id)] == [True]
+        assert Api().get("/api/auth/me", token=live_token).status_code == 200
+        assert Api().get("/api/auth/me", token=expired_token).status_code == 401
+        assert run("purge_tokens") == "Purged 0 expired tokens\n"
 
 
 # --- import_legacy_repo ------------------------------------------------------------------
@@ -312,7 +334,7 @@ def test_a_restored_server_serves_the_same_pulls_logins_and_versions(tmp_path: P
     assert list(data_dir.glob("repo_*")) == []
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    with override_settings(PZLS_DATA_DIR=fresh):
+    with override_settings(**data_dir_settings(fresh)):
         out = io.StringIO()
         call_command("import_data", str(backup), stdout=out)
         assert "Imported 4 users, 2 repositories and 4 changelog entries" in out.getvalue()
@@ -383,7 +405,7 @@ def test_import_checks_the_whole_file_before_writing_anything(change: str, messa
     corrupt(backup, change)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    with override_settings(PZLS_DATA_DIR=fresh):
+    with override_settings(**data_dir_settings(fresh)):
         with pytest.raises(CommandError, match=message):
             call_command("import_data", str(backup), stdout=io.StringIO())
         assert not User.objects.exists()

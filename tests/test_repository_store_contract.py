@@ -25,7 +25,7 @@ TS = "2026-05-17T10:04:05.123Z"
 
 @pytest.fixture(params=REPOSITORY_BACKENDS)
 def store(request: pytest.FixtureRequest, data_dir) -> Iterator[BaseRepositoryStore]:
-    with override_settings(PZLS_SYNC_STORE={"BACKEND": request.param, "OPTIONS": {}}):
+    with override_settings(PZLS_SYNC_STORE={"BACKEND": request.param, "OPTIONS": {"location": str(data_dir)}}):
         instance = get_repository_store()
         assert f"{type(instance).__module__}.{type(instance).__name__}" == request.param
         yield instance
@@ -58,6 +58,13 @@ def test_backend_implements_every_method(path: str) -> None:
 def test_bad_backend_path_names_the_setting() -> None:
     with override_settings(PZLS_SYNC_STORE={"BACKEND": "builtins.dict", "OPTIONS": {}}):
         with pytest.raises(ImproperlyConfigured, match="PZLS_SYNC_STORE"):
+            get_repository_store()
+
+
+@pytest.mark.parametrize("path", REPOSITORY_BACKENDS)
+def test_a_backend_without_its_location_names_the_setting(path: str) -> None:
+    with override_settings(PZLS_SYNC_STORE={"BACKEND": path, "OPTIONS": {}}):
+        with pytest.raises(ImproperlyConfigured, match=r"PZLS_SYNC_STORE.*location"):
             get_repository_store()
 
 

@@ -8,6 +8,7 @@ with ``PZLS_TEST_STORAGE=database``).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 from datetime import UTC, datetime, timedelta
@@ -24,11 +25,11 @@ from sync.backends import get_repository_store
 from sync.backends.database import DatabaseRepositoryStore
 from sync.merge import encode_stores
 from sync.models import ChangelogEntry, Record, Repository, Store
-from tests.conftest import Api
+from tests.conftest import Api, data_dir_settings
 
 DATABASE = {
-    "PZLS_TOKEN_STORE": {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": {}},
-    "PZLS_SYNC_STORE": {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": {}},
+    "token_backend": "accounts.backends.database.DatabaseTokenStore",
+    "sync_backend": "sync.backends.database.DatabaseRepositoryStore",
 }
 U = "44444444-4444-4444-8444-444444444444"
 TS = "2026-05-17T10:04:05.123Z"
@@ -36,7 +37,7 @@ TS = "2026-05-17T10:04:05.123Z"
 
 @pytest.fixture(autouse=True)
 def database_storage(data_dir):
-    with override_settings(**DATABASE):
+    with override_settings(**data_dir_settings(data_dir, **DATABASE)):
         yield
 
 
@@ -101,13 +102,13 @@ def test_record_ids_and_store_names_are_exact(admin_api) -> None:
 
 
 def test_large_pulls_are_cached_per_tag_and_replaced_after_a_push(data_dir) -> None:
-    store = DatabaseRepositoryStore(cache_min_bytes=1000)
+    store = DatabaseRepositoryStore(location=data_dir, cache_min_bytes=1000)
     big = {"humans": {f"h{n}": {"notes": "x" * 50, "n": n} for n in range(100)}}
     store.push(U, encode_stores(big), client_version=0, timestamp=TS)
     first = store.pull(U)
     assert first.file is None  # read from the database, then cached
-    cached = list((data_dir / "pullbodies").iterdir())
-    assert [p.name for p in cached] == [f"{U}-{first.tag}.json"]
+    cached = list((data_dir / "pullcache").iterdir())
+    assert [p.name for p in cached] == [f"{U}.{first.tag}.json"]
     again = store.pull(U)
     assert again.file is not None and again.tag == first.tag
     assert again.read() == first.body
@@ -115,22 +116,49 @@ def test_large_pulls_are_cached_per_tag_and_replaced_after_a_push(data_dir) -> N
     after = store.pull(U)
     assert after.tag != first.tag and after.file is None
     assert orjson.loads(after.read())["data"]["humans"]["h0"] == {"n": "changed"}
-    assert [p.name for p in (data_dir / "pullbodies").iterdir()] == [f"{U}-{after.tag}.json"]
-    assert store.pull(U).read() == after.body == DatabaseRepositoryStore(cache_min_bytes=None).pull(U).read()
+    assert [p.name for p in (data_dir / "pullcache").iterdir()] == [f"{U}.{after.tag}.json"]
+    uncached = DatabaseRepositoryStore(location=data_dir, cache_min_bytes=None)
+    assert store.pull(U).read() == after.body == uncached.pull(U).read()
     store.delete(U)
-    assert list((data_dir / "pullbodies").iterdir()) == []
+    assert list((data_dir / "pullcache").iterdir()) == []
 
 
 def test_small_pulls_are_not_cached(data_dir) -> None:
     store = get_repository_store()
     store.push(U, encode_stores({"s": {"r": {}}}), client_version=0, timestamp=TS)
     assert store.pull(U).body == b'{"version":1,"data":{"s":{"r":{}}}}'
-    assert not (data_dir / "pullbodies").exists() or list((data_dir / "pullbodies").iterdir()) == []
+    assert not (data_dir / "pullcache").exists() or list((data_dir / "pullcache").iterdir()) == []
+
+
+def test_plain_and_gzip_copies_share_one_directory_and_one_clean_up(admin_api, analyst_api, data_dir) -> None:
+    def copies() -> list[str]:
+        return sorted(p.name for p in (data_dir / "pullcache").glob("*.json*"))
+
+    big = {"humans": {f"h{n}": {"notes": "x" * 300} for n in range(1000)}}
+    assert analyst_api.post("/api/sync", {"stores": big}).status_code == 200
+    plain = analyst_api.get("/api/sync")
+    packed = analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    assert gzip.decompress(packed.content) == plain.content
+    uid = analyst_api.get("/api/auth/me").json()["user"]["id"]
+    tag = plain["ETag"].strip('"')
+    assert copies() == [f"{uid}.{tag}.json", f"{uid}.{tag}.json.gz"]
+    # Sent from the copies, byte for byte.
+    assert analyst_api.get("/api/sync").content == plain.content
+    assert analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").content == packed.content
+
+    analyst_api.post("/api/sync", {"stores": {"humans": {"h0": {"notes": "changed"}}}})
+    newer = analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    assert orjson.loads(gzip.decompress(newer.content))["data"]["humans"]["h0"] == {"notes": "changed"}
+    new_tag = newer["ETag"].strip('"').removesuffix("-gz")
+    assert copies() == [f"{uid}.{new_tag}.json", f"{uid}.{new_tag}.json.gz"]
+
+    assert admin_api.delete(f"/api/admin/users/{uid}").status_code == 200
+    assert copies() == []
 
 
 @pytest.mark.django_db(transaction=True)
-def test_every_pull_is_one_moment_of_the_repository_while_pushes_land() -> None:
-    store = DatabaseRepositoryStore(cache_min_bytes=None)
+def test_every_pull_is_one_moment_of_the_repository_while_pushes_land(data_dir) -> None:
+    store = DatabaseRepositoryStore(location=data_dir, cache_min_bytes=None)
     stop = threading.Event()
     errors: list[BaseException] = []
 

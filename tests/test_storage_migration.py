@@ -17,15 +17,15 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from accounts.models import User
-from tests.conftest import Api
+from tests.conftest import Api, data_dir_settings
 
 FILES = {
-    "PZLS_TOKEN_STORE": {"BACKEND": "accounts.backends.json_file.JSONFileTokenStore", "OPTIONS": {}},
-    "PZLS_SYNC_STORE": {"BACKEND": "sync.backends.json_file.JSONFileRepositoryStore", "OPTIONS": {}},
+    "token_backend": "accounts.backends.json_file.JSONFileTokenStore",
+    "sync_backend": "sync.backends.json_file.JSONFileRepositoryStore",
 }
 DATABASE = {
-    "PZLS_TOKEN_STORE": {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": {}},
-    "PZLS_SYNC_STORE": {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": {}},
+    "token_backend": "accounts.backends.database.DatabaseTokenStore",
+    "sync_backend": "sync.backends.database.DatabaseRepositoryStore",
 }
 USERS = {"admin": "adminpass", "alice": "alicepass", "Bob Ü": "bobpass1", "idle": "idlepass"}
 
@@ -91,7 +91,10 @@ def move(source: dict[str, Any], target: dict[str, Any], backup: Path) -> None:
 
 
 @pytest.mark.parametrize("first,second", [(FILES, DATABASE), (DATABASE, FILES)], ids=["files-first", "database-first"])
-def test_an_installation_moves_between_storages_and_back_unchanged(tmp_path: Path, first, second) -> None:
+def test_an_installation_moves_between_storages_and_back_unchanged(
+    tmp_path: Path, data_dir: Path, first, second
+) -> None:
+    first, second = data_dir_settings(data_dir, **first), data_dir_settings(data_dir, **second)
     build(first)
     before = snapshot(first)
     assert orjson.loads(before["admin"]["pull"])["version"] == 3

@@ -24,7 +24,7 @@ TS = "2026-05-17T10:04:05.123Z"
 
 @pytest.fixture
 def store(data_dir: Path) -> JSONFileRepositoryStore:
-    return JSONFileRepositoryStore(data_dir)
+    return JSONFileRepositoryStore(location=data_dir)
 
 
 def push(store: JSONFileRepositoryStore, stores: dict, cv: int | None = 0):
@@ -79,7 +79,7 @@ def test_leftover_changelog_line_of_a_crashed_push_is_ignored_then_replaced(
     }
     with open(data_dir / f"changelog_{U}.jsonl", "ab") as fh:
         fh.write(orjson.dumps(crashed) + b"\n")
-    reader = JSONFileRepositoryStore(data_dir)
+    reader = JSONFileRepositoryStore(location=data_dir)
     page = reader.changes(U, 0)
     assert page.current_version == 1 and page.pending == 1
     assert reader.summary(U).total_syncs == 1
@@ -93,14 +93,14 @@ def test_torn_last_line_is_ignored_then_cut_off(store: JSONFileRepositoryStore, 
     push(store, {"humans": {"h1": {}}})
     with open(data_dir / f"changelog_{U}.jsonl", "ab") as fh:
         fh.write(b'{"version":2,"timestamp":"2026-05-1')
-    reader = JSONFileRepositoryStore(data_dir)
+    reader = JSONFileRepositoryStore(location=data_dir)
     assert reader.changes(U, 0).pending == 1
     push(reader, {"humans": {"h2": {}}})
     assert [orjson.loads(line)["version"] for line in changelog_lines(data_dir)] == [1, 2]
 
 
 def test_a_worker_never_serves_a_copy_another_worker_replaced(store: JSONFileRepositoryStore, data_dir: Path) -> None:
-    other_worker = JSONFileRepositoryStore(data_dir)
+    other_worker = JSONFileRepositoryStore(location=data_dir)
     push(store, {"humans": {"h1": {}}})
     assert other_worker.load(U).version == 1  # now cached in the other worker
     push(store, {"humans": {"h2": {}}})
@@ -115,9 +115,9 @@ def test_stale_or_missing_summary_is_rebuilt(store: JSONFileRepositoryStore, dat
     push(store, {"tags": {"t1": {}}})
     expected = store.summary(U)
     (data_dir / f"repo_{U}.meta.json").unlink()
-    assert JSONFileRepositoryStore(data_dir).summary(U) == expected
+    assert JSONFileRepositoryStore(location=data_dir).summary(U) == expected
     (data_dir / f"repo_{U}.meta.json").write_bytes(b'{"version":1,"stores":9}')
-    assert JSONFileRepositoryStore(data_dir).summary(U) == expected
+    assert JSONFileRepositoryStore(location=data_dir).summary(U) == expected
     assert (expected.records, expected.stores, expected.total_syncs) == (3, 2, 2)
 
 
@@ -166,7 +166,7 @@ def test_a_re_push_merges_the_same_whatever_the_sidecar_says(
     outcome = push(store, pushed, cv=1)
     assert (outcome.version, outcome.added, outcome.modified) == (2, 2, 3)
     assert store.pull_bytes(U) == b'{"version":2,"data":' + orjson.dumps(result) + b"}"
-    summary = JSONFileRepositoryStore(data_dir).summary(U)
+    summary = JSONFileRepositoryStore(location=data_dir).summary(U)
     assert (summary.records, summary.stores, summary.total_syncs) == (5012, 3, 2)
     # And the next push reads through the sidecar this one wrote.
     assert push(store, {"tags": {"t0": {"i": -1}}}, cv=2).modified == 1
@@ -197,7 +197,7 @@ def test_user_ids_that_are_not_ids_are_refused(store: JSONFileRepositoryStore) -
 def test_token_file_holds_digests_not_tokens(data_dir: Path) -> None:
     token = "5f0e4c1e-2f7a-4c6b-9d1e-2b3c4d5e6f70"
     now = datetime.now(UTC)
-    tokens = JSONFileTokenStore(data_dir / "tokens.json")
+    tokens = JSONFileTokenStore(location=data_dir)
     tokens.add(
         TokenRecord(
             digest=token_digest(token), user_id="u", created=now, last_used=now, expires=now + timedelta(hours=1)

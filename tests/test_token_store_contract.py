@@ -33,7 +33,7 @@ def record(digest: str, user_id: str = "u1", *, created: datetime = T0, ttl_h: f
 
 @pytest.fixture(params=TOKEN_BACKENDS)
 def store(request: pytest.FixtureRequest, data_dir) -> Iterator[BaseTokenStore]:
-    with override_settings(PZLS_TOKEN_STORE={"BACKEND": request.param, "OPTIONS": {}}):
+    with override_settings(PZLS_TOKEN_STORE={"BACKEND": request.param, "OPTIONS": {"location": str(data_dir)}}):
         instance = get_token_store()
         assert type(instance).__module__ + "." + type(instance).__name__ == request.param
         yield instance
@@ -58,6 +58,13 @@ def test_backend_implements_every_method(path: str) -> None:
 def test_bad_backend_path_names_the_setting() -> None:
     with override_settings(PZLS_TOKEN_STORE={"BACKEND": "accounts.backends.nope.Store", "OPTIONS": {}}):
         with pytest.raises(ImproperlyConfigured, match="PZLS_TOKEN_STORE"):
+            get_token_store()
+
+
+@pytest.mark.parametrize("path", TOKEN_BACKENDS)
+def test_a_backend_without_its_location_names_the_setting(path: str) -> None:
+    with override_settings(PZLS_TOKEN_STORE={"BACKEND": path, "OPTIONS": {}}):
+        with pytest.raises(ImproperlyConfigured, match=r"PZLS_TOKEN_STORE.*location"):
             get_token_store()
 
 

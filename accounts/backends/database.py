@@ -9,6 +9,7 @@ issued, as the file store drops them whenever it rewrites its file.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import QuerySet
@@ -26,9 +27,14 @@ def _record(row: tuple) -> TokenRecord:
 
 
 class DatabaseTokenStore(BaseTokenStore):
-    """Tokens as rows of the database ``DATABASE_URL`` names."""
+    """Tokens as rows of the database ``DATABASE_URL`` names.
 
-    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+    Options: ``location``, the data directory every store is given (this one
+    keeps nothing there), and ``using``, the database alias.
+    """
+
+    def __init__(self, *, location: str | Path, using: str = DEFAULT_DB_ALIAS) -> None:
+        self.location = Path(location)
         self.using = using
 
     def _tokens(self) -> QuerySet[Token]:

@@ -1,4 +1,4 @@
-"""Token store in ``DATA_DIR/tokens.json``.
+"""Token store in ``tokens.json`` in the data directory (the store's ``location`` option).
 
 The file maps each token's SHA-256 digest to its user id and times. Readers
 use a per-process copy that is valid while the file keeps its identity, so
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from django.conf import settings
 
 from accounts.backends.base import BaseTokenStore, TokenRecord
 from pzls_site.clock import iso, parse_iso, utcnow
@@ -52,10 +51,10 @@ def _parse(raw: bytes) -> Tokens:
 
 
 class JSONFileTokenStore(BaseTokenStore):
-    """The default token store: one JSON file in the data directory."""
+    """The default token store: one JSON file in the data directory ``location``."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path else Path(settings.PZLS_DATA_DIR) / "tokens.json"
+    def __init__(self, *, location: str | Path) -> None:
+        self.path = Path(location) / "tokens.json"
         self.lock_path = self.path.with_suffix(".lock")
         self._cache = IdentityCache(max_entries=1)
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
-from sync.merge import RawStores
+from sync.merge import MergePlan, RawStores
+
+if TYPE_CHECKING:
+    from sync.pullcache import PullCache
 
 EMPTY_PULL = b'{"version":0,"data":{}}'
 
@@ -35,6 +38,18 @@ def entry_json(entry: Mapping[str, Any]) -> bytes:
     """
     ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
     return _entry_encoder.encode(ordered)
+
+
+def push_entry(*, version: int, timestamp: str, client_version: int | None, plan: MergePlan) -> dict[str, Any]:
+    """The changelog entry of a push that changed something (``plan``), as every store logs it."""
+    return {
+        "version": version,
+        "timestamp": timestamp,
+        "clientVersion": client_version,
+        "added": plan.added,
+        "modified": plan.modified,
+        "action": "push",
+    }
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,29 @@ class RepositorySummary:
     total_syncs: int
     last_sync: str | None
 
+    def as_json(self) -> dict[str, Any]:
+        """The summary as ``GET /api/sync/status`` shows it (and the file store's sidecar keeps it)."""
+        return {
+            "version": self.version,
+            "stores": self.stores,
+            "records": self.records,
+            "dataSizeBytes": self.data_size_bytes,
+            "totalSyncs": self.total_syncs,
+            "lastSync": self.last_sync,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RepositorySummary:
+        """The summary ``as_json`` wrote; KeyError when a field is missing."""
+        return cls(
+            version=doc["version"],
+            stores=doc["stores"],
+            records=doc["records"],
+            data_size_bytes=doc["dataSizeBytes"],
+            total_syncs=doc["totalSyncs"],
+            last_sync=doc["lastSync"],
+        )
+
 
 EMPTY_SUMMARY = RepositorySummary(
     version=0, stores=0, records=0, data_size_bytes=len(EMPTY_PULL), total_syncs=0, last_sync=None
@@ -96,7 +134,14 @@ EMPTY_SUMMARY = RepositorySummary(
 
 
 class BaseRepositoryStore:
-    """Interface every repository store implements."""
+    """Interface every repository store implements.
+
+    A store is built with the keyword ``location``, the data directory, and
+    keeps its copies of pull bodies (plain and gzip, see ``sync.pullcache``)
+    in ``pull_cache``; ``delete`` forgets them with the repository.
+    """
+
+    pull_cache: PullCache
 
     def pull_bytes(self, user_id: str) -> bytes:
         """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""

@@ -17,21 +17,19 @@ the counters that keep ``summary`` and ``pull_tag`` to one row read),
   repository's generation, which every change raises, and retried (in the
   end under the row's lock) if a push landed meanwhile, so body and tag
   always belong together.
-- Pull bodies past ``cache_min_bytes`` are kept in ``DATA_DIR/pullbodies/``
-  under their tag, so later pulls of the same version are sent from the file
-  as the file store sends its own. The cache is this server's, derived and
-  disposable: a tag names one body for good (see ``sync.models.Repository``).
+- Pull bodies of at least ``cache_min_bytes`` are kept under their tag in
+  the pull cache (``sync.pullcache``, in the ``location`` directory), so later
+  pulls of the same version are sent from the file as the file store sends
+  its own. The cache is this server's, derived and disposable: a tag names one
+  body for good (see ``sync.models.Repository``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import operator
-import os
-import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,14 +37,12 @@ from typing import Any, cast
 
 import msgspec
 import orjson
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F
 from django.db.models.constants import OnConflict
 
 from pzls_site.backends import database_errors
 from pzls_site.exceptions import StorageError
-from pzls_site.files import atomic_write
 from sync.backends.base import (
     CHANGES_PAGE,
     EMPTY_PULL,
@@ -58,10 +54,12 @@ from sync.backends.base import (
     Repository,
     RepositorySummary,
     entry_json,
+    push_entry,
 )
 from sync.merge import RawStores, encode_stores, plan_merge
 from sync.models import ChangelogEntry, Record, Store
 from sync.models import Repository as RepositoryRow
+from sync.pullcache import SMALL_BODY, PullCache
 
 logger = logging.getLogger("pzls.sync")
 
@@ -77,8 +75,6 @@ _STATEMENT_BYTES = 4 * 1024 * 1024
 _OPTIMISTIC_READS = 3
 _MAX_BIGINT = 2**63 - 1
 _USER_ID_MAX = cast(int, RepositoryRow._meta.get_field("user_id").max_length)  # a CharField: it has one
-# User ids that may name a cache file.
-_FILE_SAFE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -150,15 +146,16 @@ class _Changed(Exception):
 class DatabaseRepositoryStore(BaseRepositoryStore):
     """Repositories as rows of the database ``DATABASE_URL`` names.
 
-    Options: ``using`` (the database alias), ``cache_min_bytes`` (pull bodies
-    at least this large are cached in the data directory; None turns the
-    cache off).
+    Options: ``location`` (the data directory, where the pull cache is),
+    ``using`` (the database alias), ``cache_min_bytes`` (pull bodies at least
+    this large are cached; None turns the cache off).
     """
 
-    def __init__(self, using: str = DEFAULT_DB_ALIAS, cache_min_bytes: int | None = 256 * 1024) -> None:
+    def __init__(
+        self, *, location: str | Path, using: str = DEFAULT_DB_ALIAS, cache_min_bytes: int | None = SMALL_BODY
+    ) -> None:
         self.using = using
-        self.cache_min_bytes = cache_min_bytes
-        self.cache_dir = Path(settings.PZLS_DATA_DIR) / "pullbodies"
+        self.pull_cache = PullCache(Path(location) / "pullcache", min_bytes=cache_min_bytes)
 
     @property
     def _connection(self) -> Any:
@@ -176,7 +173,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         tag = self.pull_tag(uid)
         if tag == "empty":
             return PullSource(tag=tag, size=len(EMPTY_PULL), body=EMPTY_PULL)
-        cached = self._cached(uid, tag)
+        cached = self.pull_cache.open(uid, tag)
         if cached is not None:
             return cached
         with database_errors("read repository"):
@@ -184,7 +181,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         if read is None:  # deleted meanwhile
             return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
         tag, body = read
-        self._remember(uid, tag, body)
+        self.pull_cache.keep(uid, tag, body)
         return PullSource(tag=tag, size=len(body), body=body)
 
     def _read(self, uid: str) -> tuple[str, bytes] | None:
@@ -229,44 +226,6 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             if list(now) != [generation]:
                 raise _Changed
         return _tag(repository_id, generation), b"".join(parts)
-
-    # --- the per-server cache of pull bodies -------------------------------------
-
-    def _cache_path(self, uid: str, tag: str) -> Path | None:
-        if self.cache_min_bytes is None or not _FILE_SAFE.match(uid):
-            return None
-        return self.cache_dir / f"{uid}-{tag}.json"
-
-    def _cached(self, uid: str, tag: str) -> PullSource | None:
-        path = self._cache_path(uid, tag)
-        if path is None:
-            return None
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - the PullSource returned owns the file; its reader closes it
-        except OSError:
-            return None
-        return PullSource(tag=tag, size=os.fstat(fh.fileno()).st_size, file=fh)
-
-    def _remember(self, uid: str, tag: str, body: bytes) -> None:
-        path = self._cache_path(uid, tag)
-        if path is None or len(body) < (self.cache_min_bytes or 0):
-            return
-        try:
-            self.cache_dir.mkdir(exist_ok=True)
-            atomic_write(path, body, durable=False)
-        except OSError:
-            # Only slower without it: the next pull reads the database again.
-            logger.warning("cannot cache a pull body in %s", self.cache_dir, exc_info=True)
-            return
-        self._forget_cached(uid, keep=path)
-
-    def _forget_cached(self, uid: str, keep: Path | None = None) -> None:
-        if self.cache_min_bytes is None or not _FILE_SAFE.match(uid):
-            return
-        for old in self.cache_dir.glob(f"{uid}-*.json"):
-            if old != keep:
-                with contextlib.suppress(OSError):
-                    old.unlink()
 
     def pull_bytes(self, user_id: str) -> bytes:
         return self.pull(user_id).read()
@@ -501,14 +460,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                     record_count=F("record_count") + count
                 )
 
-            entry = {
-                "version": version,
-                "timestamp": timestamp,
-                "clientVersion": client_version,
-                "added": plan.added,
-                "modified": plan.modified,
-                "action": "push",
-            }
+            entry = push_entry(version=version, timestamp=timestamp, client_version=client_version, plan=plan)
             ChangelogEntry.objects.using(self.using).create(repository=repo, version=version, entry=_entry_text(entry))
             repo.version = version
             repo.generation += 1
@@ -577,4 +529,4 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             if repo is not None:
                 self._clear(repo)
                 repo.delete(using=self.using)
-        self._forget_cached(uid)
+        self.pull_cache.forget(uid)

@@ -1,4 +1,4 @@
-"""Repository store in JSON files under the data directory.
+"""Repository store in JSON files in the data directory (the store's ``location`` option).
 
 Per user (``<id>`` is the user's UUID):
 
@@ -35,7 +35,6 @@ from typing import Any
 
 import msgspec
 import orjson
-from django.conf import settings
 
 from pzls_site.exceptions import StorageError
 from pzls_site.files import FileIdentity, atomic_write, exclusive_lock, file_identity, fsync_dir
@@ -50,8 +49,10 @@ from sync.backends.base import (
     Repository,
     RepositorySummary,
     entry_json,
+    push_entry,
 )
 from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
+from sync.pullcache import PullCache
 
 logger = logging.getLogger("pzls.sync")
 
@@ -232,10 +233,15 @@ def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 class JSONFileRepositoryStore(BaseRepositoryStore):
-    """The default repository store: a few files per user in the data directory."""
+    """The default repository store: a few files per user in the data directory ``location``.
 
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory else Path(settings.PZLS_DATA_DIR)
+    A pull sends the repository file itself; only gzip-compressed copies go
+    to the pull cache.
+    """
+
+    def __init__(self, *, location: str | Path) -> None:
+        self.directory = Path(location)
+        self.pull_cache = PullCache(self.directory / "pullcache")
 
     # --- paths -------------------------------------------------------------
 
@@ -360,14 +366,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if meta is None:
             return None
         try:
-            return RepositorySummary(
-                version=meta["version"],
-                stores=meta["stores"],
-                records=meta["records"],
-                data_size_bytes=meta["dataSizeBytes"],
-                total_syncs=meta["totalSyncs"],
-                last_sync=meta["lastSync"],
-            )
+            return RepositorySummary.from_json(meta)
         except (KeyError, TypeError):
             return None
 
@@ -411,14 +410,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             total_syncs=total_syncs,
             last_sync=last_sync,
         )
-        meta: dict[str, Any] = {
-            "version": summary.version,
-            "stores": summary.stores,
-            "records": summary.records,
-            "dataSizeBytes": summary.data_size_bytes,
-            "totalSyncs": summary.total_syncs,
-            "lastSync": summary.last_sync,
-        }
+        meta = summary.as_json()
         if identity is not None and layout is not None:
             meta["file"], meta["layout"] = list(identity), layout
         # Derivable from the other files, so it need not be fsynced.
@@ -447,14 +439,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                         return PushResult(version=committed.version, added=0, modified=0)
                 version = committed.version
                 new_version = version + 1
-                entry = {
-                    "version": new_version,
-                    "timestamp": timestamp,
-                    "clientVersion": client_version,
-                    "added": plan.added,
-                    "modified": plan.modified,
-                    "action": "push",
-                }
+                entry = push_entry(version=new_version, timestamp=timestamp, client_version=client_version, plan=plan)
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
                 identity = atomic_write(
@@ -566,6 +551,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             lock.unlink()
         except FileNotFoundError:
             pass
+        self.pull_cache.forget(user_id)
 
 
 def _tag(identity: tuple[int, int, int]) -> str:

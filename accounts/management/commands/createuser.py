@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Role
 from accounts.services import user_create
-from pzls_site.exceptions import PZLSError
+from pzls_site.exceptions import command_errors
 
 
 class Command(BaseCommand):
@@ -32,10 +32,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = self._read_password(options["password_stdin"])
-        try:
+        with command_errors():
             user = user_create(username=options["username"], password=password, role=options["role"])
-        except PZLSError as exc:
-            raise CommandError(exc.message) from None
         self.stdout.write(f"Created {user.role} {user.username} (id {user.pk})")
 
     def _read_password(self, from_stdin: bool) -> str:

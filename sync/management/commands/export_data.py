@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pzls_site.exceptions import PZLSError
+from pzls_site.exceptions import command_errors
 from sync.backup import data_export
 
 
@@ -24,9 +24,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            counts = data_export(path=options["path"])
-        except PZLSError as exc:
-            raise CommandError(exc.message) from None
+            with command_errors():
+                counts = data_export(path=options["path"])
         except OSError as exc:
             raise CommandError(f"Cannot write {options['path']}: {exc.strerror}") from None
         self.stdout.write(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from pzls_site.exceptions import PZLSError
+from pzls_site.exceptions import command_errors
 from sync.backup import data_import
 
 
@@ -23,10 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path, help="A file written by export_data.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
+        with command_errors():
             counts = data_import(path=options["path"])
-        except PZLSError as exc:
-            raise CommandError(exc.message) from None
         self.stdout.write(
             f"Imported {counts.users} users, {counts.repositories} repositories and "
             f"{counts.changes} changelog entries from {options['path']}"

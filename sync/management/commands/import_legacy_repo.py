@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from accounts.services import user_find
-from pzls_site.exceptions import PZLSError
+from pzls_site.exceptions import command_errors
 from sync.services import repository_import_legacy
 
 
@@ -27,11 +27,9 @@ class Command(BaseCommand):
         parser.add_argument("--merge", action="store_true", help="Push the legacy records over a non-empty repository.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
+        with command_errors():
             user = user_find(username=options["user"])
             result = repository_import_legacy(user_id=str(user.pk), path=options["path"], merge=options["merge"])
-        except PZLSError as exc:
-            raise CommandError(exc.message) from None
         self.stdout.write(
             f"Imported into {user.username}'s repository: version {result.version}, "
             f"{result.added} added, {result.modified} modified"

@@ -238,8 +238,7 @@ def store_settings(
     if storage not in STORAGE_BACKENDS:
         raise ValueError(f"unknown storage {storage!r}; expected one of {', '.join(STORAGE_BACKENDS)}")
     default_token, default_sync = STORAGE_BACKENDS[storage]
-    # The backends still find the data directory in settings.PZLS_DATA_DIR.
-    options: dict[str, Any] = {}
+    options = {"location": str(data_dir)}
     return (
         {"BACKEND": token_backend or default_token, "OPTIONS": dict(options)},
         {"BACKEND": sync_backend or default_sync, "OPTIONS": dict(options)},

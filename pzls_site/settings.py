@@ -232,6 +232,7 @@ PZLS_TRUSTED_PROXIES = _ENV.trusted_proxies
 # PZLS_SYNC_BACKEND name a class directly.
 
 PZLS_STORAGE = _ENV.storage
+# Each backend is given the data directory as its OPTIONS' location.
 PZLS_TOKEN_STORE, PZLS_SYNC_STORE = _ENV.stores()
 
 # --- Query (remote SQL) --------------------------------------------------

@@ -313,10 +313,10 @@ def test_current_parses_the_process_environment_again_only_when_it_changes(monke
         ("database", "accounts.backends.database.DatabaseTokenStore", "sync.backends.database.DatabaseRepositoryStore"),
     ],
 )
-def test_store_settings_choose_both_backends(tmp_path, storage, token_backend, sync_backend):
+def test_store_settings_locate_both_backends_in_the_data_directory(tmp_path, storage, token_backend, sync_backend):
     token, sync = env.store_settings(storage, tmp_path)
-    assert token == {"BACKEND": token_backend, "OPTIONS": {}}
-    assert sync == {"BACKEND": sync_backend, "OPTIONS": {}}
+    assert token == {"BACKEND": token_backend, "OPTIONS": {"location": str(tmp_path)}}
+    assert sync == {"BACKEND": sync_backend, "OPTIONS": {"location": str(tmp_path)}}
     token, sync = env.store_settings(storage, tmp_path, token_backend="my.Tokens", sync_backend="my.Repos")
     assert (token["BACKEND"], sync["BACKEND"]) == ("my.Tokens", "my.Repos")
     with pytest.raises(ValueError, match="unknown storage 'cloud'"):
@@ -328,7 +328,7 @@ def test_settings_take_the_stores_from_the_environment(tmp_path):
     printed = settings_in_subprocess(
         tmp_path, code, PZLS_STORAGE="database", PZLS_SYNC_BACKEND="my.Repos", PZLS_LOGIN_RATE="4/hour"
     )
-    location: dict[str, str] = {}
+    location = {"location": str(tmp_path.resolve())}
     assert json.loads(printed) == [
         {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": location},
         {"BACKEND": "my.Repos", "OPTIONS": location},

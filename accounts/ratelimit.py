@@ -1,7 +1,7 @@
 """The login rate limit, counted in the database so every worker sees one count.
 
-Rates are written as DRF writes throttle rates: ``10/minute``, ``5/m``,
-``100/hour``, ``3/s``, ``1000/day``. Attempts are counted per window of the
+The rate is settings.PZLS_LOGIN_RATE, an ``env.Rate`` that pzls_site.env
+parsed from the environment at start-up. Attempts are counted per window of the
 period, and a sliding window is estimated from the current and previous
 counts (the previous one weighted by how much of it still lies within one
 period of now), so a burst cannot double its allowance at a window boundary.
@@ -12,36 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from accounts.models import LoginAttemptWindow
-
-_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-@dataclass(frozen=True)
-class Rate:
-    limit: int
-    period_s: int
-
-
-def parse_rate(text: str) -> Rate:
-    """Parse ``N/period``; raises ImproperlyConfigured naming PZLS_LOGIN_RATE when malformed."""
-    try:
-        count, period = text.strip().split("/", 1)
-        limit = int(count)
-        period_s = _PERIODS[period.strip().lower()[0]]
-    except (ValueError, KeyError, IndexError):
-        raise ImproperlyConfigured(
-            f"PZLS_LOGIN_RATE must look like 10/minute (N/second|minute|hour|day), not {text!r}"
-        ) from None
-    if limit < 1:
-        raise ImproperlyConfigured("PZLS_LOGIN_RATE must allow at least 1 attempt")
-    return Rate(limit=limit, period_s=period_s)
+from pzls_site.env import Rate
 
 
 def _estimate(previous: int, current: int, elapsed_fraction: float) -> float:

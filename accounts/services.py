@@ -157,7 +157,7 @@ def user_login(*, username: object, password: object, client_ip: str) -> tuple[s
         raise BadRequest("Username and password are required")
     if len(username) > USERNAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
         raise NotAuthenticated(INVALID_CREDENTIALS)
-    wait = ratelimit.hit(_client_key(username, client_ip), ratelimit.parse_rate(settings.PZLS_LOGIN_RATE))
+    wait = ratelimit.hit(_client_key(username, client_ip), settings.PZLS_LOGIN_RATE)
     if wait is not None:
         raise TooManyRequests(f"Too many login attempts; try again in {wait} seconds", retry_after=wait)
     user = User.objects.filter(username_key=username_key(username)).first()

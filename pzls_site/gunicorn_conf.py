@@ -1,18 +1,21 @@
-"""gunicorn settings for `make run`, from the environment.
+"""gunicorn settings for `make run`, from the environment as pzls_site.env checks it.
 
 PORT (default 3456), PZLS_BIND_HOST (default 0.0.0.0), PZLS_WORKERS (default
-2 x cores + 1, at most 8), PZLS_WORKER_TIMEOUT_S (default 120).
+2 x cores + 1, at most 8), PZLS_WORKER_TIMEOUT_S (default 120),
+PZLS_ACCESS_LOG, PZLS_LOG_LEVEL. A refused value stops gunicorn here, with
+one line naming it and exit status 2, before it binds the port.
 """
 
-import multiprocessing
-import os
+from pzls_site import env
 
-bind = f"{os.environ.get('PZLS_BIND_HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '3456'))}"
-workers = int(os.environ.get("PZLS_WORKERS") or min(2 * multiprocessing.cpu_count() + 1, 8))
+_ENV = env.current_or_exit()
+
+bind = _ENV.bind
+workers = _ENV.workers
 worker_class = "sync"
 # Load Django once in the master: the workers share its memory pages.
 preload_app = True
-timeout = int(os.environ.get("PZLS_WORKER_TIMEOUT_S", "120"))
+timeout = _ENV.worker_timeout_s
 graceful_timeout = 30
 keepalive = 5
 # Header limits: a line of 8 KiB and 100 headers are plenty for any client.
@@ -21,6 +24,6 @@ limit_request_fields = 100
 limit_request_field_size = 16384
 # No runtime control socket: one fixed path would be shared by every server on the machine.
 control_socket_disable = True
-accesslog = os.environ.get("PZLS_ACCESS_LOG") or None
+accesslog = _ENV.access_log
 errorlog = "-"
-loglevel = os.environ.get("PZLS_LOG_LEVEL", "info").lower()
+loglevel = _ENV.log_level

@@ -1,77 +1,40 @@
 """Django settings for PZLS.
 
-Every setting an operator may change comes from the environment here and only
-here, prefixed ``PZLS_`` (plus ``PORT`` and ``DATABASE_URL``). The defaults run
-on a laptop: ``make run`` with nothing set serves on port 3456 with its data in
+Every setting an operator may change comes from the environment, prefixed
+``PZLS_`` (plus ``PORT`` and ``DATABASE_URL``), read and checked once by
+``pzls_site.env``; this module only places those values. The defaults run on
+a laptop: ``make run`` with nothing set serves on port 3456 with its data in
 ``./data``. README.md lists every setting.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
+import copy
+import secrets
 
 from pzls_site import __version__ as _PZLS_VERSION
+from pzls_site import env
+from pzls_site.files import atomic_write
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
-
-
-def _env_number(name: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {raw!r}")
-    return value
-
-
-def _env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
+BASE_DIR = env.BASE_DIR
+_ENV = env.current()
 
 # --- Where PZLS keeps its data -------------------------------------------
 
-PZLS_DATA_DIR = Path(os.environ.get("PZLS_DATA_DIR") or BASE_DIR / "data").resolve()
+PZLS_DATA_DIR = _ENV.data_dir
 PZLS_DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = os.environ.get("PZLS_SECRET_KEY", "")
+SECRET_KEY = _ENV.secret_key
 if not SECRET_KEY:
     # A per-installation key kept beside the data, so sessions of the admin
     # site survive restarts without the operator having to invent one.
     _key_file = PZLS_DATA_DIR / "secret_key"
     if not _key_file.exists():
-        import secrets
-
-        _tmp = _key_file.with_suffix(f".tmp{os.getpid()}")
-        _tmp.write_text(secrets.token_urlsafe(50))
-        os.chmod(_tmp, 0o600)
-        os.replace(_tmp, _key_file)
+        atomic_write(_key_file, secrets.token_urlsafe(50).encode())  # mode 0600
     SECRET_KEY = _key_file.read_text().strip()
 
-DEBUG = _env_bool("PZLS_DEBUG", False)
-ALLOWED_HOSTS = _env_list("PZLS_ALLOWED_HOSTS", ["*"])
+DEBUG = _ENV.debug
+ALLOWED_HOSTS = _ENV.allowed_hosts
 
 # --- Applications --------------------------------------------------------
 
@@ -137,14 +100,13 @@ _SQLITE_OPTIONS = {
     "transaction_mode": "IMMEDIATE",
     "timeout": 30,
 }
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+if _ENV.database is not None:
+    DATABASES = {"default": copy.deepcopy(_ENV.database)}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(PZLS_DATA_DIR / "db.sqlite3"),
+            "NAME": PZLS_DATA_DIR / "db.sqlite3",
             "OPTIONS": _SQLITE_OPTIONS,
             # One connection per worker, kept: opening SQLite (and its PRAGMAs)
             # for every request cost more than the request itself.
@@ -185,7 +147,7 @@ STORAGES = {
 
 # --- HTTP API ------------------------------------------------------------
 
-PZLS_MAX_BODY_MB = _env_number("PZLS_MAX_BODY_MB", 50, minimum=0)
+PZLS_MAX_BODY_MB = _ENV.max_body_mb
 PZLS_MAX_BODY_BYTES = int(PZLS_MAX_BODY_MB * 1024 * 1024)
 # Django's own form parsing (the admin site) keeps its default limits; the
 # API reads bodies through PZLS's parser, which enforces PZLS_MAX_BODY_MB.
@@ -223,7 +185,7 @@ SPECTACULAR_SETTINGS = {
 
 # CORS for every /api/ URL. "*" by default: the API never authenticates by
 # cookie, so no origin gains ambient credentials.
-PZLS_CORS_ORIGINS = _env_list("PZLS_CORS_ORIGINS", ["*"])
+PZLS_CORS_ORIGINS = _ENV.cors_origins
 CORS_URLS_REGEX = r"^/api/.*$"
 CORS_ALLOW_ALL_ORIGINS = "*" in PZLS_CORS_ORIGINS
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else PZLS_CORS_ORIGINS
@@ -240,65 +202,46 @@ CORS_PREFLIGHT_MAX_AGE = 86400
 # PZLS_TRUSTED_PROXIES names a proxy, its X-Forwarded-Proto tells Django the
 # request came over TLS (the proxy must set that header, overwriting the client's).
 
-PZLS_HTTPS = _env_bool("PZLS_HTTPS", False)
+PZLS_HTTPS = _ENV.https
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PZLS_HTTPS
-if PZLS_HTTPS and int(_env_number("PZLS_TRUSTED_PROXIES", 0, integer=True)) > 0:
+if PZLS_HTTPS and _ENV.trusted_proxies > 0:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Accounts ------------------------------------------------------------
 
-PZLS_TOKEN_TTL_HOURS = _env_number("PZLS_TOKEN_TTL_HOURS", 24, minimum=0.001)
+PZLS_TOKEN_TTL_HOURS = _ENV.token_ttl_hours
 # How often a token's "last used" is written back; reads within this many
 # seconds of the last write do not rewrite the token store.
-PZLS_TOKEN_RENEW_INTERVAL_S = _env_number("PZLS_TOKEN_RENEW_INTERVAL_S", 60, minimum=0)
-PZLS_LOGIN_RATE = os.environ.get("PZLS_LOGIN_RATE", "10/minute")
-PZLS_REGISTRATION = os.environ.get("PZLS_REGISTRATION", "open").strip().lower()
-if PZLS_REGISTRATION not in {"open", "closed"}:
-    raise ImproperlyConfigured(f"PZLS_REGISTRATION must be open or closed, not {PZLS_REGISTRATION!r}")
+PZLS_TOKEN_RENEW_INTERVAL_S = _ENV.token_renew_interval_s
+# An env.Rate (limit, period_s), parsed from "10/minute" and the like.
+PZLS_LOGIN_RATE = _ENV.login_rate
+PZLS_REGISTRATION = _ENV.registration
 # Number of reverse proxies in front of PZLS whose X-Forwarded-For is trusted
 # to name the client address (for the login rate limit). 0: use the socket's.
-PZLS_TRUSTED_PROXIES = int(_env_number("PZLS_TRUSTED_PROXIES", 0, integer=True))
+PZLS_TRUSTED_PROXIES = _ENV.trusted_proxies
 
 # --- Storage backends ----------------------------------------------------
 # Chosen like Django's STORAGES: {"BACKEND": dotted path, "OPTIONS": {...}}.
 # PZLS_STORAGE=files (default) or database fills both; PZLS_TOKEN_BACKEND and
 # PZLS_SYNC_BACKEND name a class directly.
 
-PZLS_STORAGE = os.environ.get("PZLS_STORAGE", "files").strip().lower()
-_STORAGE_BACKENDS = {
-    "files": (
-        "accounts.backends.json_file.JSONFileTokenStore",
-        "sync.backends.json_file.JSONFileRepositoryStore",
-    ),
-    "database": (
-        "accounts.backends.database.DatabaseTokenStore",
-        "sync.backends.database.DatabaseRepositoryStore",
-    ),
-}
-if PZLS_STORAGE not in _STORAGE_BACKENDS:
-    raise ImproperlyConfigured(f"PZLS_STORAGE must be files or database, not {PZLS_STORAGE!r}")
-PZLS_TOKEN_STORE = {
-    "BACKEND": os.environ.get("PZLS_TOKEN_BACKEND") or _STORAGE_BACKENDS[PZLS_STORAGE][0],
-    "OPTIONS": {"location": str(PZLS_DATA_DIR)},
-}
-PZLS_SYNC_STORE = {
-    "BACKEND": os.environ.get("PZLS_SYNC_BACKEND") or _STORAGE_BACKENDS[PZLS_STORAGE][1],
-    "OPTIONS": {"location": str(PZLS_DATA_DIR)},
-}
+PZLS_STORAGE = _ENV.storage
+# Each backend is given the data directory as its OPTIONS' location.
+PZLS_TOKEN_STORE, PZLS_SYNC_STORE = _ENV.stores()
 
 # --- Query (remote SQL) --------------------------------------------------
 
-PZLS_QUERY_ROLES = _env_list("PZLS_QUERY_ROLES", ["admin"])
-PZLS_QUERY_ALLOWED_HOSTS = _env_list("PZLS_QUERY_ALLOWED_HOSTS", ["*"])
-PZLS_QUERY_READ_ONLY = _env_bool("PZLS_QUERY_READ_ONLY", True)
-PZLS_QUERY_TIMEOUT_S = _env_number("PZLS_QUERY_TIMEOUT_S", 30, minimum=0.001)
-PZLS_QUERY_CONNECT_TIMEOUT_S = _env_number("PZLS_QUERY_CONNECT_TIMEOUT_S", 10, minimum=1)
-PZLS_QUERY_MAX_ROWS = int(_env_number("PZLS_QUERY_MAX_ROWS", 10000, minimum=1, integer=True))
+PZLS_QUERY_ROLES = _ENV.query_roles
+PZLS_QUERY_ALLOWED_HOSTS = _ENV.query_allowed_hosts
+PZLS_QUERY_READ_ONLY = _ENV.query_read_only
+PZLS_QUERY_TIMEOUT_S = _ENV.query_timeout_s
+PZLS_QUERY_CONNECT_TIMEOUT_S = _ENV.query_connect_timeout_s
+PZLS_QUERY_MAX_ROWS = _ENV.query_max_rows
 
 # --- Logging -------------------------------------------------------------
 
@@ -307,6 +250,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("PZLS_LOG_LEVEL", "INFO").upper()},
+    "root": {"handlers": ["console"], "level": _ENV.log_level.upper()},
     "loggers": {"django.request": {"level": "ERROR"}},
 }

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from pzls_site.env import store_settings
+
 
 def data_dir_settings(
     directory: Path, *, token_backend: str | None = None, sync_backend: str | None = None
@@ -19,12 +21,13 @@ def data_dir_settings(
 
     Each store keeps the backend it has unless one is named.
     """
-    options = {"location": str(directory)}
-    return {
-        "PZLS_DATA_DIR": directory,
-        "PZLS_TOKEN_STORE": {"BACKEND": token_backend or settings.PZLS_TOKEN_STORE["BACKEND"], "OPTIONS": options},
-        "PZLS_SYNC_STORE": {"BACKEND": sync_backend or settings.PZLS_SYNC_STORE["BACKEND"], "OPTIONS": options},
-    }
+    token_store, sync_store = store_settings(
+        "files",
+        directory,
+        token_backend=token_backend or settings.PZLS_TOKEN_STORE["BACKEND"],
+        sync_backend=sync_backend or settings.PZLS_SYNC_STORE["BACKEND"],
+    )
+    return {"PZLS_DATA_DIR": directory, "PZLS_TOKEN_STORE": token_store, "PZLS_SYNC_STORE": sync_store}
 
 
 @pytest.fixture(autouse=True)

@@ -16,10 +16,12 @@ import secrets
 import tempfile
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 _TMP = tempfile.mkdtemp(prefix="pzls-test-")
 os.environ["PZLS_DATA_DIR"] = _TMP
 
+from pzls_site.env import store_settings  # noqa: E402
 from pzls_site.settings import *  # noqa: E402, F403
 
 # Fast hashing keeps the suite quick; scrypt itself is tested explicitly.
@@ -45,11 +47,9 @@ if PZLS_TEST_STORAGE == "database":
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["ENGINE"] = "tests.postgresql"
-    _OPTIONS = {"location": str(PZLS_DATA_DIR)}  # noqa: F405
-    PZLS_TOKEN_STORE = {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": _OPTIONS}
-    PZLS_SYNC_STORE = {"BACKEND": "sync.backends.database.DatabaseRepositoryStore", "OPTIONS": _OPTIONS}
+    PZLS_TOKEN_STORE, PZLS_SYNC_STORE = store_settings("database", PZLS_DATA_DIR)  # noqa: F405
 elif PZLS_TEST_STORAGE != "files":
-    raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")  # noqa: F405
+    raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(_TMP, "test.sqlite3")}

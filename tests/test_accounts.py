@@ -14,6 +14,7 @@ from django.test import override_settings
 
 import pzls_site.clock
 from accounts.models import User
+from pzls_site.env import Rate
 from tests.conftest import Api
 from tests.helpers import assert_error
 
@@ -327,7 +328,7 @@ def test_login_of_disabled_account_is_403(admin_api, analyst_api):
 RATE_NOW = 60 * 29_000_000 + 20.0  # 20 s into a minute
 
 
-@override_settings(PZLS_LOGIN_RATE="3/minute")
+@override_settings(PZLS_LOGIN_RATE=Rate(limit=3, period_s=60))
 def test_login_rate_limit_answers_429_with_retry_after(admin_api):
     with mock.patch("accounts.ratelimit.time") as fake_time:
         fake_time.time.return_value = RATE_NOW
@@ -349,7 +350,7 @@ def test_login_rate_limit_answers_429_with_retry_after(admin_api):
         assert login(Api(), "admin", "adminpass").status_code == 200
 
 
-@override_settings(PZLS_LOGIN_RATE="3/minute")
+@override_settings(PZLS_LOGIN_RATE=Rate(limit=3, period_s=60))
 def test_login_rate_limit_counts_usernames_case_insensitively(admin_api):
     with mock.patch("accounts.ratelimit.time") as fake_time:
         fake_time.time.return_value = RATE_NOW

@@ -335,17 +335,12 @@ def test_own_database_on_loopback_matches_every_local_alias() -> None:
 # --- settings checks -----------------------------------------------------
 
 
-def test_settings_check_reports_bad_patterns_and_unknown_roles() -> None:
-    from django.test import override_settings
+def test_settings_check_refuses_bad_patterns_and_unknown_roles() -> None:
+    from pzls_site import env
 
-    from query.apps import check_query_settings
-
-    assert check_query_settings() == []
-    with override_settings(
-        PZLS_QUERY_ALLOWED_HOSTS=["db.example.com", "host:port"], PZLS_QUERY_ROLES=["admin", "root"]
-    ):
-        problems = check_query_settings()
-    assert [(p.id, p.msg) for p in problems] == [
-        ("pzls.E401", "PZLS_QUERY_ALLOWED_HOSTS: Host pattern 'host:port' has an invalid port"),
-        ("pzls.W402", "PZLS_QUERY_ROLES names unknown roles: root"),
-    ]
+    assert env.parse_host_patterns("PZLS_QUERY_ALLOWED_HOSTS", "db.example.com, *") == ["db.example.com", "*"]
+    with pytest.raises(env.EnvError, match=r"Host pattern 'host:port' has an invalid port"):
+        env.parse_host_patterns("PZLS_QUERY_ALLOWED_HOSTS", "db.example.com,host:port")
+    assert env.parse_roles("PZLS_QUERY_ROLES", "admin,analyst") == ["admin", "analyst"]
+    with pytest.raises(env.EnvError, match=r"unknown role 'root'"):
+        env.parse_roles("PZLS_QUERY_ROLES", "admin,root")

@@ -22,6 +22,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from drf_spectacular.validation import validate_schema
 
 from pzls_site import views as site_views
+from pzls_site.env import Rate
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -255,7 +256,7 @@ class Conformance:
 
 def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst_api, settings):
     """Every endpoint, its success and its documented failures, answered by the real views."""
-    settings.PZLS_LOGIN_RATE = "3/minute"
+    settings.PZLS_LOGIN_RATE = Rate(limit=3, period_s=60)
     c = Conformance(schema)
     admin, analyst = admin_api, analyst_api
 

@@ -5,6 +5,15 @@
   Django would read as empty) is read here up to the limit and handed on as
   an ordinary body, or refused with 413 once it passes the limit.
 - An error raised outside a DRF view under /api/ still answers JSON.
+- No /api/ URL is subject to Django's CSRF check: the API never
+  authenticates by cookie, so there is nothing for the check to protect,
+  and its refusal is an HTML page. Exempting the whole prefix here, rather
+  than view by view (DRF's views are exempt, a plain view is not), keeps
+  every /api/ URL, the 404 catch-all included, JSON for every method. The
+  admin site keeps the check.
+- ``Allow`` on /api/ answers lists the methods a client can use: not
+  ``OPTIONS``, which the API answers only as a CORS preflight (any other
+  OPTIONS request is 405 like any unserved method).
 - Every /api/ answer carries Access-Control-Allow-Origin, also to clients
   that sent no Origin header, when every origin is allowed.
 - Every answer carries the security headers (SecurityHeadersMiddleware).
@@ -44,12 +53,18 @@ class ApiBoundaryMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not is_api_path(request.path_info):
             return self.get_response(request)
+        # CsrfViewMiddleware's own switch for requests it must not check
+        # (it also serves Django's test client); see the module docstring.
+        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         refusal = self._early_refusal(request)
         if refusal is not None:
             self._cors.add_response_headers(request, refusal)
         response = refusal or self.get_response(request)
         if settings.CORS_ALLOW_ALL_ORIGINS and "Access-Control-Allow-Origin" not in response:
             response["Access-Control-Allow-Origin"] = "*"
+        if "Allow" in response:
+            methods = [m.strip() for m in response["Allow"].split(",")]
+            response["Allow"] = ", ".join(m for m in methods if m and m.upper() != "OPTIONS")
         return response
 
     def _early_refusal(self, request: HttpRequest) -> HttpResponse | None:

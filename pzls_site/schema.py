@@ -332,7 +332,10 @@ SINCE = OpenApiParameter(
     "since",
     OpenApiTypes.STR,
     OpenApiParameter.QUERY,
-    description="Entries with a version above this; missing or not a number means 0.",
+    description=(
+        "Entries with a version above this: an unsigned ASCII decimal, cut to its whole part; a value above "
+        "the current version, however written (1e400, Infinity), means none; anything else means 0."
+    ),
 )
 IF_NONE_MATCH = OpenApiParameter(
     "If-None-Match",

@@ -161,6 +161,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "pzls_site.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # No OPTIONS description: an OPTIONS request that is not a CORS preflight
+    # (corsheaders answers those) is 405 like any method a URL does not serve.
+    "DEFAULT_METADATA_CLASS": None,
 }
 
 # The OpenAPI description (/api/schema, browsable at /api/docs); the bodies

@@ -8,18 +8,16 @@ services, never from storage directly.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.http import QueryDict
+
+from pzls_site import params
 from pzls_site.exceptions import BadRequest
 from sync.services import repository_load
 
 DEFAULT_THRESHOLD = 0.6
-
-# A complete decimal number: "0.6", "1", ".5", "1e-1". Not "0x1", "0.6abc", "Infinity" or "".
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -34,22 +32,18 @@ class Resolution:
         return {"count": self.count, "threshold": self.threshold, "results": self.results}
 
 
-def threshold_parse(*, raw: str | None) -> float | int:
+def threshold_parse(*, query: QueryDict) -> float | int:
     """The ``threshold`` query parameter as a number in [0, 1]; missing means 0.6.
 
-    The value is echoed in the answer the way JavaScript prints the original's
-    ``parseFloat`` result: a whole number without a fraction (``1``, not ``1.0``).
-    Anything that is not a number in [0, 1] is a 400.
+    Read as every numeric parameter is (``pzls_site.params``), and echoed in
+    the answer the way JavaScript prints the original's ``parseFloat`` result:
+    a whole number without a fraction (``1``, not ``1.0``). Anything that is
+    not a number in [0, 1] is a 400.
     """
-    if raw is None:
-        return DEFAULT_THRESHOLD
-    text = raw.strip()
-    if not _NUMBER.fullmatch(text):
+    threshold = params.unit_fraction(query, "threshold", default=DEFAULT_THRESHOLD)
+    if threshold is None:
         raise BadRequest("threshold must be a number between 0 and 1")
-    value = float(text)
-    if math.isnan(value) or not 0 <= value <= 1:
-        raise BadRequest("threshold must be a number between 0 and 1")
-    return int(value) if value.is_integer() else value
+    return threshold
 
 
 def matches_find(*, user_id: str, threshold: float) -> Resolution:

@@ -19,6 +19,6 @@ class ResolveView(APIView):
         responses={200: ok("Resolution"), **errors(400, *PROTECTED, e400="threshold is not a number in [0, 1].")},
     )
     def get(self, request: Request) -> Response:
-        threshold = services.threshold_parse(raw=request.query_params.get("threshold"))
+        threshold = services.threshold_parse(query=request.query_params)
         resolution = services.matches_find(user_id=str(request_user(request).pk), threshold=threshold)
         return Response(resolution.as_dict())

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from accounts.authentication import optional_user
 from accounts.services import user_count, user_list
 from accounts.views import IsAdmin, user_json
+from pzls_site import params
 from pzls_site.clock import iso
 from pzls_site.health import server_version
 from pzls_site.requests import raw_json_body
@@ -130,15 +131,6 @@ class SyncView(APIView):
 _SINCE_MAX = 2**53 - 1
 
 
-def _since(raw: str | None) -> int:
-    """The protocol's ``since``: a missing or non-numeric value means 0."""
-    try:
-        value = int(float(raw)) if raw is not None else 0
-    except (ValueError, OverflowError):
-        return 0
-    return min(max(value, 0), _SINCE_MAX)
-
-
 class ChangesView(APIView):
     @extend_schema(
         summary="Changelog entries after a version (the last 50 of them)",
@@ -146,8 +138,11 @@ class ChangesView(APIView):
         responses={200: ok("Changes"), **errors(*PROTECTED)},
     )
     def get(self, request: Request) -> Response:
-        since = _since(request.query_params.get("since"))
-        page = services.repository_changes(user_id=str(request.user.pk), since=since)
+        asked = params.version(request.query_params, "since", cap=_SINCE_MAX)
+        page = services.repository_changes(user_id=str(request.user.pk), since=asked.whole)
+        since = asked.resolved(page.current_version)
+        if since != asked.whole:
+            page = services.repository_changes(user_id=str(request.user.pk), since=since)
         return Response(
             {
                 "currentVersion": page.current_version,

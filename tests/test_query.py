@@ -3,6 +3,11 @@
 Each test creates and drops its own uniquely named tables, so parallel runs do
 not clash. A server that cannot be reached skips these tests on a laptop and
 fails them in CI (CI=true): there they must run.
+
+``PZLS_TEST_POSTGRES_URL`` and ``PZLS_TEST_MYSQL_URL`` name a superuser, which
+sets up tables and checks what a query did; the queries themselves run as
+``pzls_reader``, an ordinary user created (idempotently) on first use, since
+superusers are refused by default.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from django.test import override_settings
 from query import hosts, services
 from query.connstring import parse_connection_string
 
-PG_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-MY_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-URLS = {"pg": PG_URL, "my": MY_URL}
+PG_ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+MY_ADMIN_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+ADMIN_URLS = {"pg": PG_ADMIN_URL, "my": MY_ADMIN_URL}
+READER = "pzls_reader"
+READER_PASSWORD = "pzls-reader-test"
+# MySQL matches the most specific host first; these keep an anonymous ''@'localhost' from shadowing '%'.
+READER_HOSTS = ("%", "localhost", "127.0.0.1", "::1")
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
@@ -37,7 +46,7 @@ def _unavailable(what: str, exc: Exception) -> None:
 
 
 def pg_connect() -> Any:
-    spec = parse_connection_string(PG_URL)
+    spec = parse_connection_string(PG_ADMIN_URL)
     conn = psycopg2.connect(
         host=spec.host, port=spec.port, user=spec.user, password=spec.password, dbname=spec.database, connect_timeout=5
     )
@@ -46,7 +55,7 @@ def pg_connect() -> Any:
 
 
 def my_connect() -> Any:
-    spec = parse_connection_string(MY_URL)
+    spec = parse_connection_string(MY_ADMIN_URL)
     return MySQLdb.connect(
         host=spec.host,
         port=spec.port,
@@ -58,16 +67,62 @@ def my_connect() -> Any:
     )
 
 
+_readers_ready: set[str] = set()
+
+
+def _ensure_reader(kind: str, conn: Any) -> None:
+    """Create or reset ``pzls_reader``: a login with no server-wide privileges.
+
+    On PostgreSQL it gets privileges on each test table (``Server.table``); on
+    MariaDB all privileges on the test database, so that the read-only
+    session, not a missing grant, is what stops a write.
+    """
+    if kind in _readers_ready:
+        return
+    cursor = conn.cursor()
+    try:
+        if kind == "pg":
+            # Runs on one server may overlap: one at a time changes the role.
+            cursor.execute("SELECT pg_advisory_lock(hashtext('pzls_reader'))")
+            try:
+                cursor.execute(f"DO $$ BEGIN CREATE ROLE {READER}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+                cursor.execute(
+                    f"ALTER ROLE {READER} WITH LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE "
+                    f"PASSWORD '{READER_PASSWORD}'"
+                )
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext('pzls_reader'))")
+        else:
+            database = parse_connection_string(MY_ADMIN_URL).database
+            for host in READER_HOSTS:
+                account = f"'{READER}'@'{host}'"
+                cursor.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY '{READER_PASSWORD}'")
+                cursor.execute(f"ALTER USER {account} IDENTIFIED BY '{READER_PASSWORD}'")
+                cursor.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO {account}")
+    finally:
+        cursor.close()
+    _readers_ready.add(kind)
+
+
+def reader_url(kind: str) -> str:
+    return url_with(ADMIN_URLS[kind], user=READER, password=READER_PASSWORD)
+
+
 class Server:
-    """A direct connection to one test server, to set up tables and check what a query did."""
+    """A direct connection to one test server, to set up tables and check what a query did.
+
+    ``url`` is the reader's connection string that the queries use, ``admin_url`` the superuser's.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.url = URLS[kind]
+        self.admin_url = ADMIN_URLS[kind]
+        self.url = reader_url(kind)
         try:
             self.conn = pg_connect() if kind == "pg" else my_connect()
         except Exception as exc:
             _unavailable("PostgreSQL" if kind == "pg" else "MariaDB", exc)
+        _ensure_reader(kind, self.conn)
         self.tables: list[str] = []
 
     def run(self, sql: str) -> list[tuple[Any, ...]]:
@@ -82,6 +137,8 @@ class Server:
         name = f"pzls_q_{uuid.uuid4().hex[:12]}"
         self.run(f"CREATE TABLE {name} ({columns})")
         self.tables.append(name)
+        if self.kind == "pg":
+            self.run(f"GRANT ALL ON {name} TO {READER}")
         if rows:
             self.run(f"INSERT INTO {name} VALUES {rows}")
         return name
@@ -318,7 +375,7 @@ def test_roles_setting_lets_analysts_query(analyst_api: Any, pg: Server) -> None
 
 
 def test_missing_token_is_the_generic_401(api: Any) -> None:
-    response = query(api, PG_URL, "SELECT 1")
+    response = query(api, PG_ADMIN_URL, "SELECT 1")
     assert response.status_code == 401
     assert response.json() == {"error": "Authentication required"}
     assert response["WWW-Authenticate"] == "Bearer"
@@ -331,11 +388,11 @@ def test_missing_token_is_the_generic_401(api: Any) -> None:
     "body, error",
     [
         ({"query": "SELECT 1"}, "connectionString is required"),
-        ({"connectionString": PG_URL}, "query is required and must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": "  "}, "query is required and must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": 5}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL, "query": "  "}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL, "query": 5}, "query is required and must be a non-empty string"),
         ({"connectionString": 5, "query": "SELECT 1"}, "connectionString must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": "SELECT '\x00'"}, "query must not contain NUL characters"),
+        ({"connectionString": PG_ADMIN_URL, "query": "SELECT '\x00'"}, "query must not contain NUL characters"),
         ([1, 2], "Request body must be a JSON object"),
     ],
 )
@@ -624,7 +681,7 @@ def closed_port() -> int:
 def test_connect_timeout(admin_api: Any, silent_port: int, kind: str, label: str) -> None:
     with override_settings(PZLS_QUERY_CONNECT_TIMEOUT_S=2):
         started = time.monotonic()
-        response = query(admin_api, url_with(URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
+        response = query(admin_api, url_with(ADMIN_URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
         elapsed = time.monotonic() - started
     assert_failed(response, 400, f"Could not connect to {label} at 127.0.0.1:{silent_port}: no answer within 2 s")
     assert elapsed < 3.5
@@ -716,7 +773,7 @@ def test_errors_are_400_and_never_show_the_password(
             "SELECT 1",
             f'database "{missing_db}" does not exist',
         ),
-        (url_with(my.url, database=missing_db), "SELECT 1", f"Unknown database '{missing_db}' (error 1049)"),
+        (url_with(my.admin_url, database=missing_db), "SELECT 1", f"Unknown database '{missing_db}' (error 1049)"),
         (url_with(pg.url, password=secret), "SELEC 1", 'SQL error: syntax error at or near "SELEC" (SQLSTATE 42601)'),
         (url_with(my.url), "SELEC 1", "SQL error: You have an error in your SQL syntax"),
         (

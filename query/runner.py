@@ -18,9 +18,13 @@ done this way:
   that cancels the statement from outside a moment later (``PQcancel``, or
   ``KILL QUERY`` on a second connection), because a statement can lift the
   server-side limit for itself (``SET STATEMENT max_statement_time=0 FOR ...``).
-- Row cap: rows come through a server-side cursor (PostgreSQL ``DECLARE``)
-  or an unbuffered result (MySQL ``SSCursor``, with ``sql_select_limit``), so
-  at most ``max_rows + 1`` rows are ever fetched; the rest is cancelled.
+- Row and byte caps: rows come through a server-side cursor (PostgreSQL
+  ``DECLARE``) or an unbuffered result (MySQL ``SSCursor``, with
+  ``sql_select_limit``), in batches that are converted and encoded as JSON
+  as they arrive (``query.values.RowsJSON``). Reading stops at
+  ``max_rows + 1`` rows or at the first row that takes the JSON past
+  ``max_bytes``; the rest is never fetched (the transaction's end drops
+  PostgreSQL's cursor, MySQL's statement is killed).
 - Nothing on the PZLS host is reachable from the connection string: no
   ``LOAD DATA LOCAL INFILE`` (a hostile server can ask for any local file on
   any query), no ``~/.pgpass`` or ``~/.my.cnf``.
@@ -53,7 +57,7 @@ from MySQLdb.converters import conversions as mysql_conversions
 from query.connstring import ENGINE_LABELS, MYSQL, POSTGRESQL, ConnectionSpec
 from query.exceptions import QueryFailed, QueryForbidden, QueryTimeout
 from query.statements import Statement
-from query.values import rows_as_objects
+from query.values import RowsJSON
 
 logger = logging.getLogger("pzls.query")
 
@@ -69,6 +73,12 @@ _NO_PASSFILE = "/nonexistent/pzls-query-no-passfile"
 # Statements PostgreSQL can run behind DECLARE ... CURSOR (a server-side cursor).
 _PG_CURSOR_KEYWORDS = {"SELECT", "WITH", "VALUES", "TABLE"}
 
+# Rows are fetched in batches: a small first one, then as many as the rest of
+# the byte cap holds at the average size of the rows so far (at most
+# FETCH_MAX_ROWS), so that a result of large rows is not read far past the cap.
+FETCH_FIRST_ROWS = 50
+FETCH_MAX_ROWS = 2000
+
 
 @dataclass(frozen=True)
 class QueryPolicy:
@@ -78,17 +88,23 @@ class QueryPolicy:
     timeout_s: float
     connect_timeout_s: float
     max_rows: int
+    max_bytes: int
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """The answer of PROTOCOL.md §5, before it is shaped into JSON."""
+    """The answer of PROTOCOL.md §5; ``rows_json`` is its ``rows``, already encoded as a JSON array."""
 
     fields: list[str]
-    rows: list[dict[str, Any]]
+    rows_json: bytes
     row_count: int
     truncated: bool
     elapsed_ms: int
+
+
+# What an engine's execute() hands back: the fields, the rows kept, and the
+# row count (the rows kept, or the rows a write affected).
+Fetched = tuple[list[str], RowsJSON, int]
 
 
 ServerIdentity = tuple[Any, ...]
@@ -168,13 +184,14 @@ def run_query(
     runner = _PostgresRun if spec.engine == POSTGRESQL else _MySQLRun
     started = time.monotonic()
     try:
-        fields, raw_rows, row_count, truncated = runner(spec, addresses, statement, policy, forbidden_identity).run()
+        fields, rows, row_count = runner(spec, addresses, statement, policy, forbidden_identity).run()
     except (QueryFailed, QueryForbidden) as exc:
         exc.message = scrub(exc.message, spec.password)
         raise
-    rows = rows_as_objects(fields, raw_rows)
     elapsed_ms = int(round((time.monotonic() - started) * 1000))
-    return QueryResult(fields=fields, rows=rows, row_count=row_count, truncated=truncated, elapsed_ms=elapsed_ms)
+    return QueryResult(
+        fields=fields, rows_json=rows.json(), row_count=row_count, truncated=rows.truncated, elapsed_ms=elapsed_ms
+    )
 
 
 class _Run:
@@ -195,7 +212,7 @@ class _Run:
         self.forbidden_identity = forbidden_identity
         self.label = f"{ENGINE_LABELS[spec.engine]} at {_host_port(spec.host, spec.port)}"
 
-    def run(self) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def run(self) -> Fetched:
         conn = self.connect()
         # One watchdog for everything after the connect: a server that stalls
         # the identity check or the session set-up is cut off too.
@@ -238,6 +255,34 @@ class _Run:
         if self.identity(conn) == self.forbidden_identity:
             raise QueryForbidden("Queries on PZLS's own database are not allowed")
 
+    def rows(self, fields: list[str]) -> RowsJSON:
+        return RowsJSON(fields, max_rows=self.policy.max_rows, max_bytes=self.policy.max_bytes)
+
+    def collect(self, cursor: Any) -> tuple[RowsJSON, bool]:
+        """Read rows with ``cursor.fetchmany`` until a cap is reached or the result ends.
+
+        Returns the rows kept and whether the result was read to its end. The
+        row past ``max_rows`` shows that the result is longer; asking for one
+        more than that lets a short read show that it ended there.
+        """
+        rows: RowsJSON | None = None
+        read = 0
+        while True:
+            want = FETCH_FIRST_ROWS
+            if rows is not None and rows.count:
+                average = (rows.size - 2) / rows.count
+                want = min(FETCH_MAX_ROWS, int((rows.max_bytes - rows.size) / average) + 1)
+            want = max(1, min(want, self.policy.max_rows + 2 - read))
+            batch = cursor.fetchmany(want)
+            if rows is None:
+                # A PostgreSQL server-side cursor describes its columns at the first FETCH.
+                rows = self.rows([column[0] for column in cursor.description or ()])
+            read += len(batch)
+            rows.add(batch)
+            ended = len(batch) < want
+            if rows.truncated or ended:
+                return rows, ended
+
     def timeout_error(self) -> QueryTimeout:
         return QueryTimeout(f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled")
 
@@ -265,7 +310,7 @@ class _Run:
     def prepare(self, conn: Any) -> None:
         raise NotImplementedError
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def execute(self, conn: Any) -> Fetched:
         raise NotImplementedError
 
 
@@ -391,7 +436,7 @@ class _PostgresRun(_Run):
         except psycopg2.Error as exc:
             raise self.failure(f"Could not prepare the session on {self.label}: {_pg_message(exc)}") from None
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def execute(self, conn: Any) -> Fetched:
         cursor_keyword = self.statement.first in _PG_CURSOR_KEYWORDS
         # Writes outside a transaction only when the policy allows writes:
         # VACUUM and friends cannot run inside one.
@@ -422,29 +467,22 @@ class _PostgresRun(_Run):
             raise self.failure(f"SQL error: {_pg_message(exc)}") from None
         return result
 
-    def _fetch_from_cursor(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def _fetch_from_cursor(self, conn: Any) -> Fetched:
         cursor = conn.cursor(name="pzls_query", scrollable=False, withhold=False)
         cursor.execute(self.statement.text)
-        rows = cursor.fetchmany(cap + 1)
-        fields = [column.name for column in cursor.description or ()]
-        truncated = len(rows) > cap
-        # Closing the transaction (rollback/commit, then close) drops the
-        # portal: the rows past the cap are never produced.
-        rows = rows[:cap]
-        return fields, rows, len(rows), truncated
+        # Each fetchmany is one FETCH; closing the transaction (rollback or
+        # commit, then close) drops the portal: rows past a cap are never produced.
+        rows, _ = self.collect(cursor)
+        return rows.fields, rows, rows.count
 
-    def _fetch_plain(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def _fetch_plain(self, conn: Any) -> Fetched:
+        # libpq has received the whole result here; the caps still bound the answer.
         cursor = conn.cursor()
         cursor.execute(self.statement.text)
         if cursor.description is None:
-            return [], [], max(cursor.rowcount, 0), False
-        fields = [column.name for column in cursor.description]
-        rows = cursor.fetchmany(cap + 1)
-        truncated = len(rows) > cap
-        rows = rows[:cap]
-        return fields, rows, len(rows), truncated
+            return [], self.rows([]), max(cursor.rowcount, 0)
+        rows, _ = self.collect(cursor)
+        return rows.fields, rows, rows.count
 
 
 def _pg_message(exc: Exception) -> str:
@@ -608,25 +646,19 @@ class _MySQLRun(_Run):
         finally:
             helper.close()
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def execute(self, conn: Any) -> Fetched:
         cursor = MySQLdb.cursors.SSCursor(conn)
         try:
             cursor.execute(self.statement.text)
             if cursor.description is None:
-                fields: list[str] = []
-                rows: list[Sequence[Any]] = []
-                row_count, truncated = max(conn.affected_rows(), 0), False
+                rows, row_count = self.rows([]), max(conn.affected_rows(), 0)
             else:
-                fields = [column[0] for column in cursor.description]
-                rows = list(cursor.fetchmany(cap + 1))
-                truncated = len(rows) > cap
-                if truncated and cursor.fetchone() is not None:
-                    # Still streaming (the statement has its own LIMIT above
-                    # sql_select_limit): stop it rather than read it to the end.
+                rows, ended = self.collect(cursor)
+                if not ended:
+                    # Still streaming (past a cap, or the statement has its own
+                    # LIMIT above sql_select_limit): stop it rather than read it to the end.
                     self.kill(self.thread_id)
-                rows = rows[:cap]
-                row_count = len(rows)
+                row_count = rows.count
             try:
                 cursor.close()
             except MySQLdb.Error:
@@ -646,7 +678,7 @@ class _MySQLRun(_Run):
         # a statement that only returned at the limit was cut off, not finished.
         if time.monotonic() - self.started >= self.policy.timeout_s:
             raise self.timeout_error()
-        return fields, rows, row_count, truncated
+        return rows.fields, rows, row_count
 
 
 # --- The identity of a server --------------------------------------------

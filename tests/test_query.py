@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import MySQLdb
+import orjson
 import psycopg2
 import pytest
 from django.test import override_settings
@@ -730,6 +731,112 @@ def test_exactly_the_cap_is_not_truncated(admin_api: Any, server: Server) -> Non
     with override_settings(PZLS_QUERY_MAX_ROWS=2):
         body = assert_ok(query(admin_api, server.url, f"SELECT id FROM {table} ORDER BY id"))
     assert (body["rows"], body["rowCount"], body["truncated"]) == ([{"id": 1}, {"id": 2}], 2, True)
+
+
+# --- byte cap ------------------------------------------------------------
+
+# n, and a text of `width` x's, for n = 1..rows.
+WIDE_ROWS = {
+    "pg": "SELECT n, repeat('x', {width}) AS s FROM generate_series(1, {rows}) AS n ORDER BY n",
+    "my": "SELECT seq AS n, REPEAT('x', {width}) AS s FROM seq_1_to_{rows}",
+}
+
+
+def wide(n: int, width: int) -> dict[str, Any]:
+    return {"n": n, "s": "x" * width}
+
+
+def assert_cut_before(rows: list[Any], next_row: Any, cap: int) -> None:
+    """The rows, as the answer writes them, fit in ``cap`` bytes; with the next row they would not."""
+    assert len(orjson.dumps(rows)) <= cap
+    assert len(orjson.dumps([*rows, next_row])) > cap
+
+
+def test_byte_cap_keeps_the_rows_that_fit(admin_api: Any, server: Server) -> None:
+    # Each row is {"n":1,"s":"x...x"}: 104 bytes with 90 x's; nine of them and
+    # their brackets and commas make 946 bytes.
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, WIDE_ROWS[server.kind].format(width=90, rows=1000)))
+    assert body == {
+        "success": True,
+        "rows": [wide(n, 90) for n in range(1, 10)],
+        "rowCount": 9,
+        "fields": ["n", "s"],
+        "truncated": True,
+    }
+    assert len(orjson.dumps(body["rows"])) == 946
+    assert_cut_before(body["rows"], wide(10, 90), 1000)
+
+
+def test_a_result_exactly_at_the_byte_cap_is_not_truncated(admin_api: Any, server: Server) -> None:
+    sql = WIDE_ROWS[server.kind].format(width=90, rows=9)
+    with override_settings(PZLS_QUERY_MAX_BYTES=946):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(n, 90) for n in range(1, 10)], 9, False)
+    with override_settings(PZLS_QUERY_MAX_BYTES=945):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(n, 90) for n in range(1, 9)], 8, True)
+    # Under the default cap nothing is cut.
+    body = assert_ok(query(admin_api, server.url, WIDE_ROWS[server.kind].format(width=1000, rows=2000)))
+    assert (body["rowCount"], body["truncated"]) == (2000, False)
+
+
+def test_a_row_larger_than_the_byte_cap(admin_api: Any, server: Server) -> None:
+    repeat = "repeat" if server.kind == "pg" else "REPEAT"
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, f"SELECT {repeat}('x', 2000) AS s"))
+    # The first row does not fit: no rows, and the answer says it was cut.
+    assert body == {"success": True, "rows": [], "rowCount": 0, "fields": ["s"], "truncated": True}
+    # A large row in the middle ends the answer there, though later rows would fit:
+    # the rows are always the first ones of the result.
+    sql = {
+        "pg": "SELECT n, repeat('x', CASE WHEN n = 3 THEN 5000 ELSE 10 END) AS s FROM generate_series(1, 10) n",
+        "my": "SELECT seq AS n, REPEAT('x', IF(seq = 3, 5000, 10)) AS s FROM seq_1_to_10",
+    }[server.kind]
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(1, 10), wide(2, 10)], 2, True)
+
+
+@pytest.mark.parametrize(
+    "kind, sql",
+    [
+        ("pg", "SELECT generate_series(1, 200000000) AS n, '{marker}' AS m, repeat('x', 1000) AS s"),
+        ("my", "SELECT seq AS n, '{marker}' AS m, REPEAT('x', 1000) AS s FROM seq_1_to_200000000"),
+        ("my", "SELECT seq AS n, '{marker}' AS m, REPEAT('x', 1000) AS s FROM seq_1_to_200000000 LIMIT 200000000"),
+    ],
+)
+def test_byte_cap_stops_without_fetching_the_rest(admin_api: Any, kind: str, sql: str) -> None:
+    srv = Server(kind)
+    marker = f"pzls_bytes_{uuid.uuid4().hex[:10]}"
+    cap = 1024 * 1024
+    try:
+        # 200 GB of rows, and no row cap to stop them.
+        with override_settings(PZLS_QUERY_MAX_BYTES=cap, PZLS_QUERY_MAX_ROWS=10**9):
+            started = time.monotonic()
+            body = assert_ok(query(admin_api, srv.url, sql.format(marker=marker)))
+            elapsed = time.monotonic() - started
+        count = body["rowCount"]
+        expected = [{"n": n, "m": marker, "s": "x" * 1000} for n in range(1, count + 2)]
+        assert (body["fields"], body["truncated"]) == (["n", "m", "s"], True)
+        assert count > 900 and body["rows"] == expected[:count]
+        assert_cut_before(body["rows"], expected[count], cap)
+        assert elapsed < 5
+        assert srv.wait_gone(marker) == []
+    finally:
+        srv.close()
+
+
+def test_byte_cap_bounds_statements_without_a_cursor(admin_api: Any, pg: Server) -> None:
+    # SHOW cannot sit behind DECLARE: its rows arrive whole, and the answer is cut all the same.
+    full = assert_ok(query(admin_api, pg.url, "SHOW ALL"))
+    assert full["truncated"] is False and full["rowCount"] > 100
+    with override_settings(PZLS_QUERY_MAX_BYTES=5000):
+        body = assert_ok(query(admin_api, pg.url, "SHOW ALL"))
+    count = body["rowCount"]
+    assert body["truncated"] is True and 0 < count < full["rowCount"]
+    assert body["rows"] == full["rows"][:count]
+    assert_cut_before(body["rows"], full["rows"][count], 5000)
 
 
 # --- errors: 400 with a useful message, never the password ---------------

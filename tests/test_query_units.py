@@ -8,12 +8,13 @@ import ipaddress
 import uuid
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from query import hosts
 from query.connstring import ConnectionStringError, parse_connection_string
 from query.statements import StatementError, single_statement
-from query.values import duration_iso, json_safe, rows_as_objects
+from query.values import RowsJSON, duration_iso, json_safe, rows_as_objects
 
 # --- connection strings --------------------------------------------------
 
@@ -285,6 +286,73 @@ def test_rows_as_objects_keeps_column_order() -> None:
     rows = rows_as_objects(["b", "a"], [(1, Decimal("2.0")), (None, None)])
     assert rows == [{"b": 1, "a": "2.0"}, {"b": None, "a": None}]
     assert list(rows[0]) == ["b", "a"]
+
+
+# --- rows as JSON under the caps ------------------------------------------
+
+# Rows of many JSON shapes and sizes: escapes, multi-byte text (counted in
+# bytes), NULLs, numbers, values converted on the way.
+MIXED_ROWS = [
+    (n, text, value)
+    for n, (text, value) in enumerate(
+        [
+            ("plain", 1),
+            ('quote " and backslash \\', None),
+            ("tab\tnewline\ncontrol\x01", 2.5),
+            ("héllo ☃ 😀" * 7, Decimal("12.50")),
+            ("", 2**60),
+            ("x" * 300, float("nan")),
+            ("ünïcödé" * 40, b"\x00\xff"),
+            ("y", dt.date(2024, 2, 29)),
+        ]
+        * 3
+    )
+]
+FIELDS = ["n", "text", "value"]
+
+
+def _build(rows: list[tuple[object, ...]], batch: int, **caps: int) -> RowsJSON:
+    out = RowsJSON(FIELDS, **caps)
+    for start in range(0, len(rows), batch):
+        out.add(rows[start : start + batch])
+    return out
+
+
+def test_rows_json_is_the_json_of_the_rows() -> None:
+    out = _build(MIXED_ROWS, 5, max_rows=1000, max_bytes=10**9)
+    assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS))
+    assert (out.count, out.size, out.truncated) == (len(MIXED_ROWS), len(out.json()), False)
+    empty = RowsJSON(FIELDS, max_rows=10, max_bytes=10)
+    assert (empty.json(), empty.size, empty.truncated) == (b"[]", 2, False)
+
+
+def test_rows_json_keeps_the_longest_prefix_that_fits_every_cap() -> None:
+    full = orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS))
+    prefix_sizes = [len(orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:k]))) for k in range(len(MIXED_ROWS) + 1)]
+    for cap in sorted(
+        {1, 2, 3, *prefix_sizes, *(size - 1 for size in prefix_sizes), *(size + 1 for size in prefix_sizes)}
+    ):
+        fits = max(k for k, size in enumerate(prefix_sizes) if size <= cap) if cap >= 2 else 0
+        for batch in (1, 4, len(MIXED_ROWS)):  # how the rows arrive does not matter
+            out = _build(MIXED_ROWS, batch, max_rows=1000, max_bytes=cap)
+            assert out.count == fits, (cap, batch)
+            assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:fits]))
+            assert out.size == len(out.json()) <= max(cap, 2)
+            assert out.truncated == (fits < len(MIXED_ROWS))
+    assert len(full) == prefix_sizes[-1]
+
+
+def test_rows_json_row_cap_and_byte_cap_together() -> None:
+    out = _build(MIXED_ROWS, 4, max_rows=3, max_bytes=10**9)
+    assert (out.count, out.truncated) == (3, True)
+    assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:3]))
+    exactly = _build(MIXED_ROWS[:3], 4, max_rows=3, max_bytes=10**9)
+    assert (exactly.count, exactly.truncated) == (3, False)
+    # Whichever cap comes first cuts; nothing is added once cut.
+    out = _build(MIXED_ROWS, 2, max_rows=20, max_bytes=len(orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:2]))))
+    assert (out.count, out.truncated) == (2, True)
+    out.add(MIXED_ROWS[:1])
+    assert out.count == 2
 
 
 # --- host patterns -------------------------------------------------------

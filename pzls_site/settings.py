@@ -300,6 +300,7 @@ PZLS_QUERY_TIMEOUT_S = _env_number("PZLS_QUERY_TIMEOUT_S", 30, minimum=0.001)
 PZLS_QUERY_CONNECT_TIMEOUT_S = _env_number("PZLS_QUERY_CONNECT_TIMEOUT_S", 10, minimum=1)
 PZLS_QUERY_MAX_ROWS = int(_env_number("PZLS_QUERY_MAX_ROWS", 10000, minimum=1, integer=True))
 PZLS_QUERY_MAX_BYTES = int(_env_number("PZLS_QUERY_MAX_BYTES", 50 * 1024 * 1024, minimum=1, integer=True))
+PZLS_QUERY_ALLOW_SUPERUSER = _env_bool("PZLS_QUERY_ALLOW_SUPERUSER", False)
 
 # --- Logging -------------------------------------------------------------
 

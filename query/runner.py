@@ -25,6 +25,11 @@ done this way:
   ``max_rows + 1`` rows or at the first row that takes the JSON past
   ``max_bytes``; the rest is never fetched (the transaction's end drops
   PostgreSQL's cursor, MySQL's statement is killed).
+- Superusers: a read-only session does not stop a PostgreSQL superuser's
+  ``pg_read_file``, ``pg_terminate_backend`` or ``pg_reload_conf``, nor a
+  MySQL ``FILE`` holder's ``LOAD_FILE``, nor ``SET GLOBAL`` or ``SHUTDOWN``.
+  Unless the policy allows it, the session's privileges are read before the
+  statement runs and a user holding (or able to take on) such power is refused.
 - Nothing on the PZLS host is reachable from the connection string: no
   ``LOAD DATA LOCAL INFILE`` (a hostile server can ask for any local file on
   any query), no ``~/.pgpass`` or ``~/.my.cnf``.
@@ -39,6 +44,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -79,6 +85,10 @@ _PG_CURSOR_KEYWORDS = {"SELECT", "WITH", "VALUES", "TABLE"}
 FETCH_FIRST_ROWS = 50
 FETCH_MAX_ROWS = 2000
 
+SUPERUSER_REFUSED = (
+    "Connecting as a database superuser is not allowed (set PZLS_QUERY_ALLOW_SUPERUSER=true to allow it)"
+)
+
 
 @dataclass(frozen=True)
 class QueryPolicy:
@@ -89,6 +99,7 @@ class QueryPolicy:
     connect_timeout_s: float
     max_rows: int
     max_bytes: int
+    allow_superuser: bool
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,8 @@ class _Run:
         try:
             with self.watchdog:
                 self.check_identity(conn)
+                if not self.policy.allow_superuser:
+                    self.check_privileges(conn)
                 self.prepare(conn)
                 self.started = time.monotonic()
                 result = self.execute(conn)
@@ -254,6 +267,11 @@ class _Run:
             return
         if self.identity(conn) == self.forbidden_identity:
             raise QueryForbidden("Queries on PZLS's own database are not allowed")
+
+    def check_privileges(self, conn: Any) -> None:
+        reasons = self.superuser_powers(conn)
+        if reasons:
+            raise QueryForbidden(f'{SUPERUSER_REFUSED}: user "{self.spec.user}" ' + " and ".join(reasons))
 
     def rows(self, fields: list[str]) -> RowsJSON:
         return RowsJSON(fields, max_rows=self.policy.max_rows, max_bytes=self.policy.max_bytes)
@@ -305,6 +323,10 @@ class _Run:
         raise NotImplementedError
 
     def identity(self, conn: Any) -> ServerIdentity | None:
+        raise NotImplementedError
+
+    def superuser_powers(self, conn: Any) -> list[str]:
+        """What the session's user holds, or can take on, that a read-only session does not contain."""
         raise NotImplementedError
 
     def prepare(self, conn: Any) -> None:
@@ -417,6 +439,17 @@ class _PostgresRun(_Run):
         except psycopg2.Error as exc:
             raise self.failure(f"Could not read from {self.label}: {_pg_message(exc)}") from None
 
+    def superuser_powers(self, conn: Any) -> list[str]:
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(_PG_POWERS_SQL, (list(_PG_SERVER_ROLES),))
+                held = cursor.fetchall()
+        except psycopg2.Error as exc:
+            raise self.failure(
+                f"Could not read the privileges of the user on {self.label}: {_pg_message(exc)}"
+            ) from None
+        return pg_powers(held)
+
     def prepare(self, conn: Any) -> None:
         timeout_ms = max(1, int(self.policy.timeout_s * 1000))
         settings = [
@@ -493,6 +526,39 @@ def _pg_message(exc: Exception) -> str:
     return f"{message} (SQLSTATE {code})" if code else message
 
 
+# Roles whose members act on the database server itself: files, programs, other sessions.
+_PG_SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_signal_backend", "pg_write_server_files")
+
+# Every role the session's user is, or may become (SET ROLE works in a
+# read-only transaction, even from set_config('role', ...) inside a SELECT),
+# that is a superuser, has REPLICATION (replication slots outlive a read-only
+# transaction) or is one of _PG_SERVER_ROLES. The user's own row comes first.
+_PG_POWERS_SQL = """
+SELECT r.rolname, r.rolname = current_user, r.rolsuper, r.rolreplication
+FROM pg_roles r
+WHERE pg_has_role(current_user, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolreplication OR r.rolname = ANY(%s))
+ORDER BY r.rolname = current_user DESC, r.rolname
+"""
+
+
+def pg_powers(held: Sequence[Sequence[Any]]) -> list[str]:
+    """Why a PostgreSQL user is refused, from the rows of ``_PG_POWERS_SQL``; empty when it is not."""
+    reasons: list[str] = []
+    members: list[str] = []
+    for name, is_self, superuser, replication in held:
+        if is_self and superuser:
+            return ["is a superuser"]  # and so a member of every role
+        if superuser:
+            reasons.append(f'can become the superuser "{name}"')
+        elif replication:
+            reasons.append("has REPLICATION" if is_self else f'can become "{name}", which has REPLICATION')
+        if name in _PG_SERVER_ROLES:
+            members.append(name)
+    if members:
+        reasons.append(f"is a member of {', '.join(members)}")
+    return reasons
+
+
 # --- MySQL / MariaDB -----------------------------------------------------
 
 
@@ -536,6 +602,81 @@ _MYSQL_NETWORK_ERRORS = {2002, 2003, 2005, 2006, 2013}
 _MYSQL_TIMEOUT_ERRORS = {1969, 3024}
 _MYSQL_READ_ONLY_ERRORS = {1792, 1290}
 _MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
+
+
+# Global privileges whose statements a read-only session stops, or that only
+# read: a user holding any other on *.* (SUPER or ALL PRIVILEGES, FILE's
+# LOAD_FILE, SHUTDOWN, RELOAD's FLUSH, the administration privileges split
+# from SUPER, MySQL 8's dynamic ones) is refused unless the policy allows it.
+_MYSQL_DATA_PRIVILEGES = frozenset(
+    {
+        "USAGE",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "DROP",
+        "REFERENCES",
+        "INDEX",
+        "ALTER",
+        "CREATE TEMPORARY TABLES",
+        "LOCK TABLES",
+        "EXECUTE",
+        "CREATE VIEW",
+        "SHOW VIEW",
+        "CREATE ROUTINE",
+        "ALTER ROUTINE",
+        "EVENT",
+        "TRIGGER",
+        "DELETE HISTORY",
+        "CREATE TABLESPACE",
+        "CREATE USER",
+        "GRANT OPTION",
+        "SHOW DATABASES",
+        "PROCESS",
+        "REPLICATION CLIENT",
+        "REPLICATION SLAVE",
+        "BINLOG MONITOR",
+        "SLAVE MONITOR",
+        "REPLICA MONITOR",
+    }
+)
+_MYSQL_GLOBAL_GRANT = re.compile(r"GRANT ([A-Z_ ,]+?) ON \*\.\* TO ")
+# A quoted name as SHOW GRANTS writes it: `name` or 'name', quotes inside doubled.
+_MYSQL_NAME = r"(?:`(?:[^`]|``)*`|'(?:[^']|'')*')"
+_MYSQL_ROLE = re.compile(rf"({_MYSQL_NAME})(?:@({_MYSQL_NAME}))?")
+_MYSQL_ROLE_GRANT = re.compile(rf"GRANT ({_MYSQL_ROLE.pattern}(?:\s*,\s*{_MYSQL_ROLE.pattern})*) TO ")
+
+
+def mysql_server_privileges(lines: Sequence[str]) -> list[str]:
+    """The global privileges in SHOW GRANTS ``lines`` that are not data privileges, in order."""
+    found: list[str] = []
+    for line in lines:
+        match = _MYSQL_GLOBAL_GRANT.match(line)
+        for item in match.group(1).split(",") if match else ():
+            name = " ".join(item.split())
+            if name not in _MYSQL_DATA_PRIVILEGES and name not in found:
+                found.append(name)
+    return found
+
+
+def mysql_granted_roles(line: str) -> list[tuple[str, ...]]:
+    """The roles a SHOW GRANTS line grants (``GRANT `r` TO ...``), each as (name,) or (name, host)."""
+    match = _MYSQL_ROLE_GRANT.match(line)
+    if not match:
+        return []
+    return [tuple(_mysql_unquote(part) for part in parts if part) for parts in _MYSQL_ROLE.findall(match.group(1))]
+
+
+def _mysql_unquote(name: str) -> str:
+    quote = name[0]
+    return name[1:-1].replace(quote * 2, quote)
+
+
+def _mysql_quote(*parts: str) -> str:
+    """``name`` or ``name``@``host``, quoted as identifiers."""
+    return "@".join("`" + part.replace("`", "``") + "`" for part in parts)
 
 
 def _mysql_code(exc: Exception) -> int | None:
@@ -612,6 +753,53 @@ class _MySQLRun(_Run):
             raise self.failure(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
         finally:
             cursor.close()
+
+    def superuser_powers(self, conn: Any) -> list[str]:
+        mariadb = "mariadb" in conn.get_server_info().lower()
+        cursor = conn.cursor()
+        try:
+            own = self.grants(cursor, "SHOW GRANTS")
+            started_as = None
+            if mariadb and any(mysql_granted_roles(line) for line in own):
+                # While a role is current (a default role), MariaDB's SHOW
+                # GRANTS shows its privileges too: read the user's own without it.
+                cursor.execute("SELECT CURRENT_ROLE()")
+                started_as = cursor.fetchone()[0]
+                if started_as is not None:
+                    cursor.execute("SET ROLE NONE")
+                    own = self.grants(cursor, "SHOW GRANTS")
+            held = mysql_server_privileges(own)
+            # A role the user may take on counts too: SET ROLE works in a
+            # read-only session, and inside a procedure the statement calls.
+            roles = [] if held else [role for line in own for role in mysql_granted_roles(line)]
+            by_role = []
+            for role in roles:
+                if mariadb:
+                    # MariaDB shows a role's privileges, and those of the roles
+                    # granted to it, while it is the current role.
+                    cursor.execute(f"SET ROLE {_mysql_quote(*role)}")
+                    by_role.append((role, self.grants(cursor, "SHOW GRANTS")))
+                else:
+                    using = f"SHOW GRANTS FOR CURRENT_USER() USING {_mysql_quote(*role)}"
+                    by_role.append((role, self.grants(cursor, using)))
+            if mariadb and (roles or started_as is not None):
+                cursor.execute(f"SET ROLE {_mysql_quote(_mysql_text(started_as))}" if started_as else "SET ROLE NONE")
+        except MySQLdb.Error as exc:
+            raise self.failure(
+                f"Could not read the privileges of the user on {self.label}: {_mysql_message(exc)}"
+            ) from None
+        finally:
+            cursor.close()
+        reasons = [f"has {', '.join(held)} on *.*"] if held else []
+        for role, lines in by_role:
+            extra = [name for name in mysql_server_privileges(lines) if name not in held]
+            if extra:
+                reasons.append(f'can take on the role "{"@".join(role)}", which has {", ".join(extra)} on *.*')
+        return reasons
+
+    def grants(self, cursor: Any, sql: str) -> list[str]:
+        cursor.execute(sql)
+        return [_mysql_text(row[0]) for row in cursor.fetchall()]
 
     def prepare(self, conn: Any) -> None:
         mariadb = "mariadb" in conn.get_server_info().lower()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -36,6 +37,9 @@ READER = "pzls_reader"
 READER_PASSWORD = "pzls-reader-test"
 # MySQL matches the most specific host first; these keep an anonymous ''@'localhost' from shadowing '%'.
 READER_HOSTS = ("%", "localhost", "127.0.0.1", "::1")
+SUPERUSER_REFUSED = (
+    "Connecting as a database superuser is not allowed (set PZLS_QUERY_ALLOW_SUPERUSER=true to allow it)"
+)
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
@@ -598,6 +602,236 @@ def test_local_infile_is_never_sent(admin_api: Any, my: Server) -> None:
     assert response.status_code == 400
     assert response.json()["error"].startswith("SQL error: The used command is not allowed")
     assert my.run(f"SELECT COUNT(*) FROM {table}") == [(0,)]
+
+
+# --- superusers ----------------------------------------------------------
+
+
+class Accounts:
+    """Logins and roles made for one test, with random names and passwords, dropped after it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.made: list[str] = []
+
+    def role(self, attributes: str = "", *, member_of: tuple[str, ...] = ()) -> str:
+        """A role that cannot log in; PostgreSQL only."""
+        name = f"pzls_q_{uuid.uuid4().hex[:10]}"
+        self.server.run(f"CREATE ROLE {name} NOLOGIN {attributes}")
+        self.made.append(name)
+        for group in member_of:
+            self.server.run(f"GRANT {group} TO {name}")
+        return name
+
+    def pg_login(self, attributes: str = "", *, member_of: tuple[str, ...] = ()) -> tuple[str, str]:
+        """(name, connection string) of a PostgreSQL login."""
+        name, password = f"pzls_q_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+        self.server.run(f"CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'")
+        self.made.append(name)
+        for group in member_of:
+            self.server.run(f"GRANT {group} TO {name}")
+        return name, url_with(self.server.admin_url, user=name, password=password)
+
+    def my_role(self, *grants: str) -> str:
+        """A MariaDB role; each grant is a GRANT statement with ``{to}`` for the role."""
+        name = f"pzls_q_{uuid.uuid4().hex[:10]}"
+        self.server.run(f"CREATE ROLE {name}")
+        self.made.append(name)
+        for grant in grants:
+            self.server.run(grant.format(to=f"`{name}`"))
+        return name
+
+    def my_login(self, *grants: str, default_role: str | None = None) -> tuple[str, str]:
+        """(name, connection string) of a MariaDB user who may read the test database; each
+        grant is a GRANT statement with ``{to}``."""
+        name, password = f"pzls_q_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+        database = parse_connection_string(self.server.admin_url).database
+        for host in READER_HOSTS:
+            account = f"'{name}'@'{host}'"
+            self.server.run(f"CREATE USER {account} IDENTIFIED BY '{password}'")
+            self.made.append(account)
+            for grant in (f"GRANT SELECT ON `{database}`.* TO {{to}}", *grants):
+                self.server.run(grant.format(to=account))
+            if default_role:
+                self.server.run(f"SET DEFAULT ROLE {default_role} FOR {account}")
+        return name, url_with(self.server.admin_url, user=name, password=password)
+
+    def drop(self) -> None:
+        for name in reversed(self.made):
+            if self.server.kind == "pg":
+                self.server.run(f"DROP OWNED BY {name}")  # and the privileges granted to it
+                self.server.run(f"DROP ROLE {name}")
+            elif "@" in name:
+                self.server.run(f"DROP USER IF EXISTS {name}")
+            else:
+                self.server.run(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def pg_accounts(pg: Server) -> Iterator[Accounts]:
+    accounts = Accounts(pg)
+    yield accounts
+    accounts.drop()
+
+
+@pytest.fixture
+def my_accounts(my: Server) -> Iterator[Accounts]:
+    accounts = Accounts(my)
+    yield accounts
+    accounts.drop()
+
+
+def refused(user: str, reasons: str) -> str:
+    return f'{SUPERUSER_REFUSED}: user "{user}" {reasons}'
+
+
+def test_superusers_are_refused_before_the_statement_runs(admin_api: Any, server: Server) -> None:
+    user = parse_connection_string(server.admin_url).user
+    sleep = "pg_sleep(3)" if server.kind == "pg" else "SLEEP(3)"
+    started = time.monotonic()
+    response = query(admin_api, server.admin_url, f"SELECT {sleep}")
+    assert time.monotonic() - started < 2
+    assert response.status_code == 403, response.content
+    reason = "is a superuser" if server.kind == "pg" else "has ALL PRIVILEGES on *.*"
+    assert response.json() == {"success": False, "error": refused(user, reason)}
+    # The reader, an ordinary user, queries the same server.
+    assert assert_ok(query(admin_api, server.url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_allow_superuser_lets_a_superuser_read_server_files(admin_api: Any, pg: Server) -> None:
+    sql = "SELECT pg_read_file('PG_VERSION') AS v"
+    assert query(admin_api, pg.admin_url, sql).status_code == 403
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        body = assert_ok(query(admin_api, pg.admin_url, sql))
+    # What a read-only session does not stop: reading a file of the database server.
+    assert body["rows"][0]["v"].strip().isdigit()
+
+
+@pytest.mark.parametrize(
+    "server_role", ["pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend"]
+)
+def test_postgres_members_of_server_roles_are_refused(admin_api: Any, pg_accounts: Accounts, server_role: str) -> None:
+    direct, direct_url = pg_accounts.pg_login(member_of=(server_role,))
+    # Through a group, and without inheriting its privileges: SET ROLE still reaches them.
+    group = pg_accounts.role(member_of=(server_role,))
+    nested, nested_url = pg_accounts.pg_login("NOINHERIT", member_of=(group,))
+    for user, url in [(direct, direct_url), (nested, nested_url)]:
+        response = query(admin_api, url, "SELECT 1")
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == refused(user, f"is a member of {server_role}")
+        with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+            assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_postgres_member_of_pg_read_server_files_could_read_files(
+    admin_api: Any, pg: Server, pg_accounts: Accounts
+) -> None:
+    user, url = pg_accounts.pg_login(member_of=("pg_read_server_files",))
+    # A common grant next to the role; alone it only reaches the data directory.
+    pg.run(f"GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {user}")
+    sql = "SELECT length(pg_read_file('/etc/passwd')) > 0 AS read"
+    assert query(admin_api, url, sql).json()["error"] == refused(user, "is a member of pg_read_server_files")
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        assert assert_ok(query(admin_api, url, sql))["rows"] == [{"read": True}]
+
+
+def test_postgres_user_who_can_become_a_superuser_is_refused(admin_api: Any, pg: Server, pg_accounts: Accounts) -> None:
+    superuser = pg_accounts.role("SUPERUSER")
+    user, url = pg_accounts.pg_login(member_of=(superuser,))
+    # One statement, in a read-only transaction, becomes the superuser and reads
+    # a server file (through a query planned after the role changed).
+    sql = (
+        f"SELECT set_config('role', '{superuser}', false) AS r, "
+        "query_to_xml('SELECT pg_read_file(''PG_VERSION'') AS v', false, false, '')::text AS x"
+    )
+    response = query(admin_api, url, sql)
+    assert response.status_code == 403, response.content
+    assert response.json()["error"] == refused(user, f'can become the superuser "{superuser}"')
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        body = assert_ok(query(admin_api, url, sql))
+    assert body["rows"][0]["r"] == superuser
+    assert "<v>" + pg.run("SELECT pg_read_file('PG_VERSION')")[0][0] + "</v>" in body["rows"][0]["x"]
+
+
+def test_postgres_replication_is_refused(admin_api: Any, pg_accounts: Accounts) -> None:
+    # A replication slot made in a read-only transaction outlives it, and holds WAL on the server.
+    user, url = pg_accounts.pg_login("REPLICATION")
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(user, "has REPLICATION")
+    group = pg_accounts.role("REPLICATION")
+    user, url = pg_accounts.pg_login(member_of=(group,))
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can become "{group}", which has REPLICATION'
+    )
+
+
+def test_postgres_refusal_names_every_reason(admin_api: Any, pg_accounts: Accounts) -> None:
+    superuser = pg_accounts.role("SUPERUSER")
+    user, url = pg_accounts.pg_login(member_of=(superuser, "pg_signal_backend", "pg_read_server_files"))
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can become the superuser "{superuser}" and is a member of pg_read_server_files, pg_signal_backend'
+    )
+
+
+def test_postgres_roles_that_only_read_are_allowed(admin_api: Any, pg_accounts: Accounts) -> None:
+    _, url = pg_accounts.pg_login("CREATEDB", member_of=("pg_monitor", "pg_read_all_data"))
+    assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+@pytest.mark.parametrize(
+    "privileges, reason",
+    [
+        ("FILE", "has FILE on *.*"),  # LOAD_FILE() reads the server's files
+        ("SUPER", "has SUPER on *.*"),
+        ("RELOAD, SHUTDOWN", "has RELOAD, SHUTDOWN on *.*"),
+        ("CONNECTION ADMIN", "has CONNECTION ADMIN on *.*"),
+        ("SELECT, FILE", "has FILE on *.*"),
+        ("ALL PRIVILEGES", "has ALL PRIVILEGES on *.*"),
+    ],
+)
+def test_mariadb_server_privileges_are_refused(
+    admin_api: Any, my_accounts: Accounts, privileges: str, reason: str
+) -> None:
+    user, url = my_accounts.my_login(f"GRANT {privileges} ON *.* TO {{to}}")
+    response = query(admin_api, url, "SELECT 1")
+    assert response.status_code == 403, response.content
+    assert response.json()["error"] == refused(user, reason)
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_mariadb_roles_that_hold_server_privileges_are_refused(
+    admin_api: Any, my: Server, my_accounts: Accounts
+) -> None:
+    database = parse_connection_string(my.admin_url).database
+    files = my_accounts.my_role("GRANT FILE ON *.* TO {to}")
+    # A role the user has not enabled: a procedure the statement calls can SET ROLE.
+    user, url = my_accounts.my_login(f"GRANT {files} TO {{to}}")
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can take on the role "{files}", which has FILE on *.*'
+    )
+    # Through a role granted to the role, and as the default role.
+    outer = my_accounts.my_role(f"GRANT {files} TO {{to}}", f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    for default in [None, outer]:
+        user, url = my_accounts.my_login(f"GRANT {outer} TO {{to}}", default_role=default)
+        assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+            user, f'can take on the role "{outer}", which has FILE on *.*'
+        )
+
+
+def test_mariadb_users_with_data_privileges_keep_their_default_role(
+    admin_api: Any, my: Server, my_accounts: Accounts
+) -> None:
+    database = parse_connection_string(my.admin_url).database
+    reader_role = my_accounts.my_role(f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    other = my_accounts.my_role(f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    _, url = my_accounts.my_login(
+        "GRANT SELECT, PROCESS, SHOW DATABASES ON *.* TO {to}",
+        f"GRANT {reader_role} TO {{to}}",
+        f"GRANT {other} TO {{to}}",
+        default_role=reader_role,
+    )
+    body = assert_ok(query(admin_api, url, "SELECT CURRENT_ROLE() AS r"))
+    assert body["rows"] == [{"r": reader_role}]
 
 
 # --- one statement per request -------------------------------------------

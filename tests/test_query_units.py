@@ -1,4 +1,5 @@
-"""The pure parts of remote SQL: connection strings, statement splitting, values, host patterns."""
+"""The pure parts of remote SQL: connection strings, statement splitting, values, host patterns,
+and the runner's reading of privileges."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from query import hosts
+from query import hosts, runner
 from query.connstring import ConnectionStringError, parse_connection_string
 from query.statements import StatementError, single_statement
 from query.values import RowsJSON, duration_iso, json_safe, rows_as_objects
@@ -353,6 +354,76 @@ def test_rows_json_row_cap_and_byte_cap_together() -> None:
     assert (out.count, out.truncated) == (2, True)
     out.add(MIXED_ROWS[:1])
     assert out.count == 2
+
+
+# --- reading privileges ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "held, reasons",
+    [
+        ([], []),
+        # A superuser is a member of every role: only that is said.
+        ([("postgres", True, True, False), ("pg_read_server_files", False, False, False)], ["is a superuser"]),
+        ([("admins", False, True, False)], ['can become the superuser "admins"']),
+        ([("alice", True, False, True)], ["has REPLICATION"]),
+        ([("replicas", False, False, True)], ['can become "replicas", which has REPLICATION']),
+        (
+            [("pg_read_server_files", False, False, False), ("pg_signal_backend", False, False, False)],
+            ["is a member of pg_read_server_files, pg_signal_backend"],
+        ),
+        (
+            [("alice", True, False, True), ("pg_execute_server_program", False, False, False)],
+            ["has REPLICATION", "is a member of pg_execute_server_program"],
+        ),
+    ],
+)
+def test_postgres_powers(held: list[tuple[str, bool, bool, bool]], reasons: list[str]) -> None:
+    assert runner.pg_powers(held) == reasons
+
+
+@pytest.mark.parametrize(
+    "lines, refused",
+    [
+        (["GRANT USAGE ON *.* TO `alice`@`%`", "GRANT ALL PRIVILEGES ON `sales`.* TO `alice`@`%`"], []),
+        (["GRANT SELECT, PROCESS, SHOW DATABASES, REPLICATION CLIENT ON *.* TO `alice`@`%`"], []),
+        (["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"], ["ALL PRIVILEGES"]),
+        (
+            ["GRANT SELECT, RELOAD, SHUTDOWN, FILE ON *.* TO `alice`@`%` IDENTIFIED BY PASSWORD '*AB'"],
+            ["RELOAD", "SHUTDOWN", "FILE"],
+        ),
+        (["GRANT READ_ONLY ADMIN, CONNECTION ADMIN ON *.* TO `alice`@`%`"], ["READ_ONLY ADMIN", "CONNECTION ADMIN"]),
+        # MySQL 8 lists dynamic privileges without spaces; unknown ones are refused too.
+        (
+            ["GRANT SELECT ON *.* TO `alice`@`%`", "GRANT BACKUP_ADMIN,SYSTEM_VARIABLES_ADMIN ON *.* TO `alice`@`%`"],
+            ["BACKUP_ADMIN", "SYSTEM_VARIABLES_ADMIN"],
+        ),
+        (["GRANT FILE ON *.* TO `a`@`%`", "GRANT FILE ON *.* TO `b`"], ["FILE"]),
+        # A name that looks like a global grant is still a name.
+        (
+            ["GRANT SELECT ON `sales`.* TO `x ON *.* TO`@`%`", "GRANT SELECT (`FILE ON *.* TO`) ON `s`.`t` TO `a`@`%`"],
+            [],
+        ),
+        (["GRANT `files` TO `alice`@`%`", "SET DEFAULT ROLE `files` FOR `alice`@`%`"], []),
+    ],
+)
+def test_mysql_server_privileges(lines: list[str], refused: list[str]) -> None:
+    assert runner.mysql_server_privileges(lines) == refused
+
+
+@pytest.mark.parametrize(
+    "line, roles",
+    [
+        ("GRANT `files` TO `alice`@`%`", [("files",)]),
+        ("GRANT `files`,`we``ird` TO `alice`@`%` WITH ADMIN OPTION", [("files",), ("we`ird",)]),
+        ("GRANT `r1`@`%`,`r2`@`localhost` TO `alice`@`%`", [("r1", "%"), ("r2", "localhost")]),
+        ("GRANT 'old' TO 'alice'@'%'", [("old",)]),
+        ("GRANT SELECT ON *.* TO `alice`@`%`", []),
+        ("GRANT USAGE ON *.* TO `files`", []),
+    ],
+)
+def test_mysql_granted_roles(line: str, roles: list[tuple[str, ...]]) -> None:
+    assert runner.mysql_granted_roles(line) == roles
 
 
 # --- host patterns -------------------------------------------------------

@@ -36,10 +36,17 @@ done this way:
 - Driver errors are turned into ``QueryFailed`` here, with the password
   scrubbed and the driver exception not chained, so no log line or answer
   can carry it.
+- A failed connection is reported in fixed words of ours (refused, timed
+  out, login refused, no such database, not a database server...), chosen
+  from the driver's error but never quoting it: until the login succeeds,
+  whatever answered may be any service, and its reply (a banner) must not
+  come back to the caller. Errors after the login, from a server the user
+  may query, keep the server's message.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -340,6 +347,31 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# --- Failed connections, in our words (see the module docstring) ---------
+
+
+def login_refused(user: str) -> str:
+    return f'the server refused the login of user "{user}"'
+
+
+def no_database(database: str) -> str:
+    return f'database "{database}" does not exist'
+
+
+def no_answer(timeout_s: float) -> str:
+    return f"no answer within {timeout_s:g} s"
+
+
+CONNECTION_REFUSED = "connection refused"
+UNREACHABLE = "network unreachable"
+SERVER_REFUSED = "the server refused the connection"
+TLS_FAILED = "the TLS handshake failed"
+TLS_UNVERIFIED = "the server's TLS certificate could not be verified"
+NO_TLS = "the server does not support TLS, which the sslmode requires"
+NOT_POSTGRESQL = "not a PostgreSQL server, or it closed the connection"
+NOT_MYSQL = "not a MySQL/MariaDB server, or it closed the connection"
+
+
 # --- PostgreSQL ----------------------------------------------------------
 
 
@@ -425,11 +457,10 @@ class _PostgresRun(_Run):
         return isinstance(exc, psycopg2.OperationalError) and "FATAL" not in str(exc)
 
     def connect_message(self, exc: Exception) -> str:
-        detail = _one_line(str(exc))
-        if "timeout expired" in detail:
-            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
-        detail = detail.replace("FATAL: ", "")
-        return f"Could not connect to {self.label}: {detail}"
+        if not isinstance(exc, psycopg2.OperationalError):
+            return f"Could not connect to {self.label}: {type(exc).__name__}"
+        problem = pg_connect_problem(str(exc), self.spec, timeout_s=self.policy.connect_timeout_s)
+        return f"Could not connect to {self.label}: {problem}"
 
     def identity(self, conn: Any) -> ServerIdentity | None:
         try:
@@ -524,6 +555,51 @@ def _pg_message(exc: Exception) -> str:
     message = primary or _one_line(str(exc)) or type(exc).__name__
     code = getattr(exc, "pgcode", None)
     return f"{message} (SQLSTATE {code})" if code else message
+
+
+# libpq's words, lower-cased. FATAL marks an error the other end sent in
+# PostgreSQL's protocol; everything else libpq wrote itself.
+_PG_LOGIN_FAILURES = ("authentication failed", "pg_hba.conf")
+_PG_NO_ROLE = re.compile(r'fatal:\s+role ".*" does not exist')
+_PG_NO_DATABASE = re.compile(r'fatal:\s+database ".*" does not exist')
+_PG_NOT_POSTGRESQL = (
+    "server closed the connection unexpectedly",
+    "received invalid response to ssl negotiation",
+    "expected authentication request from server",
+    "unexpected message from server",
+    "invalid message",
+    "lost synchronization with server",
+)
+
+
+def pg_connect_problem(message: str, spec: ConnectionSpec, *, timeout_s: float) -> str:
+    """Why libpq could not connect, in our words; ``message`` is read, never quoted."""
+    text = message.lower()
+    if "fatal:" in text:
+        if _PG_NO_ROLE.search(text):
+            return f'user "{spec.user}" does not exist'
+        if _PG_NO_DATABASE.search(text):
+            return no_database(spec.database or spec.user)
+        if any(words in text for words in _PG_LOGIN_FAILURES):
+            return login_refused(spec.user)
+        return SERVER_REFUSED
+    if "no password supplied" in text:
+        return login_refused(spec.user)
+    if "timeout expired" in text:
+        return no_answer(timeout_s)
+    if "connection refused" in text:
+        return CONNECTION_REFUSED
+    if "no route to host" in text or "is unreachable" in text:
+        return UNREACHABLE
+    if any(words in text for words in _PG_NOT_POSTGRESQL):
+        return NOT_POSTGRESQL
+    if "server does not support ssl" in text:
+        return NO_TLS
+    if "certificate" in text:
+        return TLS_UNVERIFIED
+    if "ssl" in text:
+        return TLS_FAILED
+    return NOT_POSTGRESQL
 
 
 # Roles whose members act on the database server itself: files, programs, other sessions.
@@ -692,6 +768,33 @@ def _mysql_message(exc: Exception) -> str:
     return _one_line(str(exc)) or type(exc).__name__
 
 
+def mysql_connect_problem(exc: Exception, spec: ConnectionSpec, *, timeout_s: float) -> str:
+    """Why mysqlclient could not connect, in our words, chosen by the error's number.
+
+    The message is read only for the system error the client library itself
+    appends (``... (111)``, ``system error: 110``); it is never quoted.
+    """
+    code = _mysql_code(exc)
+    message = str(exc.args[1]) if len(exc.args) > 1 else ""
+    number = re.search(r"(?:\((\d+)\)|system error: (\d+))\s*$", message)
+    system_error = int(number.group(1) or number.group(2)) if number else None
+    if code == 1045:
+        return login_refused(spec.user)
+    if code == 1044:
+        return f'user "{spec.user}" may not use database "{spec.database}"'
+    if code == 1049:
+        return no_database(spec.database)
+    if code in (2002, 2003, 2013) and system_error == errno.ETIMEDOUT:
+        return no_answer(timeout_s)
+    if code in (2002, 2003):
+        return UNREACHABLE if system_error in (errno.EHOSTUNREACH, errno.ENETUNREACH) else CONNECTION_REFUSED
+    if code == 2026:
+        return TLS_FAILED
+    if code is not None and code < 2000:
+        return SERVER_REFUSED  # the server's own error, such as 1040 (too many connections) or 1130 (host not allowed)
+    return NOT_MYSQL
+
+
 class _MySQLRun(_Run):
     def connect_kwargs(self, address: str, connect_timeout: int) -> dict[str, Any]:
         options = self.spec.options
@@ -734,10 +837,8 @@ class _MySQLRun(_Run):
     def connect_message(self, exc: Exception) -> str:
         if not isinstance(exc, MySQLdb.Error):
             return f"Could not connect to {self.label}: {type(exc).__name__}"
-        detail = _mysql_message(exc)
-        if _mysql_code(exc) == 2013 and "system error: 110" in detail:
-            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
-        return f"Could not connect to {self.label}: {detail}"
+        problem = mysql_connect_problem(exc, self.spec, timeout_s=self.policy.connect_timeout_s)
+        return f"Could not connect to {self.label}: {problem}"
 
     def identity(self, conn: Any) -> ServerIdentity | None:
         cursor = conn.cursor()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import MySQLdb
@@ -27,7 +29,7 @@ import psycopg2
 import pytest
 from django.test import override_settings
 
-from query import hosts, services
+from query import hosts, runner, services
 from query.connstring import parse_connection_string
 
 PG_ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -1083,8 +1085,46 @@ def test_errors_are_400_and_never_show_the_password(
     missing_db = f"nodb_{uuid.uuid4().hex[:8]}"
     missing_role = f"norole_{uuid.uuid4().hex[:8]}"
     caplog.set_level(logging.DEBUG)
-    pg_port = parse_connection_string(pg.url).port
-    cases = [
+    pg_spec, my_spec = parse_connection_string(pg.url), parse_connection_string(my.url)
+    pg_at = f"Could not connect to PostgreSQL at {pg_spec.host}:{pg_spec.port}"
+    my_at = f"Could not connect to MySQL/MariaDB at {my_spec.host}:{my_spec.port}"
+    # (url, sql, the error); below, a part of it
+    exact = [
+        (
+            url_with(pg.url, host="127.0.0.1", port=closed_port, password=secret),
+            "SELECT 1",
+            f"Could not connect to PostgreSQL at 127.0.0.1:{closed_port}: connection refused",
+        ),
+        (
+            url_with(my.url, host="127.0.0.1", port=closed_port, password=secret),
+            "SELECT 1",
+            f"Could not connect to MySQL/MariaDB at 127.0.0.1:{closed_port}: connection refused",
+        ),
+        (
+            url_with(pg.url, user=missing_role, password=secret),
+            "SELECT 1",
+            f'{pg_at}: user "{missing_role}" does not exist',
+        ),
+        # The login failure says which user, never which password.
+        (url_with(my.url, password=secret), "SELECT 1", f'{my_at}: the server refused the login of user "{READER}"'),
+        (
+            url_with(pg.url, database=missing_db, password=secret),
+            "SELECT 1",
+            f'{pg_at}: database "{missing_db}" does not exist',
+        ),
+        # MariaDB tells a user without privileges on a database only that it may not use it.
+        (
+            url_with(my.url, database=missing_db),
+            "SELECT 1",
+            f'{my_at}: user "{READER}" may not use database "{missing_db}"',
+        ),
+        (
+            url_with(my.admin_url, database=missing_db),
+            "SELECT 1",
+            f'{my_at}: database "{missing_db}" does not exist',
+        ),
+    ]
+    partial = [
         (f"sqlite://u:{secret}@h/db", "SELECT 1", "Unsupported database scheme 'sqlite'"),
         (
             f"postgres://u:{secret}@h:port/db",
@@ -1092,29 +1132,6 @@ def test_errors_are_400_and_never_show_the_password(
             "connectionString is not a valid URL (check the host and port)",
         ),
         (f"postgres://u:{secret}@no-such-host.invalid/db", "SELECT 1", "Could not resolve host 'no-such-host.invalid'"),
-        (
-            url_with(pg.url, host="127.0.0.1", port=closed_port, password=secret),
-            "SELECT 1",
-            f"Could not connect to PostgreSQL at 127.0.0.1:{closed_port}: ",
-        ),
-        (
-            url_with(my.url, host="127.0.0.1", port=closed_port, password=secret),
-            "SELECT 1",
-            f"Could not connect to MySQL/MariaDB at 127.0.0.1:{closed_port}: Can't connect to server on '127.0.0.1'",
-        ),
-        (
-            url_with(pg.url, user=missing_role, password=secret),
-            "SELECT 1",
-            f"Could not connect to PostgreSQL at {parse_connection_string(pg.url).host}:{pg_port}: "
-            f'connection to server at "127.0.0.1", port {pg_port} failed: role "{missing_role}" does not exist',
-        ),
-        (url_with(my.url, password=secret), "SELECT 1", "Could not connect to MySQL/MariaDB at "),
-        (
-            url_with(pg.url, database=missing_db, password=secret),
-            "SELECT 1",
-            f'database "{missing_db}" does not exist',
-        ),
-        (url_with(my.admin_url, database=missing_db), "SELECT 1", f"Unknown database '{missing_db}' (error 1049)"),
         (url_with(pg.url, password=secret), "SELEC 1", 'SQL error: syntax error at or near "SELEC" (SQLSTATE 42601)'),
         (url_with(my.url), "SELEC 1", "SQL error: You have an error in your SQL syntax"),
         (
@@ -1123,18 +1140,191 @@ def test_errors_are_400_and_never_show_the_password(
             "SQL error: relation",
         ),
     ]
-    for url, sql, expected in cases:
-        response = query(admin_api, url, sql)
-        assert response.status_code == 400, (url.replace(secret, "***"), response.content)
-        body = response.json()
-        assert set(body) == {"success", "error"} and body["success"] is False
-        assert expected in body["error"], body["error"]
-        assert secret not in body["error"]
-    # The MariaDB login failure says which user, never which password.
-    assert "Access denied for user" in query(admin_api, url_with(my.url, password=secret), "SELECT 1").json()["error"]
+    for cases, whole in [(exact, True), (partial, False)]:
+        for url, sql, expected in cases:
+            response = query(admin_api, url, sql)
+            assert response.status_code == 400, (url.replace(secret, "***"), response.content)
+            body = response.json()
+            assert set(body) == {"success", "error"} and body["success"] is False
+            assert body["error"] == expected if whole else expected in body["error"], body["error"]
+            assert secret not in body["error"]
     logged = caplog.text + "".join(capfd.readouterr())
     assert "Query by admin on" in caplog.text
     assert secret not in logged
+
+
+# --- connection failures: our words, never the other end's ----------------
+
+BANNER = b"SECRETBANNER"
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.9 " + BANNER + b"\r\n"
+HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nServer: " + BANNER + b"\r\nContent-Length: 25\r\n\r\n<html>" + BANNER + b"</html>"
+)
+# Words of the banners above; none may come back in an answer.
+BANNER_WORDS = ("SECRETBANNER", "SSH", "OpenSSH", "HTTP", "html", "Server:", "Bad Request")
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def _ssh(conn: socket.socket) -> None:
+    conn.sendall(SSH_BANNER)
+
+
+def _ssh_then_wait(conn: socket.socket) -> None:
+    conn.sendall(SSH_BANNER)
+    while conn.recv(4096):
+        pass
+
+
+def _http(conn: socket.socket) -> None:
+    conn.settimeout(0.3)  # PostgreSQL's client speaks first, MySQL's waits
+    try:
+        conn.recv(4096)
+    except TimeoutError:
+        pass
+    conn.sendall(HTTP_REPLY)
+
+
+def _garbage(conn: socket.socket) -> None:
+    noise = random.Random(13)
+    conn.sendall(noise.randbytes(200) + BANNER + noise.randbytes(100))
+
+
+def _close(conn: socket.socket) -> None:
+    pass
+
+
+def _pg_error(code: bytes, message: bytes) -> Callable[[socket.socket], None]:
+    """Speaks PostgreSQL's protocol up to an ErrorResponse carrying ``message``."""
+
+    def answer(conn: socket.socket) -> None:
+        while True:
+            length = int.from_bytes(_recv_exact(conn, 4), "big")
+            body = _recv_exact(conn, length - 4)
+            if length == 8 and int.from_bytes(body, "big") in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                conn.sendall(b"N")
+                continue
+            break
+        fields = b"SFATAL\0VFATAL\0C" + code + b"\0M" + message + b"\0\0"
+        conn.sendall(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+
+    return answer
+
+
+def _my_packet(sequence: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes([sequence]) + payload
+
+
+def _my_error(code: int, message: bytes) -> Callable[[socket.socket], None]:
+    """An error packet in place of MySQL's greeting, as a server that refuses a host sends."""
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(_my_packet(0, b"\xff" + code.to_bytes(2, "little") + message))
+
+    return answer
+
+
+def _my_auth_switch(conn: socket.socket) -> None:
+    """A MySQL greeting with the banner as server version, then a switch to an authentication plugin named by it."""
+    caps = 0x1 | 0x8 | 0x200 | 0x2000 | 0x8000 | 0x80000  # long password, db, 4.1, transactions, secure, plugin auth
+    greeting = (
+        b"\x0a5.5.5-10.11.0-MariaDB " + BANNER + b"\0" + (7).to_bytes(4, "little") + b"abcdefgh\0"
+        + (caps & 0xFFFF).to_bytes(2, "little") + b"\x2d" + (2).to_bytes(2, "little")
+        + (caps >> 16).to_bytes(2, "little") + b"\x15" + bytes(10) + b"ijklmnopqrst\0mysql_native_password\0"
+    )  # fmt: skip
+    conn.sendall(_my_packet(0, greeting))
+    head = _recv_exact(conn, 4)
+    _recv_exact(conn, int.from_bytes(head[:3], "little"))
+    conn.sendall(_my_packet(head[3] + 1, b"\xfe" + BANNER + b"\0" + b"0123456789abcdefghij\0"))
+    conn.recv(4096)
+
+
+class FakeServer:
+    """Something on a loopback port that is not the database a connection string names."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                self.answer(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+LABELS = {"pg": "PostgreSQL", "my": "MySQL/MariaDB"}
+
+
+@pytest.mark.parametrize(
+    "kind, answer, problem",
+    [
+        ("pg", _ssh, runner.NOT_POSTGRESQL),
+        ("pg", _ssh_then_wait, runner.no_answer(2)),
+        ("pg", _http, runner.NOT_POSTGRESQL),
+        ("pg", _garbage, runner.NOT_POSTGRESQL),
+        ("pg", _close, runner.NOT_POSTGRESQL),
+        ("pg", _pg_error(b"28P01", b'password authentication failed for user "' + BANNER + b'"'), "login"),
+        ("pg", _pg_error(b"3D000", b'database "' + BANNER + b'" does not exist'), "database"),
+        ("pg", _pg_error(b"XX000", BANNER), runner.SERVER_REFUSED),
+        ("my", _ssh, runner.NOT_MYSQL),
+        ("my", _ssh_then_wait, runner.NOT_MYSQL),
+        ("my", _http, runner.NOT_MYSQL),
+        ("my", _garbage, runner.NOT_MYSQL),
+        ("my", _close, runner.NOT_MYSQL),
+        ("my", _my_error(1045, b"Access denied for user '" + BANNER + b"'"), "login"),
+        ("my", _my_error(1049, b"Unknown database '" + BANNER + b"'"), "database"),
+        ("my", _my_error(1130, b"Host '" + BANNER + b"' is not allowed to connect"), runner.SERVER_REFUSED),
+        ("my", _my_auth_switch, runner.NOT_MYSQL),
+    ],
+)
+def test_connection_errors_never_echo_what_the_other_end_sent(
+    admin_api: Any, kind: str, answer: Callable[[socket.socket], None], problem: str, caplog: Any
+) -> None:
+    fake = FakeServer(answer)
+    scheme = "postgres" if kind == "pg" else "mysql"
+    try:
+        with override_settings(PZLS_QUERY_CONNECT_TIMEOUT_S=2):
+            response = query(admin_api, f"{scheme}://someone:pw@127.0.0.1:{fake.port}/sales", "SELECT 1")
+    finally:
+        fake.close()
+    problem = {
+        "login": 'the server refused the login of user "someone"',
+        "database": 'database "sales" does not exist',
+    }.get(problem, problem)
+    assert_failed(response, 400, f"Could not connect to {LABELS[kind]} at 127.0.0.1:{fake.port}: {problem}")
+    error = response.json()["error"]
+    assert error.isascii() and error.isprintable()
+    assert not [word for word in BANNER_WORDS if word.lower() in error.lower()]
+    assert "SECRETBANNER" not in caplog.text
 
 
 def test_timeout_error_is_400_with_the_limit(admin_api: Any, pg: Server) -> None:

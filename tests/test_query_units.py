@@ -1,5 +1,5 @@
 """The pure parts of remote SQL: connection strings, statement splitting, values, host patterns,
-and the runner's reading of privileges."""
+and the runner's words for failed connections and its reading of privileges."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import ipaddress
 import uuid
 from decimal import Decimal
 
+import MySQLdb
 import orjson
 import pytest
 
@@ -354,6 +355,106 @@ def test_rows_json_row_cap_and_byte_cap_together() -> None:
     assert (out.count, out.truncated) == (2, True)
     out.add(MIXED_ROWS[:1])
     assert out.count == 2
+
+
+# --- connection failures in our words ---------------------------------------
+
+PG_SPEC = parse_connection_string("postgres://alice:pw@db.example.com/sales")
+MY_SPEC = parse_connection_string("mysql://alice:pw@db.example.com/sales")
+AT = 'connection to server at "10.0.0.5", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    "message, problem",
+    [
+        (
+            AT + "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?\n",
+            "connection refused",
+        ),
+        (AT + "timeout expired\n", "no answer within 10 s"),
+        (AT + "No route to host\n", "network unreachable"),
+        (AT + "Network is unreachable\n", "network unreachable"),
+        (AT + "received invalid response to SSL negotiation: S\n", runner.NOT_POSTGRESQL),
+        (
+            AT
+            + "SSL SYSCALL error: EOF detected\n"
+            + AT
+            + "expected authentication request from server, but received S\n",
+            runner.NOT_POSTGRESQL,
+        ),
+        (
+            AT + "server closed the connection unexpectedly\n\tThis probably means the server terminated\n",
+            runner.NOT_POSTGRESQL,
+        ),
+        (AT + "SECRETBANNER\n", runner.NOT_POSTGRESQL),
+        (
+            AT + 'FATAL:  password authentication failed for user "SECRETBANNER"\n',
+            'the server refused the login of user "alice"',
+        ),
+        (
+            AT + "FATAL:  Ident authentication failed for user SECRETBANNER\n",
+            'the server refused the login of user "alice"',
+        ),
+        (
+            AT + 'FATAL:  no pg_hba.conf entry for host "1.2.3.4", user "SECRETBANNER", database "x", SSL off\n',
+            'the server refused the login of user "alice"',
+        ),
+        (AT + "fe_sendauth: no password supplied\n", 'the server refused the login of user "alice"'),
+        (AT + 'FATAL:  role "SECRETBANNER" does not exist\n', 'user "alice" does not exist'),
+        (AT + 'FATAL:  database "SECRETBANNER" does not exist\n', 'database "sales" does not exist'),
+        (AT + "FATAL:  sorry, too many clients already SECRETBANNER\n", runner.SERVER_REFUSED),
+        (AT + "server does not support SSL, but SSL was required\n", runner.NO_TLS),
+        (AT + "SSL error: certificate verify failed SECRETBANNER\n", runner.TLS_UNVERIFIED),
+        (AT + "SSL error: wrong version number SECRETBANNER\n", runner.TLS_FAILED),
+    ],
+)
+def test_postgres_connect_problems(message: str, problem: str) -> None:
+    assert runner.pg_connect_problem(message, PG_SPEC, timeout_s=10) == problem
+
+
+@pytest.mark.parametrize(
+    "code, message, problem",
+    [
+        (
+            1045,
+            "Access denied for user 'SECRETBANNER'@'10.0.0.9' (using password: YES)",
+            'the server refused the login of user "alice"',
+        ),
+        (
+            1044,
+            "Access denied for user 'alice'@'%' to database 'SECRETBANNER'",
+            'user "alice" may not use database "sales"',
+        ),
+        (1049, "Unknown database 'SECRETBANNER'", 'database "sales" does not exist'),
+        (2002, "Can't connect to server on '10.0.0.5' (115)", "connection refused"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (111)", "connection refused"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (110)", "no answer within 10 s"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (113)", "network unreachable"),
+        (
+            2013,
+            "Lost connection to server at 'handshake: reading initial communication packet', system error: 110",
+            "no answer within 10 s",
+        ),
+        (
+            2013,
+            "Lost connection to server at 'handshake: reading initial communication packet', system error: 11",
+            runner.NOT_MYSQL,
+        ),
+        (
+            2013,
+            "Plugin SECRETBANNER could not be loaded: SECRETBANNER.so: cannot open shared object file",
+            runner.NOT_MYSQL,
+        ),
+        (2006, "Server has gone away SECRETBANNER", runner.NOT_MYSQL),
+        (2027, "Malformed packet SECRETBANNER", runner.NOT_MYSQL),
+        (2026, "SSL connection error: SECRETBANNER", runner.TLS_FAILED),
+        (1130, "Host 'SECRETBANNER' is not allowed to connect to this MariaDB server", runner.SERVER_REFUSED),
+        (1040, "Too many connections SECRETBANNER", runner.SERVER_REFUSED),
+    ],
+)
+def test_mysql_connect_problems(code: int, message: str, problem: str) -> None:
+    exc = MySQLdb.OperationalError(code, message)
+    assert runner.mysql_connect_problem(exc, MY_SPEC, timeout_s=10) == problem
 
 
 # --- reading privileges ---------------------------------------------------

@@ -281,6 +281,8 @@ class Env:
     query_timeout_s: float = 30
     query_connect_timeout_s: float = 10
     query_max_rows: int = 10000
+    query_max_bytes: int = 50 * 1024 * 1024
+    query_allow_superuser: bool = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Env:
@@ -329,6 +331,8 @@ class Env:
         read("query_timeout_s", "PZLS_QUERY_TIMEOUT_S", number(0.001))
         read("query_connect_timeout_s", "PZLS_QUERY_CONNECT_TIMEOUT_S", number(1))
         read("query_max_rows", "PZLS_QUERY_MAX_ROWS", integer(1))
+        read("query_max_bytes", "PZLS_QUERY_MAX_BYTES", integer(1))
+        read("query_allow_superuser", "PZLS_QUERY_ALLOW_SUPERUSER", parse_bool)
         return cls(**values)
 
     @property

@@ -245,6 +245,8 @@ PZLS_QUERY_READ_ONLY = _ENV.query_read_only
 PZLS_QUERY_TIMEOUT_S = _ENV.query_timeout_s
 PZLS_QUERY_CONNECT_TIMEOUT_S = _ENV.query_connect_timeout_s
 PZLS_QUERY_MAX_ROWS = _ENV.query_max_rows
+PZLS_QUERY_MAX_BYTES = _ENV.query_max_bytes
+PZLS_QUERY_ALLOW_SUPERUSER = _ENV.query_allow_superuser
 
 # --- Logging -------------------------------------------------------------
 

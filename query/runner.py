@@ -18,23 +18,40 @@ done this way:
   that cancels the statement from outside a moment later (``PQcancel``, or
   ``KILL QUERY`` on a second connection), because a statement can lift the
   server-side limit for itself (``SET STATEMENT max_statement_time=0 FOR ...``).
-- Row cap: rows come through a server-side cursor (PostgreSQL ``DECLARE``)
-  or an unbuffered result (MySQL ``SSCursor``, with ``sql_select_limit``), so
-  at most ``max_rows + 1`` rows are ever fetched; the rest is cancelled.
+- Row and byte caps: rows come through a server-side cursor (PostgreSQL
+  ``DECLARE``) or an unbuffered result (MySQL ``SSCursor``, with
+  ``sql_select_limit``), in batches that are converted and encoded as JSON
+  as they arrive (``query.values.RowsJSON``). Reading stops at
+  ``max_rows + 1`` rows or at the first row that takes the JSON past
+  ``max_bytes``; the rest is never fetched (the transaction's end drops
+  PostgreSQL's cursor, MySQL's statement is killed).
+- Superusers: a read-only session does not stop a PostgreSQL superuser's
+  ``pg_read_file``, ``pg_terminate_backend`` or ``pg_reload_conf``, nor a
+  MySQL ``FILE`` holder's ``LOAD_FILE``, nor ``SET GLOBAL`` or ``SHUTDOWN``.
+  Unless the policy allows it, the session's privileges are read before the
+  statement runs and a user holding (or able to take on) such power is refused.
 - Nothing on the PZLS host is reachable from the connection string: no
   ``LOAD DATA LOCAL INFILE`` (a hostile server can ask for any local file on
   any query), no ``~/.pgpass`` or ``~/.my.cnf``.
 - Driver errors are turned into ``QueryFailed`` here, with the password
   scrubbed and the driver exception not chained, so no log line or answer
   can carry it.
+- A failed connection is reported in fixed words of ours (refused, timed
+  out, login refused, no such database, not a database server...), chosen
+  from the driver's error but never quoting it: until the login succeeds,
+  whatever answered may be any service, and its reply (a banner) must not
+  come back to the caller. Errors after the login, from a server the user
+  may query, keep the server's message.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -53,7 +70,7 @@ from MySQLdb.converters import conversions as mysql_conversions
 from query.connstring import ENGINE_LABELS, MYSQL, POSTGRESQL, ConnectionSpec
 from query.exceptions import QueryFailed, QueryForbidden, QueryTimeout
 from query.statements import Statement
-from query.values import rows_as_objects
+from query.values import RowsJSON
 
 logger = logging.getLogger("pzls.query")
 
@@ -69,6 +86,16 @@ _NO_PASSFILE = "/nonexistent/pzls-query-no-passfile"
 # Statements PostgreSQL can run behind DECLARE ... CURSOR (a server-side cursor).
 _PG_CURSOR_KEYWORDS = {"SELECT", "WITH", "VALUES", "TABLE"}
 
+# Rows are fetched in batches: a small first one, then as many as the rest of
+# the byte cap holds at the average size of the rows so far (at most
+# FETCH_MAX_ROWS), so that a result of large rows is not read far past the cap.
+FETCH_FIRST_ROWS = 50
+FETCH_MAX_ROWS = 2000
+
+SUPERUSER_REFUSED = (
+    "Connecting as a database superuser is not allowed (set PZLS_QUERY_ALLOW_SUPERUSER=true to allow it)"
+)
+
 
 @dataclass(frozen=True)
 class QueryPolicy:
@@ -78,17 +105,24 @@ class QueryPolicy:
     timeout_s: float
     connect_timeout_s: float
     max_rows: int
+    max_bytes: int
+    allow_superuser: bool
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """The answer of PROTOCOL.md §5, before it is shaped into JSON."""
+    """The answer of PROTOCOL.md §5; ``rows_json`` is its ``rows``, already encoded as a JSON array."""
 
     fields: list[str]
-    rows: list[dict[str, Any]]
+    rows_json: bytes
     row_count: int
     truncated: bool
     elapsed_ms: int
+
+
+# What an engine's execute() hands back: the fields, the rows kept, and the
+# row count (the rows kept, or the rows a write affected).
+Fetched = tuple[list[str], RowsJSON, int]
 
 
 ServerIdentity = tuple[Any, ...]
@@ -168,13 +202,14 @@ def run_query(
     runner = _PostgresRun if spec.engine == POSTGRESQL else _MySQLRun
     started = time.monotonic()
     try:
-        fields, raw_rows, row_count, truncated = runner(spec, addresses, statement, policy, forbidden_identity).run()
+        fields, rows, row_count = runner(spec, addresses, statement, policy, forbidden_identity).run()
     except (QueryFailed, QueryForbidden) as exc:
         exc.message = scrub(exc.message, spec.password)
         raise
-    rows = rows_as_objects(fields, raw_rows)
     elapsed_ms = round((time.monotonic() - started) * 1000)
-    return QueryResult(fields=fields, rows=rows, row_count=row_count, truncated=truncated, elapsed_ms=elapsed_ms)
+    return QueryResult(
+        fields=fields, rows_json=rows.json(), row_count=row_count, truncated=rows.truncated, elapsed_ms=elapsed_ms
+    )
 
 
 class _Run:
@@ -195,7 +230,7 @@ class _Run:
         self.forbidden_identity = forbidden_identity
         self.label = f"{ENGINE_LABELS[spec.engine]} at {_host_port(spec.host, spec.port)}"
 
-    def run(self) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def run(self) -> Fetched:
         conn = self.connect()
         # One watchdog for everything after the connect: a server that stalls
         # the identity check or the session set-up is cut off too.
@@ -203,6 +238,8 @@ class _Run:
         try:
             with self.watchdog:
                 self.check_identity(conn)
+                if not self.policy.allow_superuser:
+                    self.check_privileges(conn)
                 self.prepare(conn)
                 self.started = time.monotonic()
                 result = self.execute(conn)
@@ -238,6 +275,39 @@ class _Run:
         if self.identity(conn) == self.forbidden_identity:
             raise QueryForbidden("Queries on PZLS's own database are not allowed")
 
+    def check_privileges(self, conn: Any) -> None:
+        reasons = self.superuser_powers(conn)
+        if reasons:
+            raise QueryForbidden(f'{SUPERUSER_REFUSED}: user "{self.spec.user}" ' + " and ".join(reasons))
+
+    def rows(self, fields: list[str]) -> RowsJSON:
+        return RowsJSON(fields, max_rows=self.policy.max_rows, max_bytes=self.policy.max_bytes)
+
+    def collect(self, cursor: Any) -> tuple[RowsJSON, bool]:
+        """Read rows with ``cursor.fetchmany`` until a cap is reached or the result ends.
+
+        Returns the rows kept and whether the result was read to its end. The
+        row past ``max_rows`` shows that the result is longer; asking for one
+        more than that lets a short read show that it ended there.
+        """
+        rows: RowsJSON | None = None
+        read = 0
+        while True:
+            want = FETCH_FIRST_ROWS
+            if rows is not None and rows.count:
+                average = (rows.size - 2) / rows.count
+                want = min(FETCH_MAX_ROWS, int((rows.max_bytes - rows.size) / average) + 1)
+            want = max(1, min(want, self.policy.max_rows + 2 - read))
+            batch = cursor.fetchmany(want)
+            if rows is None:
+                # A PostgreSQL server-side cursor describes its columns at the first FETCH.
+                rows = self.rows([column[0] for column in cursor.description or ()])
+            read += len(batch)
+            rows.add(batch)
+            ended = len(batch) < want
+            if rows.truncated or ended:
+                return rows, ended
+
     def timeout_error(self) -> QueryTimeout:
         return QueryTimeout(f"Query exceeded the time limit of {self.policy.timeout_s:g} s and was cancelled")
 
@@ -262,15 +332,44 @@ class _Run:
     def identity(self, conn: Any) -> ServerIdentity | None:
         raise NotImplementedError
 
+    def superuser_powers(self, conn: Any) -> list[str]:
+        """What the session's user holds, or can take on, that a read-only session does not contain."""
+        raise NotImplementedError
+
     def prepare(self, conn: Any) -> None:
         raise NotImplementedError
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def execute(self, conn: Any) -> Fetched:
         raise NotImplementedError
 
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- Failed connections, in our words (see the module docstring) ---------
+
+
+def login_refused(user: str) -> str:
+    return f'the server refused the login of user "{user}"'
+
+
+def no_database(database: str) -> str:
+    return f'database "{database}" does not exist'
+
+
+def no_answer(timeout_s: float) -> str:
+    return f"no answer within {timeout_s:g} s"
+
+
+CONNECTION_REFUSED = "connection refused"
+UNREACHABLE = "network unreachable"
+SERVER_REFUSED = "the server refused the connection"
+TLS_FAILED = "the TLS handshake failed"
+TLS_UNVERIFIED = "the server's TLS certificate could not be verified"
+NO_TLS = "the server does not support TLS, which the sslmode requires"
+NOT_POSTGRESQL = "not a PostgreSQL server, or it closed the connection"
+NOT_MYSQL = "not a MySQL/MariaDB server, or it closed the connection"
 
 
 # --- PostgreSQL ----------------------------------------------------------
@@ -360,11 +459,10 @@ class _PostgresRun(_Run):
         return isinstance(exc, psycopg2.OperationalError) and "FATAL" not in str(exc)
 
     def connect_message(self, exc: Exception) -> str:
-        detail = _one_line(str(exc))
-        if "timeout expired" in detail:
-            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
-        detail = detail.replace("FATAL: ", "")
-        return f"Could not connect to {self.label}: {detail}"
+        if not isinstance(exc, psycopg2.OperationalError):
+            return f"Could not connect to {self.label}: {type(exc).__name__}"
+        problem = pg_connect_problem(str(exc), self.spec, timeout_s=self.policy.connect_timeout_s)
+        return f"Could not connect to {self.label}: {problem}"
 
     def identity(self, conn: Any) -> ServerIdentity | None:
         try:
@@ -373,6 +471,17 @@ class _PostgresRun(_Run):
                 return identity_from_row(POSTGRESQL, cursor.fetchone())
         except psycopg2.Error as exc:
             raise self.failure(f"Could not read from {self.label}: {_pg_message(exc)}") from None
+
+    def superuser_powers(self, conn: Any) -> list[str]:
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(_PG_POWERS_SQL, (list(_PG_SERVER_ROLES),))
+                held = cursor.fetchall()
+        except psycopg2.Error as exc:
+            raise self.failure(
+                f"Could not read the privileges of the user on {self.label}: {_pg_message(exc)}"
+            ) from None
+        return pg_powers(held)
 
     def prepare(self, conn: Any) -> None:
         timeout_ms = max(1, int(self.policy.timeout_s * 1000))
@@ -393,7 +502,7 @@ class _PostgresRun(_Run):
         except psycopg2.Error as exc:
             raise self.failure(f"Could not prepare the session on {self.label}: {_pg_message(exc)}") from None
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
+    def execute(self, conn: Any) -> Fetched:
         cursor_keyword = self.statement.first in _PG_CURSOR_KEYWORDS
         # Writes outside a transaction only when the policy allows writes:
         # VACUUM and friends cannot run inside one.
@@ -424,29 +533,22 @@ class _PostgresRun(_Run):
             raise self.failure(f"SQL error: {_pg_message(exc)}") from None
         return result
 
-    def _fetch_from_cursor(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def _fetch_from_cursor(self, conn: Any) -> Fetched:
         cursor = conn.cursor(name="pzls_query", scrollable=False, withhold=False)
         cursor.execute(self.statement.text)
-        rows = cursor.fetchmany(cap + 1)
-        fields = [column.name for column in cursor.description or ()]
-        truncated = len(rows) > cap
-        # Closing the transaction (rollback/commit, then close) drops the
-        # portal: the rows past the cap are never produced.
-        rows = rows[:cap]
-        return fields, rows, len(rows), truncated
+        # Each fetchmany is one FETCH; closing the transaction (rollback or
+        # commit, then close) drops the portal: rows past a cap are never produced.
+        rows, _ = self.collect(cursor)
+        return rows.fields, rows, rows.count
 
-    def _fetch_plain(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def _fetch_plain(self, conn: Any) -> Fetched:
+        # libpq has received the whole result here; the caps still bound the answer.
         cursor = conn.cursor()
         cursor.execute(self.statement.text)
         if cursor.description is None:
-            return [], [], max(cursor.rowcount, 0), False
-        fields = [column.name for column in cursor.description]
-        rows = cursor.fetchmany(cap + 1)
-        truncated = len(rows) > cap
-        rows = rows[:cap]
-        return fields, rows, len(rows), truncated
+            return [], self.rows([]), max(cursor.rowcount, 0)
+        rows, _ = self.collect(cursor)
+        return rows.fields, rows, rows.count
 
 
 def _pg_message(exc: Exception) -> str:
@@ -455,6 +557,84 @@ def _pg_message(exc: Exception) -> str:
     message = primary or _one_line(str(exc)) or type(exc).__name__
     code = getattr(exc, "pgcode", None)
     return f"{message} (SQLSTATE {code})" if code else message
+
+
+# libpq's words, lower-cased. FATAL marks an error the other end sent in
+# PostgreSQL's protocol; everything else libpq wrote itself.
+_PG_LOGIN_FAILURES = ("authentication failed", "pg_hba.conf")
+_PG_NO_ROLE = re.compile(r'fatal:\s+role ".*" does not exist')
+_PG_NO_DATABASE = re.compile(r'fatal:\s+database ".*" does not exist')
+_PG_NOT_POSTGRESQL = (
+    "server closed the connection unexpectedly",
+    "received invalid response to ssl negotiation",
+    "expected authentication request from server",
+    "unexpected message from server",
+    "invalid message",
+    "lost synchronization with server",
+)
+
+
+def pg_connect_problem(message: str, spec: ConnectionSpec, *, timeout_s: float) -> str:
+    """Why libpq could not connect, in our words; ``message`` is read, never quoted."""
+    text = message.lower()
+    if "fatal:" in text:
+        if _PG_NO_ROLE.search(text):
+            return f'user "{spec.user}" does not exist'
+        if _PG_NO_DATABASE.search(text):
+            return no_database(spec.database or spec.user)
+        if any(words in text for words in _PG_LOGIN_FAILURES):
+            return login_refused(spec.user)
+        return SERVER_REFUSED
+    if "no password supplied" in text:
+        return login_refused(spec.user)
+    if "timeout expired" in text:
+        return no_answer(timeout_s)
+    if "connection refused" in text:
+        return CONNECTION_REFUSED
+    if "no route to host" in text or "is unreachable" in text:
+        return UNREACHABLE
+    if any(words in text for words in _PG_NOT_POSTGRESQL):
+        return NOT_POSTGRESQL
+    if "server does not support ssl" in text:
+        return NO_TLS
+    if "certificate" in text:
+        return TLS_UNVERIFIED
+    if "ssl" in text:
+        return TLS_FAILED
+    return NOT_POSTGRESQL
+
+
+# Roles whose members act on the database server itself: files, programs, other sessions.
+_PG_SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_signal_backend", "pg_write_server_files")
+
+# Every role the session's user is, or may become (SET ROLE works in a
+# read-only transaction, even from set_config('role', ...) inside a SELECT),
+# that is a superuser, has REPLICATION (replication slots outlive a read-only
+# transaction) or is one of _PG_SERVER_ROLES. The user's own row comes first.
+_PG_POWERS_SQL = """
+SELECT r.rolname, r.rolname = current_user, r.rolsuper, r.rolreplication
+FROM pg_roles r
+WHERE pg_has_role(current_user, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolreplication OR r.rolname = ANY(%s))
+ORDER BY r.rolname = current_user DESC, r.rolname
+"""
+
+
+def pg_powers(held: Sequence[Sequence[Any]]) -> list[str]:
+    """Why a PostgreSQL user is refused, from the rows of ``_PG_POWERS_SQL``; empty when it is not."""
+    reasons: list[str] = []
+    members: list[str] = []
+    for name, is_self, superuser, replication in held:
+        if is_self and superuser:
+            return ["is a superuser"]  # and so a member of every role
+        if superuser:
+            reasons.append(f'can become the superuser "{name}"')
+        elif replication:
+            reasons.append("has REPLICATION" if is_self else f'can become "{name}", which has REPLICATION')
+        if name in _PG_SERVER_ROLES:
+            members.append(name)
+    if members:
+        reasons.append(f"is a member of {', '.join(members)}")
+    return reasons
 
 
 # --- MySQL / MariaDB -----------------------------------------------------
@@ -502,6 +682,81 @@ _MYSQL_READ_ONLY_ERRORS = {1792, 1290}
 _MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
 
 
+# Global privileges whose statements a read-only session stops, or that only
+# read: a user holding any other on *.* (SUPER or ALL PRIVILEGES, FILE's
+# LOAD_FILE, SHUTDOWN, RELOAD's FLUSH, the administration privileges split
+# from SUPER, MySQL 8's dynamic ones) is refused unless the policy allows it.
+_MYSQL_DATA_PRIVILEGES = frozenset(
+    {
+        "USAGE",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "DROP",
+        "REFERENCES",
+        "INDEX",
+        "ALTER",
+        "CREATE TEMPORARY TABLES",
+        "LOCK TABLES",
+        "EXECUTE",
+        "CREATE VIEW",
+        "SHOW VIEW",
+        "CREATE ROUTINE",
+        "ALTER ROUTINE",
+        "EVENT",
+        "TRIGGER",
+        "DELETE HISTORY",
+        "CREATE TABLESPACE",
+        "CREATE USER",
+        "GRANT OPTION",
+        "SHOW DATABASES",
+        "PROCESS",
+        "REPLICATION CLIENT",
+        "REPLICATION SLAVE",
+        "BINLOG MONITOR",
+        "SLAVE MONITOR",
+        "REPLICA MONITOR",
+    }
+)
+_MYSQL_GLOBAL_GRANT = re.compile(r"GRANT ([A-Z_ ,]+?) ON \*\.\* TO ")
+# A quoted name as SHOW GRANTS writes it: `name` or 'name', quotes inside doubled.
+_MYSQL_NAME = r"(?:`(?:[^`]|``)*`|'(?:[^']|'')*')"
+_MYSQL_ROLE = re.compile(rf"({_MYSQL_NAME})(?:@({_MYSQL_NAME}))?")
+_MYSQL_ROLE_GRANT = re.compile(rf"GRANT ({_MYSQL_ROLE.pattern}(?:\s*,\s*{_MYSQL_ROLE.pattern})*) TO ")
+
+
+def mysql_server_privileges(lines: Sequence[str]) -> list[str]:
+    """The global privileges in SHOW GRANTS ``lines`` that are not data privileges, in order."""
+    found: list[str] = []
+    for line in lines:
+        match = _MYSQL_GLOBAL_GRANT.match(line)
+        for item in match.group(1).split(",") if match else ():
+            name = " ".join(item.split())
+            if name not in _MYSQL_DATA_PRIVILEGES and name not in found:
+                found.append(name)
+    return found
+
+
+def mysql_granted_roles(line: str) -> list[tuple[str, ...]]:
+    """The roles a SHOW GRANTS line grants (``GRANT `r` TO ...``), each as (name,) or (name, host)."""
+    match = _MYSQL_ROLE_GRANT.match(line)
+    if not match:
+        return []
+    return [tuple(_mysql_unquote(part) for part in parts if part) for parts in _MYSQL_ROLE.findall(match.group(1))]
+
+
+def _mysql_unquote(name: str) -> str:
+    quote = name[0]
+    return name[1:-1].replace(quote * 2, quote)
+
+
+def _mysql_quote(*parts: str) -> str:
+    """``name`` or ``name``@``host``, quoted as identifiers."""
+    return "@".join("`" + part.replace("`", "``") + "`" for part in parts)
+
+
 def _mysql_code(exc: Exception) -> int | None:
     args = exc.args
     return args[0] if args and isinstance(args[0], int) else None
@@ -513,6 +768,33 @@ def _mysql_message(exc: Exception) -> str:
     if code is not None and len(args) > 1:
         return f"{_one_line(args[1])} (error {code})"
     return _one_line(str(exc)) or type(exc).__name__
+
+
+def mysql_connect_problem(exc: Exception, spec: ConnectionSpec, *, timeout_s: float) -> str:
+    """Why mysqlclient could not connect, in our words, chosen by the error's number.
+
+    The message is read only for the system error the client library itself
+    appends (``... (111)``, ``system error: 110``); it is never quoted.
+    """
+    code = _mysql_code(exc)
+    message = str(exc.args[1]) if len(exc.args) > 1 else ""
+    number = re.search(r"(?:\((\d+)\)|system error: (\d+))\s*$", message)
+    system_error = int(number.group(1) or number.group(2)) if number else None
+    if code == 1045:
+        return login_refused(spec.user)
+    if code == 1044:
+        return f'user "{spec.user}" may not use database "{spec.database}"'
+    if code == 1049:
+        return no_database(spec.database)
+    if code in (2002, 2003, 2013) and system_error == errno.ETIMEDOUT:
+        return no_answer(timeout_s)
+    if code in (2002, 2003):
+        return UNREACHABLE if system_error in (errno.EHOSTUNREACH, errno.ENETUNREACH) else CONNECTION_REFUSED
+    if code == 2026:
+        return TLS_FAILED
+    if code is not None and code < 2000:
+        return SERVER_REFUSED  # the server's own error, such as 1040 (too many connections) or 1130 (host not allowed)
+    return NOT_MYSQL
 
 
 class _MySQLRun(_Run):
@@ -557,10 +839,8 @@ class _MySQLRun(_Run):
     def connect_message(self, exc: Exception) -> str:
         if not isinstance(exc, MySQLdb.Error):
             return f"Could not connect to {self.label}: {type(exc).__name__}"
-        detail = _mysql_message(exc)
-        if _mysql_code(exc) == 2013 and "system error: 110" in detail:
-            detail = f"no answer within {self.policy.connect_timeout_s:g} s"
-        return f"Could not connect to {self.label}: {detail}"
+        problem = mysql_connect_problem(exc, self.spec, timeout_s=self.policy.connect_timeout_s)
+        return f"Could not connect to {self.label}: {problem}"
 
     def identity(self, conn: Any) -> ServerIdentity | None:
         cursor = conn.cursor()
@@ -576,6 +856,53 @@ class _MySQLRun(_Run):
             raise self.failure(f"Could not read from {self.label}: {_mysql_message(exc)}") from None
         finally:
             cursor.close()
+
+    def superuser_powers(self, conn: Any) -> list[str]:
+        mariadb = "mariadb" in conn.get_server_info().lower()
+        cursor = conn.cursor()
+        try:
+            own = self.grants(cursor, "SHOW GRANTS")
+            started_as = None
+            if mariadb and any(mysql_granted_roles(line) for line in own):
+                # While a role is current (a default role), MariaDB's SHOW
+                # GRANTS shows its privileges too: read the user's own without it.
+                cursor.execute("SELECT CURRENT_ROLE()")
+                started_as = cursor.fetchone()[0]
+                if started_as is not None:
+                    cursor.execute("SET ROLE NONE")
+                    own = self.grants(cursor, "SHOW GRANTS")
+            held = mysql_server_privileges(own)
+            # A role the user may take on counts too: SET ROLE works in a
+            # read-only session, and inside a procedure the statement calls.
+            roles = [] if held else [role for line in own for role in mysql_granted_roles(line)]
+            by_role = []
+            for role in roles:
+                if mariadb:
+                    # MariaDB shows a role's privileges, and those of the roles
+                    # granted to it, while it is the current role.
+                    cursor.execute(f"SET ROLE {_mysql_quote(*role)}")
+                    by_role.append((role, self.grants(cursor, "SHOW GRANTS")))
+                else:
+                    using = f"SHOW GRANTS FOR CURRENT_USER() USING {_mysql_quote(*role)}"
+                    by_role.append((role, self.grants(cursor, using)))
+            if mariadb and (roles or started_as is not None):
+                cursor.execute(f"SET ROLE {_mysql_quote(_mysql_text(started_as))}" if started_as else "SET ROLE NONE")
+        except MySQLdb.Error as exc:
+            raise self.failure(
+                f"Could not read the privileges of the user on {self.label}: {_mysql_message(exc)}"
+            ) from None
+        finally:
+            cursor.close()
+        reasons = [f"has {', '.join(held)} on *.*"] if held else []
+        for role, lines in by_role:
+            extra = [name for name in mysql_server_privileges(lines) if name not in held]
+            if extra:
+                reasons.append(f'can take on the role "{"@".join(role)}", which has {", ".join(extra)} on *.*')
+        return reasons
+
+    def grants(self, cursor: Any, sql: str) -> list[str]:
+        cursor.execute(sql)
+        return [_mysql_text(row[0]) for row in cursor.fetchall()]
 
     def prepare(self, conn: Any) -> None:
         mariadb = "mariadb" in conn.get_server_info().lower()
@@ -610,25 +937,19 @@ class _MySQLRun(_Run):
         finally:
             helper.close()
 
-    def execute(self, conn: Any) -> tuple[list[str], list[Sequence[Any]], int, bool]:
-        cap = self.policy.max_rows
+    def execute(self, conn: Any) -> Fetched:
         cursor = MySQLdb.cursors.SSCursor(conn)
         try:
             cursor.execute(self.statement.text)
             if cursor.description is None:
-                fields: list[str] = []
-                rows: list[Sequence[Any]] = []
-                row_count, truncated = max(conn.affected_rows(), 0), False
+                rows, row_count = self.rows([]), max(conn.affected_rows(), 0)
             else:
-                fields = [column[0] for column in cursor.description]
-                rows = list(cursor.fetchmany(cap + 1))
-                truncated = len(rows) > cap
-                if truncated and cursor.fetchone() is not None:
-                    # Still streaming (the statement has its own LIMIT above
-                    # sql_select_limit): stop it rather than read it to the end.
+                rows, ended = self.collect(cursor)
+                if not ended:
+                    # Still streaming (past a cap, or the statement has its own
+                    # LIMIT above sql_select_limit): stop it rather than read it to the end.
                     self.kill(self.thread_id)
-                rows = rows[:cap]
-                row_count = len(rows)
+                row_count = rows.count
             try:
                 cursor.close()
             except MySQLdb.Error:
@@ -648,7 +969,7 @@ class _MySQLRun(_Run):
         # a statement that only returned at the limit was cut off, not finished.
         if time.monotonic() - self.started >= self.policy.timeout_s:
             raise self.timeout_error()
-        return fields, rows, row_count, truncated
+        return rows.fields, rows, row_count
 
 
 # --- The identity of a server --------------------------------------------

@@ -2,7 +2,8 @@
 
 ``query_run`` decides whether a query may run at all (role, host allow-list,
 the server's own database, statements that would dodge read-only mode), then
-hands it to the runner. Every refusal is a ``QueryForbidden`` (403) or a
+hands it to the runner with the limits of ``QueryPolicy`` (read-only, time,
+rows, bytes, and whether a superuser may connect). Every refusal is a ``QueryForbidden`` (403) or a
 ``BadRequest``/``QueryFailed`` (400), never a driver's exception.
 """
 
@@ -96,6 +97,8 @@ def _policy() -> QueryPolicy:
         timeout_s=float(settings.PZLS_QUERY_TIMEOUT_S),
         connect_timeout_s=float(settings.PZLS_QUERY_CONNECT_TIMEOUT_S),
         max_rows=int(settings.PZLS_QUERY_MAX_ROWS),
+        max_bytes=int(settings.PZLS_QUERY_MAX_BYTES),
+        allow_superuser=bool(settings.PZLS_QUERY_ALLOW_SUPERUSER),
     )
 
 

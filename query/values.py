@@ -18,6 +18,10 @@ The runner has the drivers hand over dates, times, intervals and decimals as
 the server's own ISO 8601 / decimal text instead (exact, and it can hold
 ``infinity``, BC dates, months in an interval, MySQL TIME beyond 24 hours and
 zero dates); strings pass through unchanged.
+
+``RowsJSON`` then encodes the converted rows with orjson, the encoder the API
+answers with, a batch at a time, so the answer's size is known while the rows
+are still being read (``PZLS_QUERY_MAX_BYTES``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -162,3 +168,58 @@ def rows_as_objects(fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> lis
         )
         for row in rows
     ]
+
+
+class RowsJSON:
+    """The ``rows`` of an answer as one compact JSON array, built a batch of rows at a time.
+
+    ``size`` is the exact length in bytes of ``json()``: the brackets, each
+    row's object and the commas between them, as orjson writes them. The
+    rows kept are always the first ones of the result: past ``max_rows``
+    rows, or from the first row that would take ``size`` over ``max_bytes``
+    (even the very first), nothing more is kept and ``truncated`` is true.
+
+    A batch is encoded with one ``orjson.dumps``; only a batch that does not
+    fit whole is encoded again row by row, to find where to cut it.
+    """
+
+    def __init__(self, fields: Sequence[str], *, max_rows: int, max_bytes: int) -> None:
+        self.fields = list(fields)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.size = 2  # "[]"
+        self.truncated = False
+        self._parts: list[bytes | memoryview] = []
+
+    def add(self, batch: Sequence[Sequence[Any]]) -> None:
+        """Convert and keep the rows of ``batch`` that fit under both caps."""
+        if self.truncated:
+            return
+        room = self.max_rows - self.count
+        if len(batch) > room:
+            batch = batch[:room]
+            self.truncated = True
+        if not batch:
+            return
+        rows = rows_as_objects(self.fields, batch)
+        encoded = orjson.dumps(rows)
+        # The batch's rows without its brackets, after a comma when rows came before.
+        grown = len(encoded) - 2 + (1 if self.count else 0)
+        if self.size + grown <= self.max_bytes:
+            self._parts.append(memoryview(encoded)[1:-1])
+            self.size += grown
+            self.count += len(rows)
+            return
+        for row in rows:
+            item = orjson.dumps(row)
+            grown = len(item) + (1 if self.count else 0)
+            if self.size + grown > self.max_bytes:
+                self.truncated = True
+                return
+            self._parts.append(item)
+            self.size += grown
+            self.count += 1
+
+    def json(self) -> bytes:
+        return b"[" + b",".join(self._parts) + b"]"

@@ -3,29 +3,45 @@
 Each test creates and drops its own uniquely named tables, so parallel runs do
 not clash. A server that cannot be reached skips these tests on a laptop and
 fails them in CI (CI=true): there they must run.
+
+``PZLS_TEST_POSTGRES_URL`` and ``PZLS_TEST_MYSQL_URL`` name a superuser, which
+sets up tables and checks what a query did; the queries themselves run as
+``pzls_reader``, an ordinary user created (idempotently) on first use, since
+superusers are refused by default.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import secrets
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import MySQLdb
+import orjson
 import psycopg2
 import pytest
 from django.test import override_settings
 
-from query import hosts, services
+from query import hosts, runner, services
 from query.connstring import parse_connection_string
 
-PG_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-MY_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-URLS = {"pg": PG_URL, "my": MY_URL}
+PG_ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+MY_ADMIN_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+ADMIN_URLS = {"pg": PG_ADMIN_URL, "my": MY_ADMIN_URL}
+READER = "pzls_reader"
+READER_PASSWORD = "pzls-reader-test"
+# MySQL matches the most specific host first; these keep an anonymous ''@'localhost' from shadowing '%'.
+READER_HOSTS = ("%", "localhost", "127.0.0.1", "::1")
+SUPERUSER_REFUSED = (
+    "Connecting as a database superuser is not allowed (set PZLS_QUERY_ALLOW_SUPERUSER=true to allow it)"
+)
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
@@ -37,7 +53,7 @@ def _unavailable(what: str, exc: Exception) -> None:
 
 
 def pg_connect() -> Any:
-    spec = parse_connection_string(PG_URL)
+    spec = parse_connection_string(PG_ADMIN_URL)
     conn = psycopg2.connect(
         host=spec.host, port=spec.port, user=spec.user, password=spec.password, dbname=spec.database, connect_timeout=5
     )
@@ -46,7 +62,7 @@ def pg_connect() -> Any:
 
 
 def my_connect() -> Any:
-    spec = parse_connection_string(MY_URL)
+    spec = parse_connection_string(MY_ADMIN_URL)
     return MySQLdb.connect(
         host=spec.host,
         port=spec.port,
@@ -58,16 +74,62 @@ def my_connect() -> Any:
     )
 
 
+_readers_ready: set[str] = set()
+
+
+def _ensure_reader(kind: str, conn: Any) -> None:
+    """Create or reset ``pzls_reader``: a login with no server-wide privileges.
+
+    On PostgreSQL it gets privileges on each test table (``Server.table``); on
+    MariaDB all privileges on the test database, so that the read-only
+    session, not a missing grant, is what stops a write.
+    """
+    if kind in _readers_ready:
+        return
+    cursor = conn.cursor()
+    try:
+        if kind == "pg":
+            # Runs on one server may overlap: one at a time changes the role.
+            cursor.execute("SELECT pg_advisory_lock(hashtext('pzls_reader'))")
+            try:
+                cursor.execute(f"DO $$ BEGIN CREATE ROLE {READER}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+                cursor.execute(
+                    f"ALTER ROLE {READER} WITH LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE "
+                    f"PASSWORD '{READER_PASSWORD}'"
+                )
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext('pzls_reader'))")
+        else:
+            database = parse_connection_string(MY_ADMIN_URL).database
+            for host in READER_HOSTS:
+                account = f"'{READER}'@'{host}'"
+                cursor.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY '{READER_PASSWORD}'")
+                cursor.execute(f"ALTER USER {account} IDENTIFIED BY '{READER_PASSWORD}'")
+                cursor.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO {account}")
+    finally:
+        cursor.close()
+    _readers_ready.add(kind)
+
+
+def reader_url(kind: str) -> str:
+    return url_with(ADMIN_URLS[kind], user=READER, password=READER_PASSWORD)
+
+
 class Server:
-    """A direct connection to one test server, to set up tables and check what a query did."""
+    """A direct connection to one test server, to set up tables and check what a query did.
+
+    ``url`` is the reader's connection string that the queries use, ``admin_url`` the superuser's.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.url = URLS[kind]
+        self.admin_url = ADMIN_URLS[kind]
+        self.url = reader_url(kind)
         try:
             self.conn = pg_connect() if kind == "pg" else my_connect()
         except Exception as exc:
             _unavailable("PostgreSQL" if kind == "pg" else "MariaDB", exc)
+        _ensure_reader(kind, self.conn)
         self.tables: list[str] = []
 
     def run(self, sql: str) -> list[tuple[Any, ...]]:
@@ -82,6 +144,8 @@ class Server:
         name = f"pzls_q_{uuid.uuid4().hex[:12]}"
         self.run(f"CREATE TABLE {name} ({columns})")
         self.tables.append(name)
+        if self.kind == "pg":
+            self.run(f"GRANT ALL ON {name} TO {READER}")
         if rows:
             self.run(f"INSERT INTO {name} VALUES {rows}")
         return name
@@ -318,7 +382,7 @@ def test_roles_setting_lets_analysts_query(analyst_api: Any, pg: Server) -> None
 
 
 def test_missing_token_is_the_generic_401(api: Any) -> None:
-    response = query(api, PG_URL, "SELECT 1")
+    response = query(api, PG_ADMIN_URL, "SELECT 1")
     assert response.status_code == 401
     assert response.json() == {"error": "Authentication required"}
     assert response["WWW-Authenticate"] == "Bearer"
@@ -331,11 +395,11 @@ def test_missing_token_is_the_generic_401(api: Any) -> None:
     "body, error",
     [
         ({"query": "SELECT 1"}, "connectionString is required"),
-        ({"connectionString": PG_URL}, "query is required and must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": "  "}, "query is required and must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": 5}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL, "query": "  "}, "query is required and must be a non-empty string"),
+        ({"connectionString": PG_ADMIN_URL, "query": 5}, "query is required and must be a non-empty string"),
         ({"connectionString": 5, "query": "SELECT 1"}, "connectionString must be a non-empty string"),
-        ({"connectionString": PG_URL, "query": "SELECT '\x00'"}, "query must not contain NUL characters"),
+        ({"connectionString": PG_ADMIN_URL, "query": "SELECT '\x00'"}, "query must not contain NUL characters"),
         ([1, 2], "Request body must be a JSON object"),
     ],
 )
@@ -542,6 +606,236 @@ def test_local_infile_is_never_sent(admin_api: Any, my: Server) -> None:
     assert my.run(f"SELECT COUNT(*) FROM {table}") == [(0,)]
 
 
+# --- superusers ----------------------------------------------------------
+
+
+class Accounts:
+    """Logins and roles made for one test, with random names and passwords, dropped after it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.made: list[str] = []
+
+    def role(self, attributes: str = "", *, member_of: tuple[str, ...] = ()) -> str:
+        """A role that cannot log in; PostgreSQL only."""
+        name = f"pzls_q_{uuid.uuid4().hex[:10]}"
+        self.server.run(f"CREATE ROLE {name} NOLOGIN {attributes}")
+        self.made.append(name)
+        for group in member_of:
+            self.server.run(f"GRANT {group} TO {name}")
+        return name
+
+    def pg_login(self, attributes: str = "", *, member_of: tuple[str, ...] = ()) -> tuple[str, str]:
+        """(name, connection string) of a PostgreSQL login."""
+        name, password = f"pzls_q_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+        self.server.run(f"CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'")
+        self.made.append(name)
+        for group in member_of:
+            self.server.run(f"GRANT {group} TO {name}")
+        return name, url_with(self.server.admin_url, user=name, password=password)
+
+    def my_role(self, *grants: str) -> str:
+        """A MariaDB role; each grant is a GRANT statement with ``{to}`` for the role."""
+        name = f"pzls_q_{uuid.uuid4().hex[:10]}"
+        self.server.run(f"CREATE ROLE {name}")
+        self.made.append(name)
+        for grant in grants:
+            self.server.run(grant.format(to=f"`{name}`"))
+        return name
+
+    def my_login(self, *grants: str, default_role: str | None = None) -> tuple[str, str]:
+        """(name, connection string) of a MariaDB user who may read the test database; each
+        grant is a GRANT statement with ``{to}``."""
+        name, password = f"pzls_q_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+        database = parse_connection_string(self.server.admin_url).database
+        for host in READER_HOSTS:
+            account = f"'{name}'@'{host}'"
+            self.server.run(f"CREATE USER {account} IDENTIFIED BY '{password}'")
+            self.made.append(account)
+            for grant in (f"GRANT SELECT ON `{database}`.* TO {{to}}", *grants):
+                self.server.run(grant.format(to=account))
+            if default_role:
+                self.server.run(f"SET DEFAULT ROLE {default_role} FOR {account}")
+        return name, url_with(self.server.admin_url, user=name, password=password)
+
+    def drop(self) -> None:
+        for name in reversed(self.made):
+            if self.server.kind == "pg":
+                self.server.run(f"DROP OWNED BY {name}")  # and the privileges granted to it
+                self.server.run(f"DROP ROLE {name}")
+            elif "@" in name:
+                self.server.run(f"DROP USER IF EXISTS {name}")
+            else:
+                self.server.run(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def pg_accounts(pg: Server) -> Iterator[Accounts]:
+    accounts = Accounts(pg)
+    yield accounts
+    accounts.drop()
+
+
+@pytest.fixture
+def my_accounts(my: Server) -> Iterator[Accounts]:
+    accounts = Accounts(my)
+    yield accounts
+    accounts.drop()
+
+
+def refused(user: str, reasons: str) -> str:
+    return f'{SUPERUSER_REFUSED}: user "{user}" {reasons}'
+
+
+def test_superusers_are_refused_before_the_statement_runs(admin_api: Any, server: Server) -> None:
+    user = parse_connection_string(server.admin_url).user
+    sleep = "pg_sleep(3)" if server.kind == "pg" else "SLEEP(3)"
+    started = time.monotonic()
+    response = query(admin_api, server.admin_url, f"SELECT {sleep}")
+    assert time.monotonic() - started < 2
+    assert response.status_code == 403, response.content
+    reason = "is a superuser" if server.kind == "pg" else "has ALL PRIVILEGES on *.*"
+    assert response.json() == {"success": False, "error": refused(user, reason)}
+    # The reader, an ordinary user, queries the same server.
+    assert assert_ok(query(admin_api, server.url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_allow_superuser_lets_a_superuser_read_server_files(admin_api: Any, pg: Server) -> None:
+    sql = "SELECT pg_read_file('PG_VERSION') AS v"
+    assert query(admin_api, pg.admin_url, sql).status_code == 403
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        body = assert_ok(query(admin_api, pg.admin_url, sql))
+    # What a read-only session does not stop: reading a file of the database server.
+    assert body["rows"][0]["v"].strip().isdigit()
+
+
+@pytest.mark.parametrize(
+    "server_role", ["pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend"]
+)
+def test_postgres_members_of_server_roles_are_refused(admin_api: Any, pg_accounts: Accounts, server_role: str) -> None:
+    direct, direct_url = pg_accounts.pg_login(member_of=(server_role,))
+    # Through a group, and without inheriting its privileges: SET ROLE still reaches them.
+    group = pg_accounts.role(member_of=(server_role,))
+    nested, nested_url = pg_accounts.pg_login("NOINHERIT", member_of=(group,))
+    for user, url in [(direct, direct_url), (nested, nested_url)]:
+        response = query(admin_api, url, "SELECT 1")
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == refused(user, f"is a member of {server_role}")
+        with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+            assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_postgres_member_of_pg_read_server_files_could_read_files(
+    admin_api: Any, pg: Server, pg_accounts: Accounts
+) -> None:
+    user, url = pg_accounts.pg_login(member_of=("pg_read_server_files",))
+    # A common grant next to the role; alone it only reaches the data directory.
+    pg.run(f"GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {user}")
+    sql = "SELECT length(pg_read_file('/etc/passwd')) > 0 AS read"
+    assert query(admin_api, url, sql).json()["error"] == refused(user, "is a member of pg_read_server_files")
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        assert assert_ok(query(admin_api, url, sql))["rows"] == [{"read": True}]
+
+
+def test_postgres_user_who_can_become_a_superuser_is_refused(admin_api: Any, pg: Server, pg_accounts: Accounts) -> None:
+    superuser = pg_accounts.role("SUPERUSER")
+    user, url = pg_accounts.pg_login(member_of=(superuser,))
+    # One statement, in a read-only transaction, becomes the superuser and reads
+    # a server file (through a query planned after the role changed).
+    sql = (
+        f"SELECT set_config('role', '{superuser}', false) AS r, "
+        "query_to_xml('SELECT pg_read_file(''PG_VERSION'') AS v', false, false, '')::text AS x"
+    )
+    response = query(admin_api, url, sql)
+    assert response.status_code == 403, response.content
+    assert response.json()["error"] == refused(user, f'can become the superuser "{superuser}"')
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        body = assert_ok(query(admin_api, url, sql))
+    assert body["rows"][0]["r"] == superuser
+    assert "<v>" + pg.run("SELECT pg_read_file('PG_VERSION')")[0][0] + "</v>" in body["rows"][0]["x"]
+
+
+def test_postgres_replication_is_refused(admin_api: Any, pg_accounts: Accounts) -> None:
+    # A replication slot made in a read-only transaction outlives it, and holds WAL on the server.
+    user, url = pg_accounts.pg_login("REPLICATION")
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(user, "has REPLICATION")
+    group = pg_accounts.role("REPLICATION")
+    user, url = pg_accounts.pg_login(member_of=(group,))
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can become "{group}", which has REPLICATION'
+    )
+
+
+def test_postgres_refusal_names_every_reason(admin_api: Any, pg_accounts: Accounts) -> None:
+    superuser = pg_accounts.role("SUPERUSER")
+    user, url = pg_accounts.pg_login(member_of=(superuser, "pg_signal_backend", "pg_read_server_files"))
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can become the superuser "{superuser}" and is a member of pg_read_server_files, pg_signal_backend'
+    )
+
+
+def test_postgres_roles_that_only_read_are_allowed(admin_api: Any, pg_accounts: Accounts) -> None:
+    _, url = pg_accounts.pg_login("CREATEDB", member_of=("pg_monitor", "pg_read_all_data"))
+    assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+@pytest.mark.parametrize(
+    "privileges, reason",
+    [
+        ("FILE", "has FILE on *.*"),  # LOAD_FILE() reads the server's files
+        ("SUPER", "has SUPER on *.*"),
+        ("RELOAD, SHUTDOWN", "has RELOAD, SHUTDOWN on *.*"),
+        ("CONNECTION ADMIN", "has CONNECTION ADMIN on *.*"),
+        ("SELECT, FILE", "has FILE on *.*"),
+        ("ALL PRIVILEGES", "has ALL PRIVILEGES on *.*"),
+    ],
+)
+def test_mariadb_server_privileges_are_refused(
+    admin_api: Any, my_accounts: Accounts, privileges: str, reason: str
+) -> None:
+    user, url = my_accounts.my_login(f"GRANT {privileges} ON *.* TO {{to}}")
+    response = query(admin_api, url, "SELECT 1")
+    assert response.status_code == 403, response.content
+    assert response.json()["error"] == refused(user, reason)
+    with override_settings(PZLS_QUERY_ALLOW_SUPERUSER=True):
+        assert assert_ok(query(admin_api, url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
+
+
+def test_mariadb_roles_that_hold_server_privileges_are_refused(
+    admin_api: Any, my: Server, my_accounts: Accounts
+) -> None:
+    database = parse_connection_string(my.admin_url).database
+    files = my_accounts.my_role("GRANT FILE ON *.* TO {to}")
+    # A role the user has not enabled: a procedure the statement calls can SET ROLE.
+    user, url = my_accounts.my_login(f"GRANT {files} TO {{to}}")
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can take on the role "{files}", which has FILE on *.*'
+    )
+    # Through a role granted to the role, and as the default role.
+    outer = my_accounts.my_role(f"GRANT {files} TO {{to}}", f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    for default in [None, outer]:
+        user, url = my_accounts.my_login(f"GRANT {outer} TO {{to}}", default_role=default)
+        assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+            user, f'can take on the role "{outer}", which has FILE on *.*'
+        )
+
+
+def test_mariadb_users_with_data_privileges_keep_their_default_role(
+    admin_api: Any, my: Server, my_accounts: Accounts
+) -> None:
+    database = parse_connection_string(my.admin_url).database
+    reader_role = my_accounts.my_role(f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    other = my_accounts.my_role(f"GRANT SELECT ON `{database}`.* TO {{to}}")
+    _, url = my_accounts.my_login(
+        "GRANT SELECT, PROCESS, SHOW DATABASES ON *.* TO {to}",
+        f"GRANT {reader_role} TO {{to}}",
+        f"GRANT {other} TO {{to}}",
+        default_role=reader_role,
+    )
+    body = assert_ok(query(admin_api, url, "SELECT CURRENT_ROLE() AS r"))
+    assert body["rows"] == [{"r": reader_role}]
+
+
 # --- one statement per request -------------------------------------------
 
 
@@ -624,7 +918,7 @@ def closed_port() -> int:
 def test_connect_timeout(admin_api: Any, silent_port: int, kind: str, label: str) -> None:
     with override_settings(PZLS_QUERY_CONNECT_TIMEOUT_S=2):
         started = time.monotonic()
-        response = query(admin_api, url_with(URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
+        response = query(admin_api, url_with(ADMIN_URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
         elapsed = time.monotonic() - started
     assert_failed(response, 400, f"Could not connect to {label} at 127.0.0.1:{silent_port}: no answer within 2 s")
     assert elapsed < 3.5
@@ -675,6 +969,112 @@ def test_exactly_the_cap_is_not_truncated(admin_api: Any, server: Server) -> Non
     assert (body["rows"], body["rowCount"], body["truncated"]) == ([{"id": 1}, {"id": 2}], 2, True)
 
 
+# --- byte cap ------------------------------------------------------------
+
+# n, and a text of `width` x's, for n = 1..rows.
+WIDE_ROWS = {
+    "pg": "SELECT n, repeat('x', {width}) AS s FROM generate_series(1, {rows}) AS n ORDER BY n",
+    "my": "SELECT seq AS n, REPEAT('x', {width}) AS s FROM seq_1_to_{rows}",
+}
+
+
+def wide(n: int, width: int) -> dict[str, Any]:
+    return {"n": n, "s": "x" * width}
+
+
+def assert_cut_before(rows: list[Any], next_row: Any, cap: int) -> None:
+    """The rows, as the answer writes them, fit in ``cap`` bytes; with the next row they would not."""
+    assert len(orjson.dumps(rows)) <= cap
+    assert len(orjson.dumps([*rows, next_row])) > cap
+
+
+def test_byte_cap_keeps_the_rows_that_fit(admin_api: Any, server: Server) -> None:
+    # Each row is {"n":1,"s":"x...x"}: 104 bytes with 90 x's; nine of them and
+    # their brackets and commas make 946 bytes.
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, WIDE_ROWS[server.kind].format(width=90, rows=1000)))
+    assert body == {
+        "success": True,
+        "rows": [wide(n, 90) for n in range(1, 10)],
+        "rowCount": 9,
+        "fields": ["n", "s"],
+        "truncated": True,
+    }
+    assert len(orjson.dumps(body["rows"])) == 946
+    assert_cut_before(body["rows"], wide(10, 90), 1000)
+
+
+def test_a_result_exactly_at_the_byte_cap_is_not_truncated(admin_api: Any, server: Server) -> None:
+    sql = WIDE_ROWS[server.kind].format(width=90, rows=9)
+    with override_settings(PZLS_QUERY_MAX_BYTES=946):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(n, 90) for n in range(1, 10)], 9, False)
+    with override_settings(PZLS_QUERY_MAX_BYTES=945):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(n, 90) for n in range(1, 9)], 8, True)
+    # Under the default cap nothing is cut.
+    body = assert_ok(query(admin_api, server.url, WIDE_ROWS[server.kind].format(width=1000, rows=2000)))
+    assert (body["rowCount"], body["truncated"]) == (2000, False)
+
+
+def test_a_row_larger_than_the_byte_cap(admin_api: Any, server: Server) -> None:
+    repeat = "repeat" if server.kind == "pg" else "REPEAT"
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, f"SELECT {repeat}('x', 2000) AS s"))
+    # The first row does not fit: no rows, and the answer says it was cut.
+    assert body == {"success": True, "rows": [], "rowCount": 0, "fields": ["s"], "truncated": True}
+    # A large row in the middle ends the answer there, though later rows would fit:
+    # the rows are always the first ones of the result.
+    sql = {
+        "pg": "SELECT n, repeat('x', CASE WHEN n = 3 THEN 5000 ELSE 10 END) AS s FROM generate_series(1, 10) n",
+        "my": "SELECT seq AS n, REPEAT('x', IF(seq = 3, 5000, 10)) AS s FROM seq_1_to_10",
+    }[server.kind]
+    with override_settings(PZLS_QUERY_MAX_BYTES=1000):
+        body = assert_ok(query(admin_api, server.url, sql))
+    assert (body["rows"], body["rowCount"], body["truncated"]) == ([wide(1, 10), wide(2, 10)], 2, True)
+
+
+@pytest.mark.parametrize(
+    "kind, sql",
+    [
+        ("pg", "SELECT generate_series(1, 200000000) AS n, '{marker}' AS m, repeat('x', 1000) AS s"),
+        ("my", "SELECT seq AS n, '{marker}' AS m, REPEAT('x', 1000) AS s FROM seq_1_to_200000000"),
+        ("my", "SELECT seq AS n, '{marker}' AS m, REPEAT('x', 1000) AS s FROM seq_1_to_200000000 LIMIT 200000000"),
+    ],
+)
+def test_byte_cap_stops_without_fetching_the_rest(admin_api: Any, kind: str, sql: str) -> None:
+    srv = Server(kind)
+    marker = f"pzls_bytes_{uuid.uuid4().hex[:10]}"
+    cap = 1024 * 1024
+    try:
+        # 200 GB of rows, and no row cap to stop them.
+        with override_settings(PZLS_QUERY_MAX_BYTES=cap, PZLS_QUERY_MAX_ROWS=10**9):
+            started = time.monotonic()
+            body = assert_ok(query(admin_api, srv.url, sql.format(marker=marker)))
+            elapsed = time.monotonic() - started
+        count = body["rowCount"]
+        expected = [{"n": n, "m": marker, "s": "x" * 1000} for n in range(1, count + 2)]
+        assert (body["fields"], body["truncated"]) == (["n", "m", "s"], True)
+        assert count > 900 and body["rows"] == expected[:count]
+        assert_cut_before(body["rows"], expected[count], cap)
+        assert elapsed < 5
+        assert srv.wait_gone(marker) == []
+    finally:
+        srv.close()
+
+
+def test_byte_cap_bounds_statements_without_a_cursor(admin_api: Any, pg: Server) -> None:
+    # SHOW cannot sit behind DECLARE: its rows arrive whole, and the answer is cut all the same.
+    full = assert_ok(query(admin_api, pg.url, "SHOW ALL"))
+    assert full["truncated"] is False and full["rowCount"] > 100
+    with override_settings(PZLS_QUERY_MAX_BYTES=5000):
+        body = assert_ok(query(admin_api, pg.url, "SHOW ALL"))
+    count = body["rowCount"]
+    assert body["truncated"] is True and 0 < count < full["rowCount"]
+    assert body["rows"] == full["rows"][:count]
+    assert_cut_before(body["rows"], full["rows"][count], 5000)
+
+
 # --- errors: 400 with a useful message, never the password ---------------
 
 
@@ -685,8 +1085,46 @@ def test_errors_are_400_and_never_show_the_password(
     missing_db = f"nodb_{uuid.uuid4().hex[:8]}"
     missing_role = f"norole_{uuid.uuid4().hex[:8]}"
     caplog.set_level(logging.DEBUG)
-    pg_port = parse_connection_string(pg.url).port
-    cases = [
+    pg_spec, my_spec = parse_connection_string(pg.url), parse_connection_string(my.url)
+    pg_at = f"Could not connect to PostgreSQL at {pg_spec.host}:{pg_spec.port}"
+    my_at = f"Could not connect to MySQL/MariaDB at {my_spec.host}:{my_spec.port}"
+    # (url, sql, the error); below, a part of it
+    exact = [
+        (
+            url_with(pg.url, host="127.0.0.1", port=closed_port, password=secret),
+            "SELECT 1",
+            f"Could not connect to PostgreSQL at 127.0.0.1:{closed_port}: connection refused",
+        ),
+        (
+            url_with(my.url, host="127.0.0.1", port=closed_port, password=secret),
+            "SELECT 1",
+            f"Could not connect to MySQL/MariaDB at 127.0.0.1:{closed_port}: connection refused",
+        ),
+        (
+            url_with(pg.url, user=missing_role, password=secret),
+            "SELECT 1",
+            f'{pg_at}: user "{missing_role}" does not exist',
+        ),
+        # The login failure says which user, never which password.
+        (url_with(my.url, password=secret), "SELECT 1", f'{my_at}: the server refused the login of user "{READER}"'),
+        (
+            url_with(pg.url, database=missing_db, password=secret),
+            "SELECT 1",
+            f'{pg_at}: database "{missing_db}" does not exist',
+        ),
+        # MariaDB tells a user without privileges on a database only that it may not use it.
+        (
+            url_with(my.url, database=missing_db),
+            "SELECT 1",
+            f'{my_at}: user "{READER}" may not use database "{missing_db}"',
+        ),
+        (
+            url_with(my.admin_url, database=missing_db),
+            "SELECT 1",
+            f'{my_at}: database "{missing_db}" does not exist',
+        ),
+    ]
+    partial = [
         (f"sqlite://u:{secret}@h/db", "SELECT 1", "Unsupported database scheme 'sqlite'"),
         (
             f"postgres://u:{secret}@h:port/db",
@@ -694,29 +1132,6 @@ def test_errors_are_400_and_never_show_the_password(
             "connectionString is not a valid URL (check the host and port)",
         ),
         (f"postgres://u:{secret}@no-such-host.invalid/db", "SELECT 1", "Could not resolve host 'no-such-host.invalid'"),
-        (
-            url_with(pg.url, host="127.0.0.1", port=closed_port, password=secret),
-            "SELECT 1",
-            f"Could not connect to PostgreSQL at 127.0.0.1:{closed_port}: ",
-        ),
-        (
-            url_with(my.url, host="127.0.0.1", port=closed_port, password=secret),
-            "SELECT 1",
-            f"Could not connect to MySQL/MariaDB at 127.0.0.1:{closed_port}: Can't connect to server on '127.0.0.1'",
-        ),
-        (
-            url_with(pg.url, user=missing_role, password=secret),
-            "SELECT 1",
-            f"Could not connect to PostgreSQL at {parse_connection_string(pg.url).host}:{pg_port}: "
-            f'connection to server at "127.0.0.1", port {pg_port} failed: role "{missing_role}" does not exist',
-        ),
-        (url_with(my.url, password=secret), "SELECT 1", "Could not connect to MySQL/MariaDB at "),
-        (
-            url_with(pg.url, database=missing_db, password=secret),
-            "SELECT 1",
-            f'database "{missing_db}" does not exist',
-        ),
-        (url_with(my.url, database=missing_db), "SELECT 1", f"Unknown database '{missing_db}' (error 1049)"),
         (url_with(pg.url, password=secret), "SELEC 1", 'SQL error: syntax error at or near "SELEC" (SQLSTATE 42601)'),
         (url_with(my.url), "SELEC 1", "SQL error: You have an error in your SQL syntax"),
         (
@@ -725,18 +1140,191 @@ def test_errors_are_400_and_never_show_the_password(
             "SQL error: relation",
         ),
     ]
-    for url, sql, expected in cases:
-        response = query(admin_api, url, sql)
-        assert response.status_code == 400, (url.replace(secret, "***"), response.content)
-        body = response.json()
-        assert set(body) == {"success", "error"} and body["success"] is False
-        assert expected in body["error"], body["error"]
-        assert secret not in body["error"]
-    # The MariaDB login failure says which user, never which password.
-    assert "Access denied for user" in query(admin_api, url_with(my.url, password=secret), "SELECT 1").json()["error"]
+    for cases, whole in [(exact, True), (partial, False)]:
+        for url, sql, expected in cases:
+            response = query(admin_api, url, sql)
+            assert response.status_code == 400, (url.replace(secret, "***"), response.content)
+            body = response.json()
+            assert set(body) == {"success", "error"} and body["success"] is False
+            assert body["error"] == expected if whole else expected in body["error"], body["error"]
+            assert secret not in body["error"]
     logged = caplog.text + "".join(capfd.readouterr())
     assert "Query by admin on" in caplog.text
     assert secret not in logged
+
+
+# --- connection failures: our words, never the other end's ----------------
+
+BANNER = b"SECRETBANNER"
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.9 " + BANNER + b"\r\n"
+HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nServer: " + BANNER + b"\r\nContent-Length: 25\r\n\r\n<html>" + BANNER + b"</html>"
+)
+# Words of the banners above; none may come back in an answer.
+BANNER_WORDS = ("SECRETBANNER", "SSH", "OpenSSH", "HTTP", "html", "Server:", "Bad Request")
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def _ssh(conn: socket.socket) -> None:
+    conn.sendall(SSH_BANNER)
+
+
+def _ssh_then_wait(conn: socket.socket) -> None:
+    conn.sendall(SSH_BANNER)
+    while conn.recv(4096):
+        pass
+
+
+def _http(conn: socket.socket) -> None:
+    conn.settimeout(0.3)  # PostgreSQL's client speaks first, MySQL's waits
+    try:
+        conn.recv(4096)
+    except TimeoutError:
+        pass
+    conn.sendall(HTTP_REPLY)
+
+
+def _garbage(conn: socket.socket) -> None:
+    noise = random.Random(13)
+    conn.sendall(noise.randbytes(200) + BANNER + noise.randbytes(100))
+
+
+def _close(conn: socket.socket) -> None:
+    pass
+
+
+def _pg_error(code: bytes, message: bytes) -> Callable[[socket.socket], None]:
+    """Speaks PostgreSQL's protocol up to an ErrorResponse carrying ``message``."""
+
+    def answer(conn: socket.socket) -> None:
+        while True:
+            length = int.from_bytes(_recv_exact(conn, 4), "big")
+            body = _recv_exact(conn, length - 4)
+            if length == 8 and int.from_bytes(body, "big") in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                conn.sendall(b"N")
+                continue
+            break
+        fields = b"SFATAL\0VFATAL\0C" + code + b"\0M" + message + b"\0\0"
+        conn.sendall(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+
+    return answer
+
+
+def _my_packet(sequence: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes([sequence]) + payload
+
+
+def _my_error(code: int, message: bytes) -> Callable[[socket.socket], None]:
+    """An error packet in place of MySQL's greeting, as a server that refuses a host sends."""
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(_my_packet(0, b"\xff" + code.to_bytes(2, "little") + message))
+
+    return answer
+
+
+def _my_auth_switch(conn: socket.socket) -> None:
+    """A MySQL greeting with the banner as server version, then a switch to an authentication plugin named by it."""
+    caps = 0x1 | 0x8 | 0x200 | 0x2000 | 0x8000 | 0x80000  # long password, db, 4.1, transactions, secure, plugin auth
+    greeting = (
+        b"\x0a5.5.5-10.11.0-MariaDB " + BANNER + b"\0" + (7).to_bytes(4, "little") + b"abcdefgh\0"
+        + (caps & 0xFFFF).to_bytes(2, "little") + b"\x2d" + (2).to_bytes(2, "little")
+        + (caps >> 16).to_bytes(2, "little") + b"\x15" + bytes(10) + b"ijklmnopqrst\0mysql_native_password\0"
+    )  # fmt: skip
+    conn.sendall(_my_packet(0, greeting))
+    head = _recv_exact(conn, 4)
+    _recv_exact(conn, int.from_bytes(head[:3], "little"))
+    conn.sendall(_my_packet(head[3] + 1, b"\xfe" + BANNER + b"\0" + b"0123456789abcdefghij\0"))
+    conn.recv(4096)
+
+
+class FakeServer:
+    """Something on a loopback port that is not the database a connection string names."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                self.answer(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+LABELS = {"pg": "PostgreSQL", "my": "MySQL/MariaDB"}
+
+
+@pytest.mark.parametrize(
+    "kind, answer, problem",
+    [
+        ("pg", _ssh, runner.NOT_POSTGRESQL),
+        ("pg", _ssh_then_wait, runner.no_answer(2)),
+        ("pg", _http, runner.NOT_POSTGRESQL),
+        ("pg", _garbage, runner.NOT_POSTGRESQL),
+        ("pg", _close, runner.NOT_POSTGRESQL),
+        ("pg", _pg_error(b"28P01", b'password authentication failed for user "' + BANNER + b'"'), "login"),
+        ("pg", _pg_error(b"3D000", b'database "' + BANNER + b'" does not exist'), "database"),
+        ("pg", _pg_error(b"XX000", BANNER), runner.SERVER_REFUSED),
+        ("my", _ssh, runner.NOT_MYSQL),
+        ("my", _ssh_then_wait, runner.NOT_MYSQL),
+        ("my", _http, runner.NOT_MYSQL),
+        ("my", _garbage, runner.NOT_MYSQL),
+        ("my", _close, runner.NOT_MYSQL),
+        ("my", _my_error(1045, b"Access denied for user '" + BANNER + b"'"), "login"),
+        ("my", _my_error(1049, b"Unknown database '" + BANNER + b"'"), "database"),
+        ("my", _my_error(1130, b"Host '" + BANNER + b"' is not allowed to connect"), runner.SERVER_REFUSED),
+        ("my", _my_auth_switch, runner.NOT_MYSQL),
+    ],
+)
+def test_connection_errors_never_echo_what_the_other_end_sent(
+    admin_api: Any, kind: str, answer: Callable[[socket.socket], None], problem: str, caplog: Any
+) -> None:
+    fake = FakeServer(answer)
+    scheme = "postgres" if kind == "pg" else "mysql"
+    try:
+        with override_settings(PZLS_QUERY_CONNECT_TIMEOUT_S=2):
+            response = query(admin_api, f"{scheme}://someone:pw@127.0.0.1:{fake.port}/sales", "SELECT 1")
+    finally:
+        fake.close()
+    problem = {
+        "login": 'the server refused the login of user "someone"',
+        "database": 'database "sales" does not exist',
+    }.get(problem, problem)
+    assert_failed(response, 400, f"Could not connect to {LABELS[kind]} at 127.0.0.1:{fake.port}: {problem}")
+    error = response.json()["error"]
+    assert error.isascii() and error.isprintable()
+    assert not [word for word in BANNER_WORDS if word.lower() in error.lower()]
+    assert "SECRETBANNER" not in caplog.text
 
 
 def test_timeout_error_is_400_with_the_limit(admin_api: Any, pg: Server) -> None:

@@ -1,4 +1,5 @@
-"""The pure parts of remote SQL: connection strings, statement splitting, values, host patterns."""
+"""The pure parts of remote SQL: connection strings, statement splitting, values, host patterns,
+and the runner's words for failed connections and its reading of privileges."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import base64
 import datetime as dt
 import ipaddress
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 
+import MySQLdb
+import orjson
 import pytest
 
-from query import hosts
+from query import hosts, runner
 from query.connstring import ConnectionStringError, parse_connection_string
 from query.statements import StatementError, single_statement
-from query.values import duration_iso, json_safe, rows_as_objects
+from query.values import RowsJSON, duration_iso, json_safe, rows_as_objects
 
 # --- connection strings --------------------------------------------------
 
@@ -285,6 +289,243 @@ def test_rows_as_objects_keeps_column_order() -> None:
     rows = rows_as_objects(["b", "a"], [(1, Decimal("2.0")), (None, None)])
     assert rows == [{"b": 1, "a": "2.0"}, {"b": None, "a": None}]
     assert list(rows[0]) == ["b", "a"]
+
+
+# --- rows as JSON under the caps ------------------------------------------
+
+# Rows of many JSON shapes and sizes: escapes, multi-byte text (counted in
+# bytes), NULLs, numbers, values converted on the way.
+MIXED_ROWS = [
+    (n, text, value)
+    for n, (text, value) in enumerate(
+        [
+            ("plain", 1),
+            ('quote " and backslash \\', None),
+            ("tab\tnewline\ncontrol\x01", 2.5),
+            ("héllo ☃ 😀" * 7, Decimal("12.50")),
+            ("", 2**60),
+            ("x" * 300, float("nan")),
+            ("ünïcödé" * 40, b"\x00\xff"),
+            ("y", dt.date(2024, 2, 29)),
+        ]
+        * 3
+    )
+]
+FIELDS = ["n", "text", "value"]
+
+
+def _build(rows: Sequence[tuple[object, ...]], batch: int, **caps: int) -> RowsJSON:
+    out = RowsJSON(FIELDS, **caps)
+    for start in range(0, len(rows), batch):
+        out.add(rows[start : start + batch])
+    return out
+
+
+def test_rows_json_is_the_json_of_the_rows() -> None:
+    out = _build(MIXED_ROWS, 5, max_rows=1000, max_bytes=10**9)
+    assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS))
+    assert (out.count, out.size, out.truncated) == (len(MIXED_ROWS), len(out.json()), False)
+    empty = RowsJSON(FIELDS, max_rows=10, max_bytes=10)
+    assert (empty.json(), empty.size, empty.truncated) == (b"[]", 2, False)
+
+
+def test_rows_json_keeps_the_longest_prefix_that_fits_every_cap() -> None:
+    full = orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS))
+    prefix_sizes = [len(orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:k]))) for k in range(len(MIXED_ROWS) + 1)]
+    for cap in sorted(
+        {1, 2, 3, *prefix_sizes, *(size - 1 for size in prefix_sizes), *(size + 1 for size in prefix_sizes)}
+    ):
+        fits = max(k for k, size in enumerate(prefix_sizes) if size <= cap) if cap >= 2 else 0
+        for batch in (1, 4, len(MIXED_ROWS)):  # how the rows arrive does not matter
+            out = _build(MIXED_ROWS, batch, max_rows=1000, max_bytes=cap)
+            assert out.count == fits, (cap, batch)
+            assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:fits]))
+            assert out.size == len(out.json()) <= max(cap, 2)
+            assert out.truncated == (fits < len(MIXED_ROWS))
+    assert len(full) == prefix_sizes[-1]
+
+
+def test_rows_json_row_cap_and_byte_cap_together() -> None:
+    out = _build(MIXED_ROWS, 4, max_rows=3, max_bytes=10**9)
+    assert (out.count, out.truncated) == (3, True)
+    assert out.json() == orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:3]))
+    exactly = _build(MIXED_ROWS[:3], 4, max_rows=3, max_bytes=10**9)
+    assert (exactly.count, exactly.truncated) == (3, False)
+    # Whichever cap comes first cuts; nothing is added once cut.
+    out = _build(MIXED_ROWS, 2, max_rows=20, max_bytes=len(orjson.dumps(rows_as_objects(FIELDS, MIXED_ROWS[:2]))))
+    assert (out.count, out.truncated) == (2, True)
+    out.add(MIXED_ROWS[:1])
+    assert out.count == 2
+
+
+# --- connection failures in our words ---------------------------------------
+
+PG_SPEC = parse_connection_string("postgres://alice:pw@db.example.com/sales")
+MY_SPEC = parse_connection_string("mysql://alice:pw@db.example.com/sales")
+AT = 'connection to server at "10.0.0.5", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    "message, problem",
+    [
+        (
+            AT + "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?\n",
+            "connection refused",
+        ),
+        (AT + "timeout expired\n", "no answer within 10 s"),
+        (AT + "No route to host\n", "network unreachable"),
+        (AT + "Network is unreachable\n", "network unreachable"),
+        (AT + "received invalid response to SSL negotiation: S\n", runner.NOT_POSTGRESQL),
+        (
+            AT
+            + "SSL SYSCALL error: EOF detected\n"
+            + AT
+            + "expected authentication request from server, but received S\n",
+            runner.NOT_POSTGRESQL,
+        ),
+        (
+            AT + "server closed the connection unexpectedly\n\tThis probably means the server terminated\n",
+            runner.NOT_POSTGRESQL,
+        ),
+        (AT + "SECRETBANNER\n", runner.NOT_POSTGRESQL),
+        (
+            AT + 'FATAL:  password authentication failed for user "SECRETBANNER"\n',
+            'the server refused the login of user "alice"',
+        ),
+        (
+            AT + "FATAL:  Ident authentication failed for user SECRETBANNER\n",
+            'the server refused the login of user "alice"',
+        ),
+        (
+            AT + 'FATAL:  no pg_hba.conf entry for host "1.2.3.4", user "SECRETBANNER", database "x", SSL off\n',
+            'the server refused the login of user "alice"',
+        ),
+        (AT + "fe_sendauth: no password supplied\n", 'the server refused the login of user "alice"'),
+        (AT + 'FATAL:  role "SECRETBANNER" does not exist\n', 'user "alice" does not exist'),
+        (AT + 'FATAL:  database "SECRETBANNER" does not exist\n', 'database "sales" does not exist'),
+        (AT + "FATAL:  sorry, too many clients already SECRETBANNER\n", runner.SERVER_REFUSED),
+        (AT + "server does not support SSL, but SSL was required\n", runner.NO_TLS),
+        (AT + "SSL error: certificate verify failed SECRETBANNER\n", runner.TLS_UNVERIFIED),
+        (AT + "SSL error: wrong version number SECRETBANNER\n", runner.TLS_FAILED),
+    ],
+)
+def test_postgres_connect_problems(message: str, problem: str) -> None:
+    assert runner.pg_connect_problem(message, PG_SPEC, timeout_s=10) == problem
+
+
+@pytest.mark.parametrize(
+    "code, message, problem",
+    [
+        (
+            1045,
+            "Access denied for user 'SECRETBANNER'@'10.0.0.9' (using password: YES)",
+            'the server refused the login of user "alice"',
+        ),
+        (
+            1044,
+            "Access denied for user 'alice'@'%' to database 'SECRETBANNER'",
+            'user "alice" may not use database "sales"',
+        ),
+        (1049, "Unknown database 'SECRETBANNER'", 'database "sales" does not exist'),
+        (2002, "Can't connect to server on '10.0.0.5' (115)", "connection refused"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (111)", "connection refused"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (110)", "no answer within 10 s"),
+        (2003, "Can't connect to MySQL server on '10.0.0.5:3306' (113)", "network unreachable"),
+        (
+            2013,
+            "Lost connection to server at 'handshake: reading initial communication packet', system error: 110",
+            "no answer within 10 s",
+        ),
+        (
+            2013,
+            "Lost connection to server at 'handshake: reading initial communication packet', system error: 11",
+            runner.NOT_MYSQL,
+        ),
+        (
+            2013,
+            "Plugin SECRETBANNER could not be loaded: SECRETBANNER.so: cannot open shared object file",
+            runner.NOT_MYSQL,
+        ),
+        (2006, "Server has gone away SECRETBANNER", runner.NOT_MYSQL),
+        (2027, "Malformed packet SECRETBANNER", runner.NOT_MYSQL),
+        (2026, "SSL connection error: SECRETBANNER", runner.TLS_FAILED),
+        (1130, "Host 'SECRETBANNER' is not allowed to connect to this MariaDB server", runner.SERVER_REFUSED),
+        (1040, "Too many connections SECRETBANNER", runner.SERVER_REFUSED),
+    ],
+)
+def test_mysql_connect_problems(code: int, message: str, problem: str) -> None:
+    exc = MySQLdb.OperationalError(code, message)
+    assert runner.mysql_connect_problem(exc, MY_SPEC, timeout_s=10) == problem
+
+
+# --- reading privileges ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "held, reasons",
+    [
+        ([], []),
+        # A superuser is a member of every role: only that is said.
+        ([("postgres", True, True, False), ("pg_read_server_files", False, False, False)], ["is a superuser"]),
+        ([("admins", False, True, False)], ['can become the superuser "admins"']),
+        ([("alice", True, False, True)], ["has REPLICATION"]),
+        ([("replicas", False, False, True)], ['can become "replicas", which has REPLICATION']),
+        (
+            [("pg_read_server_files", False, False, False), ("pg_signal_backend", False, False, False)],
+            ["is a member of pg_read_server_files, pg_signal_backend"],
+        ),
+        (
+            [("alice", True, False, True), ("pg_execute_server_program", False, False, False)],
+            ["has REPLICATION", "is a member of pg_execute_server_program"],
+        ),
+    ],
+)
+def test_postgres_powers(held: list[tuple[str, bool, bool, bool]], reasons: list[str]) -> None:
+    assert runner.pg_powers(held) == reasons
+
+
+@pytest.mark.parametrize(
+    "lines, refused",
+    [
+        (["GRANT USAGE ON *.* TO `alice`@`%`", "GRANT ALL PRIVILEGES ON `sales`.* TO `alice`@`%`"], []),
+        (["GRANT SELECT, PROCESS, SHOW DATABASES, REPLICATION CLIENT ON *.* TO `alice`@`%`"], []),
+        (["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"], ["ALL PRIVILEGES"]),
+        (
+            ["GRANT SELECT, RELOAD, SHUTDOWN, FILE ON *.* TO `alice`@`%` IDENTIFIED BY PASSWORD '*AB'"],
+            ["RELOAD", "SHUTDOWN", "FILE"],
+        ),
+        (["GRANT READ_ONLY ADMIN, CONNECTION ADMIN ON *.* TO `alice`@`%`"], ["READ_ONLY ADMIN", "CONNECTION ADMIN"]),
+        # MySQL 8 lists dynamic privileges without spaces; unknown ones are refused too.
+        (
+            ["GRANT SELECT ON *.* TO `alice`@`%`", "GRANT BACKUP_ADMIN,SYSTEM_VARIABLES_ADMIN ON *.* TO `alice`@`%`"],
+            ["BACKUP_ADMIN", "SYSTEM_VARIABLES_ADMIN"],
+        ),
+        (["GRANT FILE ON *.* TO `a`@`%`", "GRANT FILE ON *.* TO `b`"], ["FILE"]),
+        # A name that looks like a global grant is still a name.
+        (
+            ["GRANT SELECT ON `sales`.* TO `x ON *.* TO`@`%`", "GRANT SELECT (`FILE ON *.* TO`) ON `s`.`t` TO `a`@`%`"],
+            [],
+        ),
+        (["GRANT `files` TO `alice`@`%`", "SET DEFAULT ROLE `files` FOR `alice`@`%`"], []),
+    ],
+)
+def test_mysql_server_privileges(lines: list[str], refused: list[str]) -> None:
+    assert runner.mysql_server_privileges(lines) == refused
+
+
+@pytest.mark.parametrize(
+    "line, roles",
+    [
+        ("GRANT `files` TO `alice`@`%`", [("files",)]),
+        ("GRANT `files`,`we``ird` TO `alice`@`%` WITH ADMIN OPTION", [("files",), ("we`ird",)]),
+        ("GRANT `r1`@`%`,`r2`@`localhost` TO `alice`@`%`", [("r1", "%"), ("r2", "localhost")]),
+        ("GRANT 'old' TO 'alice'@'%'", [("old",)]),
+        ("GRANT SELECT ON *.* TO `alice`@`%`", []),
+        ("GRANT USAGE ON *.* TO `files`", []),
+    ],
+)
+def test_mysql_granted_roles(line: str, roles: list[tuple[str, ...]]) -> None:
+    assert runner.mysql_granted_roles(line) == roles
 
 
 # --- host patterns -------------------------------------------------------

@@ -94,7 +94,14 @@ def test_gunicorn_stops_before_binding_on_a_bad_value(tmp_path, name, value, all
 
 @pytest.mark.parametrize(
     "name,value,allowed",
-    [BAD_VALUES[4], ("PZLS_HTTPS", "sometimes", "expected true or false"), ("PZLS_LOG_LEVEL", "loud", "critical")],
+    [
+        BAD_VALUES[4],
+        ("PZLS_HTTPS", "sometimes", "expected true or false"),
+        ("PZLS_LOG_LEVEL", "loud", "critical"),
+        ("PZLS_QUERY_MAX_BYTES", "0", "expected a whole number of at least 1"),
+        ("PZLS_QUERY_MAX_BYTES", "50MiB", "expected a whole number of at least 1"),
+        ("PZLS_QUERY_ALLOW_SUPERUSER", "perhaps", "expected true or false"),
+    ],
 )
 def test_manage_py_stops_on_a_bad_value(tmp_path, name, value, allowed):
     manage = [sys.executable, str(ROOT / "manage.py"), "check"]

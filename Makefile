@@ -1,4 +1,7 @@
 # The two commands a newcomer needs are `make run` and `make test`.
+# `make run` installs only what the server needs (requirements.txt); `make test`
+# and `make bench` also what the tests, the benchmark and the tools need
+# (requirements-dev.txt), `make test` Chromium too.
 .PHONY: setup run test bench clean
 
 setup:
@@ -7,11 +10,14 @@ setup:
 run: setup
 	@bash scripts/serve.sh
 
+# Set-up, then the checks, then the tests: checks that need no server (lint,
+# types) go between the two lines.
 test:
 	@bash scripts/setup.sh --test
 	@bash scripts/test.sh
 
-bench: setup
+bench:
+	@bash scripts/setup.sh --dev
 	@.venv/bin/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -28,4 +28,4 @@ clean:
 .PHONY: fuzz
 fuzz:
 	@bash scripts/setup.sh --test
-	@PZLS_FUZZ_EXAMPLES=$${PZLS_FUZZ_EXAMPLES:-1500} PZLS_FUZZ_RANDOM=1 bash scripts/test.sh tests/test_fuzz.py
+	@PZLS_FUZZ_EXAMPLES=$${PZLS_FUZZ_EXAMPLES:-1500} PZLS_FUZZ_RANDOM=1 bash scripts/test.sh -m fuzz

@@ -1,13 +1,18 @@
-"""Shared fixtures: a fresh data directory and database for every test, and API clients."""
+"""Shared fixtures: a fresh data directory and database for every test, API clients, and live servers.
+
+Test modules import helpers from tests/helpers.py, never from here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import override_settings
-from rest_framework.test import APIClient
+
+from tests.helpers import Api, LiveServers
 
 
 @pytest.fixture(autouse=True)
@@ -17,34 +22,6 @@ def data_dir(tmp_path: Path, db: Any) -> Path:
     directory.mkdir()
     with override_settings(PZLS_DATA_DIR=directory):
         yield directory
-
-
-class Api:
-    """A thin JSON client for the API, as Pazator talks to it."""
-
-    def __init__(self) -> None:
-        self.client = APIClient()
-        self.token: str | None = None
-
-    def _headers(self, token: str | None) -> dict[str, str]:
-        token = token if token is not None else self.token
-        return {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
-
-    def get(self, url: str, *, token: str | None = None, **extra: Any):
-        return self.client.get(url, content_type="application/json", **self._headers(token), **extra)
-
-    def post(self, url: str, body: Any = None, *, token: str | None = None, **extra: Any):
-        return self.client.post(url, body if body is not None else {}, format="json", **self._headers(token), **extra)
-
-    def delete(self, url: str, *, token: str | None = None, **extra: Any):
-        return self.client.delete(url, content_type="application/json", **self._headers(token), **extra)
-
-    def register(self, username: str = "alice", password: str = "secret1") -> dict[str, Any]:
-        response = self.post("/api/auth/register", {"username": username, "password": password})
-        assert response.status_code == 200, response.content
-        body = response.json()
-        self.token = body["token"]
-        return body
 
 
 @pytest.fixture
@@ -66,3 +43,10 @@ def analyst_api(admin_api: Api) -> Api:
     client = Api()
     client.register("analyst", "analystpass")
     return client
+
+
+@pytest.fixture(scope="module")
+def live_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServers]:
+    """Starts real servers for the module (``factory.start(...)``, see testkit.server) and stops them all after it."""
+    with LiveServers(tmp_path_factory.mktemp("live")) as factory:
+        yield factory

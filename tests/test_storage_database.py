@@ -24,7 +24,9 @@ from sync.backends import get_repository_store
 from sync.backends.database import DatabaseRepositoryStore
 from sync.merge import encode_stores
 from sync.models import ChangelogEntry, Record, Repository, Store
-from tests.conftest import Api
+from tests.helpers import Api
+
+pytestmark = pytest.mark.storage
 
 DATABASE = {
     "PZLS_TOKEN_STORE": {"BACKEND": "accounts.backends.database.DatabaseTokenStore", "OPTIONS": {}},

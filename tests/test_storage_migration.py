@@ -17,7 +17,9 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from accounts.models import User
-from tests.conftest import Api
+from tests.helpers import Api
+
+pytestmark = pytest.mark.storage
 
 FILES = {
     "PZLS_TOKEN_STORE": {"BACKEND": "accounts.backends.json_file.JSONFileTokenStore", "OPTIONS": {}},

@@ -1,4 +1,7 @@
-"""What the benchmark sections share: timing, the table printer, and the live server."""
+"""What the benchmark sections share: timing, the table printer and memory readings.
+
+The live server and the HTTP client come from ``testkit`` (testkit.server, testkit.client).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from tests.liveserver import LiveServer  # noqa: F401  (re-exported for the sections)
 
 
 def median_seconds(action: Callable[[], object], runs: int) -> float:

@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import MySQLdb
+import orjson
 import psycopg2
 import requests
 
-from bench.common import LiveServer, Table, fmt_s, median_seconds
+from bench.common import Table, fmt_s, median_seconds
 from query.connstring import parse_connection_string
+from testkit.client import Client
+from testkit.server import ServerFactory
 
 ROWS = 10_000
 TARGET_SECONDS = 1.0
@@ -70,17 +73,22 @@ def _driver_fetch(url: str, sql: str) -> Callable[[], object]:
     return fetch
 
 
-def _api_query(session: requests.Session, base: str, label: str, url: str, sql: str) -> Callable[[], int]:
-    """One checked POST /api/query; returns the answer's size in bytes."""
+def _check(label: str, answer: requests.Response) -> int:
+    """The answer's size in bytes, once it is known to hold all the rows and columns."""
+    body = orjson.loads(answer.content)
+    if answer.status_code != 200 or body.get("rowCount") != ROWS or len(body["fields"]) != 10:
+        raise RuntimeError(f"{label}: unexpected answer {answer.status_code} {str(body)[:300]}")
+    return len(answer.content)
 
-    def request() -> int:
-        answer = session.post(base + "/api/query", json={"connectionString": url, "query": sql})
-        body = answer.json()
-        if answer.status_code != 200 or body.get("rowCount") != ROWS or len(body["fields"]) != 10:
-            raise RuntimeError(f"{label}: unexpected answer {answer.status_code} {str(body)[:300]}")
-        return len(answer.content)
 
-    return request
+def _timed_posts(client: Client, body: dict[str, str], runs: int) -> tuple[float, list[requests.Response]]:
+    """Median seconds of ``runs`` POST /api/query, each until the whole answer is received; and the answers.
+
+    The answers are parsed and checked after the timing, not within it.
+    """
+    answers: list[requests.Response] = []
+    seconds = median_seconds(lambda: answers.append(client.post("/api/query", body)), runs)
+    return seconds, answers
 
 
 def run(args: Any) -> list[Table]:
@@ -97,32 +105,33 @@ def run(args: Any) -> list[Table]:
         title=f"query: POST /api/query, {ROWS:,} rows x 10 columns (median of {runs} runs)",
         columns=["server", "PZLS over HTTP", "driver alone", "answer size", f"under {TARGET_SECONDS:g} s"],
     )
-    with tempfile.TemporaryDirectory(prefix="pzls-bench-query-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pzls-bench-query-") as tmp, ServerFactory(Path(tmp)) as servers:
         # The default URLs name superusers, which remote SQL refuses unless allowed.
-        env = {"PZLS_STORAGE": args.storage, "PZLS_QUERY_MAX_ROWS": str(ROWS), "PZLS_QUERY_ALLOW_SUPERUSER": "true"}
-        with LiveServer(Path(tmp) / "data", env=env) as server:
-            session = requests.Session()
-            reply = session.post(server.url + "/api/auth/register", json={"username": "bench", "password": "benchpass"})
-            reply.raise_for_status()
-            session.headers["Authorization"] = f"Bearer {reply.json()['token']}"
-            for label, url, template in targets:
-                sql = template.format(rows=ROWS)
-                try:
-                    _driver_fetch(url, "SELECT 1")()
-                except Exception as exc:
-                    table.add(label, "unavailable", type(exc).__name__, "", "")
-                    continue
-                request = _api_query(session, server.url, label, url, sql)
-                size = request()  # warms the worker (imports, type casters)
-                http = median_seconds(request, runs)
-                driver = median_seconds(_driver_fetch(url, sql), runs)
-                table.add(
-                    label,
-                    fmt_s(http),
-                    fmt_s(driver),
-                    f"{size / 1048576:.1f} MB",
-                    "yes" if http < TARGET_SECONDS else "NO",
-                )
+        server = servers.start(
+            storage=args.storage, env={"PZLS_QUERY_MAX_ROWS": str(ROWS), "PZLS_QUERY_ALLOW_SUPERUSER": "true"}
+        )
+        client = Client(server.url)
+        client.register("bench", "benchpass")
+        for label, url, template in targets:
+            sql = template.format(rows=ROWS)
+            try:
+                _driver_fetch(url, "SELECT 1")()
+            except Exception as exc:
+                table.add(label, "unavailable", type(exc).__name__, "", "")
+                continue
+            body = {"connectionString": url, "query": sql}
+            size = _check(label, client.post("/api/query", body))  # warms the worker (imports, type casters)
+            http, answers = _timed_posts(client, body, runs)
+            for answer in answers:
+                _check(label, answer)
+            driver = median_seconds(_driver_fetch(url, sql), runs)
+            table.add(
+                label,
+                fmt_s(http),
+                fmt_s(driver),
+                f"{size / 1048576:.1f} MB",
+                "yes" if http < TARGET_SECONDS else "NO",
+            )
     table.notes.append(
         "PZLS over HTTP: the whole request as a client sees it (connect, set up the read-only session, run, "
         "convert every value to JSON-safe form, serialise, send)."

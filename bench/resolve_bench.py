@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from bench.common import LiveServer, PeakSampler, Table, fmt_mb, fmt_s, median_seconds, peak_rss, reset_peaks
+from bench.common import PeakSampler, Table, fmt_mb, fmt_s, median_seconds, peak_rss, reset_peaks
 from bench.datasets import people
+from testkit.client import Client, ok
+from testkit.server import LiveServer, ServerFactory
 
 THRESHOLD = 0.6
 ORIGINAL_SECONDS = {1000: 0.8, 5000: 30.8, 20000: 526.0}  # the original Node.js server, per the issue
@@ -35,19 +35,16 @@ def _batches(stores: dict[str, dict[str, Any]], size: int):
         yield batch
 
 
-def _measure(server: LiveServer, session: requests.Session, headers: dict[str, str], threshold: float, runs: int):
+def _measure(server: LiveServer, client: Client, threshold: float, runs: int):
     """(answer, median seconds, peak worker RSS) of ``GET /api/resolve?threshold=...``."""
-    url = f"{server.url}/api/resolve?threshold={threshold}"
+    path = f"/api/resolve?threshold={threshold}"
     # One untimed request per worker so that every worker has parsed the repository once.
-    answer = session.get(url, headers=headers, timeout=600)
-    answer.raise_for_status()
-    for _ in range(server.workers - 1):
-        session.get(url, headers=headers, timeout=600).raise_for_status()
+    answers = [ok(client.get(path)) for _ in range(server.workers)]
     pids = server.worker_pids()
     reset_peaks(pids)
     with PeakSampler(pids) as sampler:
-        seconds = median_seconds(lambda: session.get(url, headers=headers, timeout=600).raise_for_status(), runs)
-    return answer.json(), seconds, max(peak_rss(pids), sampler.peak)
+        seconds = median_seconds(lambda: client.get(path).raise_for_status(), runs)
+    return answers[-1], seconds, max(peak_rss(pids), sampler.peak)
 
 
 def run(args: Any) -> list[Table]:
@@ -68,34 +65,29 @@ def run(args: Any) -> list[Table]:
             "worker peak RSS",
         ],
     )
-    with tempfile.TemporaryDirectory(prefix="pzls-bench-resolve-") as tmp:
-        server = LiveServer(Path(tmp) / "data", env={"PZLS_STORAGE": args.storage})
-        with server:
-            session = requests.Session()
-            for number, n in enumerate(sizes):
-                response = session.post(
-                    server.url + "/api/auth/register", json={"username": f"bench{number}", "password": "benchpass"}
+    with tempfile.TemporaryDirectory(prefix="pzls-bench-resolve-") as tmp, ServerFactory(Path(tmp)) as servers:
+        server = servers.start(storage=args.storage)
+        for number, n in enumerate(sizes):
+            client = Client(server.url, timeout=600)
+            client.register(f"bench{number}", "benchpass")
+            for batch in _batches(people(n, seed=n), PUSH_BATCH):
+                client.push(batch)
+            measurements = [(THRESHOLD, 1 if args.quick else (5 if n <= 20000 else 3))]
+            measurements += [(threshold, 3) for size, threshold in low if size == n]
+            for threshold, runs in measurements:
+                answer, seconds, peak = _measure(server, client, threshold, runs)
+                target = TARGET_SECONDS.get(n) if threshold == THRESHOLD else None
+                original = ORIGINAL_SECONDS.get(n)
+                table.add(
+                    f"{n:,}",
+                    threshold,
+                    f"{answer['count']:,}",
+                    fmt_s(seconds),
+                    runs,
+                    f"< {fmt_s(target)}" if target else "-",
+                    fmt_s(original) if original else "-",
+                    fmt_mb(peak),
                 )
-                response.raise_for_status()
-                headers = {"Authorization": f"Bearer {response.json()['token']}", "Content-Type": "application/json"}
-                for batch in _batches(people(n, seed=n), PUSH_BATCH):
-                    session.post(server.url + "/api/sync", json={"stores": batch}, headers=headers).raise_for_status()
-                measurements = [(THRESHOLD, 1 if args.quick else (5 if n <= 20000 else 3))]
-                measurements += [(threshold, 3) for size, threshold in low if size == n]
-                for threshold, runs in measurements:
-                    answer, seconds, peak = _measure(server, session, headers, threshold, runs)
-                    target = TARGET_SECONDS.get(n) if threshold == THRESHOLD else None
-                    original = ORIGINAL_SECONDS.get(n)
-                    table.add(
-                        f"{n:,}",
-                        threshold,
-                        f"{answer['count']:,}",
-                        fmt_s(seconds),
-                        runs,
-                        f"< {fmt_s(target)}" if target else "-",
-                        fmt_s(original) if original else "-",
-                        fmt_mb(peak),
-                    )
     table.notes.append("median of the runs after one warm-up request per worker; seeded data, same every time")
     table.notes.append("peak RSS: the largest VmHWM of the gunicorn workers during the timed requests")
     table.notes.append(

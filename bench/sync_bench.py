@@ -22,7 +22,6 @@ checks that every acknowledged push is in the repositories.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import statistics
 import tempfile
@@ -34,9 +33,10 @@ import httpx
 import orjson
 import requests
 
-from bench.common import LiveServer, Table, fmt_mb, fmt_s, median_seconds, peak_rss, reset_peaks
+from bench.common import Table, fmt_mb, fmt_s, median_seconds, peak_rss, reset_peaks
 from bench.datasets import repository
-from tests.postgresql.throwaway import throwaway_database
+from testkit.client import Client
+from testkit.server import LiveServer, ServerFactory
 
 # The original Node.js PZLS on this kind of machine (issue 6), seconds and MB.
 ORIGINAL = {
@@ -58,41 +58,17 @@ def changed(stores: dict[str, dict[str, dict[str, Any]]], fraction: float, run: 
         out[name] = {}
         for key, record in records.items():
             edit = index % step
-            if edit <= run:
-                out[name][key] = {**record, "updatedAt": f"2026-11-27T10:00:{edit:02d}.000Z", "reviewed": edit}
-            else:
-                out[name][key] = record
+            edited = {**record, "updatedAt": f"2026-11-27T10:00:{edit:02d}.000Z", "reviewed": edit}
+            out[name][key] = edited if edit <= run else record
             index += 1
     return out
 
 
-class Client:
-    """One authenticated account on the live server."""
-
-    def __init__(self, server: LiveServer, session: requests.Session, username: str) -> None:
-        self.server, self.session = server, session
-        answer = session.post(f"{server.url}/api/auth/register", json={"username": username, "password": "benchpass"})
-        answer.raise_for_status()
-        self.headers = {"Authorization": f"Bearer {answer.json()['token']}", "Content-Type": "application/json"}
-
-    def push(self, body: bytes) -> dict:
-        answer = self.session.post(f"{self.server.url}/api/sync", data=body, headers=self.headers, timeout=300)
-        answer.raise_for_status()
-        return answer.json()
-
-    def fetch(self, path: str, **headers: str) -> requests.Response:
-        """GET and receive the whole answer as it comes on the wire (not decompressed)."""
-        answer = self.session.get(
-            f"{self.server.url}{path}", headers={**self.headers, **headers}, timeout=300, stream=True
-        )
-        answer.raise_for_status()
-        answer.raw.read(decode_content=False)
-        return answer
-
-    def json(self, path: str) -> Any:
-        answer = self.session.get(f"{self.server.url}{path}", headers=self.headers, timeout=300)
-        answer.raise_for_status()
-        return answer.json()
+def account(server: LiveServer, session: requests.Session, username: str) -> Client:
+    """A new account on the live server, its requests on ``session``."""
+    client = Client(server.url, session=session, timeout=300)
+    client.register(username, "benchpass")
+    return client
 
 
 def measure_size(server: LiveServer, session: requests.Session, n: int, runs: int) -> dict[str, Any]:
@@ -102,12 +78,12 @@ def measure_size(server: LiveServer, session: requests.Session, n: int, runs: in
     reset_peaks(pids)
     out: dict[str, Any] = {"bytes": len(body)}
 
-    first_clients = [Client(server, session, f"first-{n}-{i}") for i in range(runs)]
+    first_clients = [account(server, session, f"first-{n}-{i}") for i in range(runs)]
     pushes = iter(first_clients)
-    out["first push"] = median_seconds(lambda: next(pushes).push(body), runs)
+    out["first push"] = median_seconds(lambda: next(pushes).push(data=body), runs)
 
     client = first_clients[0]
-    version = client.json("/api/sync/status")["account"]["version"]
+    version = client.status()["account"]["version"]
     identity = {"Accept-Encoding": "identity"}
     out["pull"] = median_seconds(lambda: client.fetch("/api/sync", **identity), runs)
     client.fetch("/api/sync", **{"Accept-Encoding": "gzip"})  # the first gzip pull of a version compresses it
@@ -121,16 +97,16 @@ def measure_size(server: LiveServer, session: requests.Session, n: int, runs: in
         [orjson.dumps({"clientVersion": version + r, "stores": changed(stores, 0.01, r)}) for r in range(runs)]
     )
     results: list[dict] = []
-    out["re-push 1%"] = median_seconds(lambda: results.append(client.push(next(bodies))), runs)
+    out["re-push 1%"] = median_seconds(lambda: results.append(client.push(data=next(bodies))), runs)
     assert all(abs(r["modified"] - n * 0.01) <= 6 and r["added"] == 0 for r in results), results
     same = orjson.dumps({"clientVersion": version + runs, "stores": changed(stores, 0.01, runs - 1)})
     # The pull's ETag changes whenever the stored repository is rewritten (the
     # file store's is the file's identity), whatever the storage.
     before = client.fetch("/api/sync").headers["ETag"]
-    out["re-push 0%"] = median_seconds(lambda: client.push(same), runs)
+    out["re-push 0%"] = median_seconds(lambda: client.push(data=same), runs)
     out["0% rewrote file"] = client.fetch("/api/sync").headers["ETag"] != before
 
-    version = client.json("/api/sync/status")["account"]["version"]
+    version = client.status()["account"]["version"]
     out["changes"] = median_seconds(lambda: client.fetch(f"/api/sync/changes?since={version - 1}"), max(runs, 20))
     out["status"] = median_seconds(lambda: client.fetch("/api/sync/status"), max(runs, 20))
     out["me"] = median_seconds(lambda: client.fetch("/api/auth/me"), max(runs, 20))
@@ -217,28 +193,16 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
-def _database(storage: str) -> contextlib.AbstractContextManager[str | None]:
-    """With ``--storage database``, a throwaway PostgreSQL database (its URL) for one server."""
-    if storage != "database":
-        return contextlib.nullcontext(None)
-    return throwaway_database(in_test=False)
-
-
 def run(args: Any) -> list[Table]:
     sizes = [1000, 20000] if args.quick else [1000, 20000, 100000]
     runs = 3 if args.quick else 5
-    env = {"PZLS_STORAGE": args.storage, "PZLS_LOGIN_RATE": "1000/minute"}
-    with _database(args.storage) as url, _database(args.storage) as load_url:
-        return _run(
-            args,
-            sizes,
-            runs,
-            {**env, **({"DATABASE_URL": url} if url else {})},
-            {**env, **({"DATABASE_URL": load_url} if load_url else {})},
-        )
+    # With --storage database each server gets a throwaway PostgreSQL database of its own.
+    with tempfile.TemporaryDirectory(prefix="pzls-bench-sync-") as tmp, ServerFactory(Path(tmp)) as servers:
+        return _run(args, servers, sizes, runs)
 
 
-def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: dict[str, str]) -> list[Table]:
+def _run(args: Any, servers: ServerFactory, sizes: list[int], runs: int) -> list[Table]:
+    env = {"PZLS_LOGIN_RATE": "1000/minute"}
     table = Table(
         title=f"Sync over HTTP ({_storage_label(args.storage)}), median of {runs} runs (20 for changes, status, me)",
         columns=[
@@ -260,53 +224,50 @@ def _run(args: Any, sizes: list[int], runs: int, env: dict[str, str], load_env: 
         title="Against the original Node.js PZLS (its figure / ours = times faster or smaller)",
         columns=["records", "pull", "first push", "re-push 1%", "status", "changes", "memory"],
     )
-    with tempfile.TemporaryDirectory(prefix="pzls-bench-sync-") as tmp:
-        with LiveServer(Path(tmp) / "data", env=env) as server, requests.Session() as session:
-            warm = Client(server, session, "warm-up")
-            for _ in range(20):
-                warm.json("/api/sync/status")
-            table.notes.append(f"a worker's resident memory after start-up: {fmt_mb(peak_rss(server.worker_pids()))}")
-            for n in sizes:
-                r = measure_size(server, session, n, runs)
-                table.add(
+    server = servers.start(storage=args.storage, env=env)
+    with requests.Session() as session:
+        warm = account(server, session, "warm-up")
+        for _ in range(20):
+            warm.status()
+        table.notes.append(f"a worker's resident memory after start-up: {fmt_mb(peak_rss(server.worker_pids()))}")
+        for n in sizes:
+            r = measure_size(server, session, n, runs)
+            table.add(
+                f"{n:,}",
+                fmt_mb(r["bytes"]),
+                fmt_s(r["first push"]),
+                fmt_s(r["pull"]),
+                f"{fmt_s(r['pull gzip'])} ({fmt_mb(r['gzip bytes'])})",
+                fmt_s(r["pull 304"]),
+                fmt_s(r["re-push 1%"]),
+                fmt_s(r["re-push 0%"]) + (" REWROTE" if r["0% rewrote file"] else ""),
+                fmt_s(r["changes"]),
+                fmt_s(r["status"]),
+                fmt_s(r["me"]),
+                fmt_mb(r["memory"]),
+            )
+            if n in ORIGINAL:
+                o = ORIGINAL[n]
+                comparison.add(
                     f"{n:,}",
-                    fmt_mb(r["bytes"]),
-                    fmt_s(r["first push"]),
-                    fmt_s(r["pull"]),
-                    f"{fmt_s(r['pull gzip'])} ({fmt_mb(r['gzip bytes'])})",
-                    fmt_s(r["pull 304"]),
-                    fmt_s(r["re-push 1%"]),
-                    fmt_s(r["re-push 0%"]) + (" REWROTE" if r["0% rewrote file"] else ""),
-                    fmt_s(r["changes"]),
-                    fmt_s(r["status"]),
-                    fmt_s(r["me"]),
-                    fmt_mb(r["memory"]),
+                    *(f"{o[key] / r[key]:.1f}x" for key in ("pull", "first push", "re-push 1%", "status", "changes")),
+                    f"{o['memory'] * 1e6 / r['memory']:.1f}x",
                 )
-                if n in ORIGINAL:
-                    o = ORIGINAL[n]
-                    comparison.add(
-                        f"{n:,}",
-                        *(
-                            f"{o[key] / r[key]:.1f}x"
-                            for key in ("pull", "first push", "re-push 1%", "status", "changes")
-                        ),
-                        f"{o['memory'] * 1e6 / r['memory']:.1f}x",
+            if n == 100000:
+                misses = [k for k, limit in TARGETS_100K.items() if r[k] >= limit]
+                table.notes.append(
+                    "targets at 100,000 (pull < 150 ms, re-push 1% < 1 s, re-push 0% < 0.8 s without rewrite, "
+                    "status and me < 20 ms, changes < 50 ms, memory < 600 MB): "
+                    + (
+                        "all met"
+                        if not misses and not r["0% rewrote file"] and r["memory"] < 600e6
+                        else f"MISSED {misses}"
                     )
-                if n == 100000:
-                    misses = [k for k, limit in TARGETS_100K.items() if r[k] >= limit]
-                    table.notes.append(
-                        "targets at 100,000 (pull < 150 ms, re-push 1% < 1 s, re-push 0% < 0.8 s without rewrite, "
-                        "status and me < 20 ms, changes < 50 ms, memory < 600 MB): "
-                        + (
-                            "all met"
-                            if not misses and not r["0% rewrote file"] and r["memory"] < 600e6
-                            else f"MISSED {misses}"
-                        )
-                    )
-        load_server_dir = Path(tmp) / "load"
-        with LiveServer(load_server_dir / "data", env=load_env) as server:
-            seconds = 15 if args.quick else 60
-            result = asyncio.run(load_test(server, clients=50, seconds=seconds, records=1000))
+                )
+    server.stop()  # before the load test's server starts: one at a time on the machine
+    load_server = servers.start(storage=args.storage, env=env)
+    seconds = 15 if args.quick else 60
+    result = asyncio.run(load_test(load_server, clients=50, seconds=seconds, records=1000))
     load = Table(
         title=f"Load: 50 clients for {seconds} s, each its own user with 1,000 records; 80 % pulls, 20 % pushes of 10 records",
         columns=["requests", "throughput", "p50", "p99", "errors", "acknowledged record writes", "missing at the end"],

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Installs whatever is missing for PZLS to run and be tested: the Debian
-# packages that requirements need to build, a virtualenv in .venv, and the
-# pinned requirements. With --test it also installs what only the test suite
-# needs (Chromium for the browser tests). Safe to run again: each step checks
-# before it acts, so a second run takes about a second.
+# Installs whatever is missing for PZLS: the Debian packages that requirements
+# need to build, a virtualenv in .venv, and the pinned requirements.
+#   (no option)  what the server needs to run: requirements.txt (`make run`);
+#   --dev        also what the tests, the benchmark and the tools need:
+#                requirements-dev.txt (`make bench`);
+#   --test       --dev, and Chromium for the browser tests (`make test`).
+# Safe to run again: each step checks before it acts, so a second run takes
+# about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${PZLS_VENV:-.venv}
+case "${1:-}" in
+  "") level=runtime ;;
+  --dev) level=dev ;;
+  --test) level=test ;;
+  *) echo "usage: $0 [--dev | --test]" >&2; exit 2 ;;
+esac
+
 SYSTEM_PACKAGES=(pkg-config libmariadb-dev gcc)
-if [ "${1:-}" = "--test" ]; then
+if [ "$level" = test ]; then
   SYSTEM_PACKAGES+=(chromium)
 fi
 
@@ -33,10 +43,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3.11 -m venv "$VENV"
 fi
 
+# The stamp holds the digest of the requirements last installed: of
+# requirements.txt alone (runtime) or of both files (dev). A dev install of
+# the current files also satisfies the runtime level, so `make run` after
+# `make test` installs nothing; a change to either file installs again.
 stamp="$VENV/.requirements.sha256"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing requirements"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+runtime_digest=$(cat requirements.txt | sha256sum | cut -d' ' -f1)
+dev_digest=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+installed=$(cat "$stamp" 2>/dev/null || true)
+if [ "$level" = runtime ]; then
+  file=requirements.txt want=$runtime_digest
+else
+  file=requirements-dev.txt want=$dev_digest
+fi
+if [ "$installed" != "$want" ] && { [ "$level" != runtime ] || [ "$installed" != "$dev_digest" ]; }; then
+  echo "setup: installing $file"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$file"
   echo "$want" > "$stamp"
 fi

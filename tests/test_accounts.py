@@ -15,8 +15,9 @@ from django.test import override_settings
 import pzls_site.clock
 from accounts.models import User
 from pzls_site.env import Rate
-from tests.conftest import Api
-from tests.helpers import assert_error
+from tests.helpers import Api, assert_error
+
+pytestmark = pytest.mark.storage
 
 USER_KEYS = {"id", "username", "role", "createdAt"}
 ADMIN_ROW_KEYS = {"id", "username", "role", "createdAt", "disabled", "lastLogin", "version", "records", "lastSync"}
@@ -171,6 +172,7 @@ def test_tokens_are_uuid4_strings(api):
     assert len(set(tokens)) == 3
 
 
+@pytest.mark.files_only
 def test_token_store_holds_only_sha256_digests(api, data_dir):
     tokens = [api.register("alice", "secret1")["token"]]
     tokens.append(login(api, "alice", "secret1").json()["token"])
@@ -239,6 +241,7 @@ def test_ttl_setting_is_honoured(clock):
     assert api.get("/api/auth/me", token=used).status_code == 200
 
 
+@pytest.mark.files_only
 def test_renewal_is_written_at_most_once_a_minute(clock, data_dir):
     api = Api()
     token = api.register("alice", "secret1")["token"]
@@ -309,6 +312,7 @@ def test_login_is_case_sensitive_about_passwords(admin_api):
     assert_error(login(Api(), "admin", "ADMINPASS"), 401, INVALID)
 
 
+@pytest.mark.files_only
 @pytest.mark.parametrize("body", [{}, {"username": "admin"}, {"password": "adminpass"}, {"username": 1, "password": 2}])
 def test_login_incomplete_is_an_error_and_issues_nothing(admin_api, data_dir, body):
     tokens_before = (data_dir / "tokens.json").read_bytes()
@@ -615,6 +619,7 @@ def test_admin_users_is_403_for_an_analyst(analyst_api):
     assert_error(analyst_api.get("/api/admin/users"), 403)
 
 
+@pytest.mark.files_only
 def test_admin_delete_removes_user_tokens_repository_and_changelog(admin_api, analyst_api, data_dir):
     analyst_api.post("/api/sync", {"stores": {"humans": {"h1": {"name": "x"}}}})
     second = login(Api(), "analyst", "analystpass").json()["token"]

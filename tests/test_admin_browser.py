@@ -20,44 +20,25 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
-from tests.liveserver import ROOT, LiveServer
+from testkit.server import ROOT, LiveServer
+from tests.helpers import LiveServers, chromium
 
 if TYPE_CHECKING:  # for the annotations; playwright itself is imported when a browser is launched
     from playwright.sync_api import Browser, Page
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.live, pytest.mark.browser]
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STAFF_ONLY = "Please enter the correct username and password for a staff account."
 
 
-def api_register(server: LiveServer, username: str, password: str) -> str:
-    response = requests.post(
-        f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["token"]
+def login_status(server: LiveServer, username: str, password: str) -> int:
+    """The status an API login with these credentials gets."""
+    return server.client().post("/api/auth/login", {"username": username, "password": password}).status_code
 
 
-def api_login(server: LiveServer, username: str, password: str) -> requests.Response:
-    return requests.post(f"{server.url}/api/auth/login", json={"username": username, "password": password}, timeout=30)
-
-
-def api_me(server: LiveServer, token: str) -> int:
-    return requests.get(
-        f"{server.url}/api/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ).status_code
+def token_status(server: LiveServer, token: str) -> int:
+    return server.client(token).get("/api/auth/me").status_code
 
 
 @pytest.fixture(autouse=True)
@@ -68,25 +49,17 @@ def data_dir() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("admin-browser") / "data", workers=2)
-    live.start()
+def server(live_server_factory: LiveServers) -> LiveServer:
+    live = live_server_factory.start()
     # The first account registered is the admin, as on a new installation.
-    api_register(live, "root", "rootpass")
-    yield live
-    live.stop()
+    live.client().register("root", "rootpass")
+    return live
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs it; CI always runs these tests)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +69,9 @@ def artifacts() -> Path:
 
 
 @pytest.fixture
-def page(chromium: Browser, server: LiveServer) -> Iterator[Page]:
+def page(browser: Browser, server: LiveServer) -> Iterator[Page]:
     """A fresh browser context (no cookies) for each test."""
-    context = chromium.new_context(base_url=server.url, viewport={"width": 1440, "height": 900})
+    context = browser.new_context(base_url=server.url, viewport={"width": 1440, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
     yield page
@@ -156,7 +129,7 @@ def test_the_admin_sites_css_is_served_by_the_production_server(page: Page, serv
 
 
 def test_an_analyst_cannot_log_in(page: Page, server: LiveServer) -> None:
-    api_register(server, "anna", "annapass")
+    server.client().register("anna", "annapass")
     log_in(page, "anna", "annapass")
     assert STAFF_ONLY in page.locator(".errornote").inner_text()
     page.goto("/admin/accounts/user/")
@@ -164,26 +137,22 @@ def test_an_analyst_cannot_log_in(page: Page, server: LiveServer) -> None:
 
 
 def test_disabling_a_user_signs_them_out_at_once(admin: Page, server: LiveServer, artifacts: Path) -> None:
-    token = api_register(server, "dora", "dorapass")
-    assert api_me(server, token) == 200
+    token = server.client().register("dora", "dorapass")["token"]
+    assert token_status(server, token) == 200
     find_user(admin, "dora")
     assert admin.locator("#result_list tbody tr").count() == 1
     admin.screenshot(path=str(artifacts / "admin-users-page.png"), full_page=True)
     run_action(admin, "dora", "disable")
     assert "Disabled: 1 user." in messages(admin)
-    assert api_me(server, token) == 401
-    assert api_login(server, "dora", "dorapass").status_code == 403
+    assert token_status(server, token) == 401
+    assert login_status(server, "dora", "dorapass") == 403
 
 
 def test_revoking_one_session_on_the_user_page(admin: Page, server: LiveServer, artifacts: Path) -> None:
-    first = api_register(server, "erin", "erinpass")
-    second = api_login(server, "erin", "erinpass").json()["token"]
-    requests.post(
-        f"{server.url}/api/sync",
-        json={"clientVersion": 0, "stores": {"humans": {"h1": {"name": "Erin's"}}}},
-        headers={"Authorization": f"Bearer {second}"},
-        timeout=30,
-    ).raise_for_status()
+    first = server.client().register("erin", "erinpass")["token"]
+    erin = server.client()
+    second = erin.login("erin", "erinpass")["token"]
+    erin.push({"humans": {"h1": {"name": "Erin's"}}})
     find_user(admin, "erin")
     admin.click("#result_list a:text-is('erin')")
     html = admin.content()
@@ -194,12 +163,12 @@ def test_revoking_one_session_on_the_user_page(admin: Page, server: LiveServer, 
     public_id = hashlib.sha256(first.encode()).hexdigest()[:12]
     admin.locator(f"#session-{public_id} input[type=submit]").click()
     assert f"Session {public_id} of erin revoked." in messages(admin)
-    assert api_me(server, first) == 401
-    assert api_me(server, second) == 200
+    assert token_status(server, first) == 401
+    assert token_status(server, second) == 200
 
 
 def test_resetting_a_password(admin: Page, server: LiveServer) -> None:
-    token = api_register(server, "fay", "oldpass1")
+    token = server.client().register("fay", "oldpass1")["token"]
     find_user(admin, "fay")
     admin.click("#result_list a:text-is('fay')")
     admin.get_by_role("link", name="Reset password").click()
@@ -207,20 +176,16 @@ def test_resetting_a_password(admin: Page, server: LiveServer) -> None:
     admin.fill("#id_password2", "newpass22")
     admin.click("input[name=set-password]")
     assert "Password changed successfully." in messages(admin)
-    assert api_login(server, "fay", "oldpass1").status_code == 401
-    assert api_login(server, "fay", "newpass22").status_code == 200
-    assert api_me(server, token) == 401  # a reset signs the user out everywhere
+    assert login_status(server, "fay", "oldpass1") == 401
+    assert login_status(server, "fay", "newpass22") == 200
+    assert token_status(server, token) == 401  # a reset signs the user out everywhere
 
 
 def test_deleting_a_user_with_all_their_data(admin: Page, server: LiveServer) -> None:
-    token = api_register(server, "gus", "guspass1")
-    requests.post(
-        f"{server.url}/api/sync",
-        json={"clientVersion": 0, "stores": {"cases": {"c1": {"title": "Gus's case"}}}},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    ).raise_for_status()
-    user_id = api_login(server, "gus", "guspass1").json()["user"]["id"]
+    gus = server.client()
+    token = gus.register("gus", "guspass1")["token"]
+    gus.push({"cases": {"c1": {"title": "Gus's case"}}})
+    user_id = server.client().login("gus", "guspass1")["user"]["id"]
     assert {p.name for p in server.data_dir.glob(f"*{user_id}*")} >= {
         f"repo_{user_id}.json",
         f"changelog_{user_id}.jsonl",
@@ -229,8 +194,8 @@ def test_deleting_a_user_with_all_their_data(admin: Page, server: LiveServer) ->
     assert "their repository and its changelog" in admin.locator("#content").inner_text()
     admin.locator("#content form input[type=submit]").click()
     assert "Successfully deleted 1 user." in messages(admin)
-    assert api_me(server, token) == 401
-    assert api_login(server, "gus", "guspass1").status_code == 401
+    assert token_status(server, token) == 401
+    assert login_status(server, "gus", "guspass1") == 401
     assert list(server.data_dir.glob(f"*{user_id}*")) == []
 
 

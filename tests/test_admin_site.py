@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import Role, User
-from tests.conftest import Api
+from tests.helpers import Api
 
 STAFF_ONLY = "Please enter the correct username and password for a staff account."
 
@@ -55,11 +55,6 @@ def act(client: Client, action: str, *usernames: str, **extra: str):
 
 def messages_of(response: Any) -> list[str]:
     return [str(message) for message in response.context["messages"]]
-
-
-def push(api: Api, stores: dict[str, Any]) -> None:
-    response = api.post("/api/sync", {"clientVersion": 0, "stores": stores})
-    assert response.status_code == 200, response.content
 
 
 def token_status(api: Api, token: str | None) -> int:
@@ -115,8 +110,8 @@ def test_an_admin_demoted_meanwhile_loses_the_admin_site(browser: Client) -> Non
 
 
 def test_the_users_page_shows_role_state_and_repository_of_each_user(browser: Client, analyst_api: Api) -> None:
-    push(analyst_api, {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}})
-    push(analyst_api, {"humans": {"h3": {"name": "C"}}})
+    analyst_api.push({"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}, "tags": {"t1": {}}})
+    analyst_api.push({"humans": {"h3": {"name": "C"}}})
     last_sync = analyst_api.get("/api/sync/status").json()["account"]["lastSync"]
     page = browser.get("/admin/accounts/user/")
     assert page.status_code == 200
@@ -196,7 +191,7 @@ def test_sign_out_everywhere_revokes_every_token_but_keeps_the_account(browser: 
 def test_delete_asks_for_confirmation_then_removes_the_user_and_all_their_data(
     browser: Client, analyst_api: Api, data_dir: Path
 ) -> None:
-    push(analyst_api, {"humans": {"h1": {"name": "A"}}})
+    analyst_api.push({"humans": {"h1": {"name": "A"}}})
     uid = str(user("analyst").pk)
     assert {p.name for p in data_dir.glob(f"*{uid}*")} >= {f"repo_{uid}.json", f"changelog_{uid}.jsonl"}
     confirm = act(browser, "delete_selected", "analyst")
@@ -213,7 +208,7 @@ def test_delete_asks_for_confirmation_then_removes_the_user_and_all_their_data(
 def test_the_delete_button_of_the_user_page_deletes_with_data(
     browser: Client, analyst_api: Api, data_dir: Path
 ) -> None:
-    push(analyst_api, {"humans": {"h1": {"name": "A"}}})
+    analyst_api.push({"humans": {"h1": {"name": "A"}}})
     uid = str(user("analyst").pk)
     url = f"/admin/accounts/user/{uid}/delete/"
     assert "their repository and its changelog" in browser.get(url).content.decode()
@@ -257,8 +252,8 @@ def test_the_user_page_shows_the_repository_and_the_last_50_changelog_entries(
     browser: Client, analyst_api: Api
 ) -> None:
     for n in range(55):
-        push(analyst_api, {"humans": {f"h{n}": {"name": str(n)}}})
-    push(analyst_api, {"tags": {"t1": {}}})
+        analyst_api.push({"humans": {f"h{n}": {"name": str(n)}}})
+    analyst_api.push({"tags": {"t1": {}}})
     status = analyst_api.get("/api/sync/status").json()["account"]
     response = browser.get(change_url("analyst"))
     html = response.content.decode()

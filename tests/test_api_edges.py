@@ -13,7 +13,6 @@ server is asked too, since gunicorn decodes paths (``%2F``) its own way.
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -22,7 +21,8 @@ from django.http import HttpRequest, JsonResponse
 from django.test import Client
 from django.urls import include, path
 
-from tests.liveserver import LiveServer
+from testkit.server import LiveServer
+from tests.helpers import LiveServers
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "PROPFIND", "FOO"]
 
@@ -248,11 +248,8 @@ LIVE_PATHS = [
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path_factory.mktemp("edges") / "data", workers=1)
-    server.start()
-    yield server
-    server.stop()
+def live(live_server_factory: LiveServers) -> LiveServer:
+    return live_server_factory.start(workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +274,7 @@ def raw_request(
         connection.close()
 
 
-@pytest.mark.e2e
+@pytest.mark.live
 @pytest.mark.parametrize("url", LIVE_PATHS, ids=lambda u: u[:40])
 def test_live_unknown_api_url_is_json_404(live, live_token, url):
     tokens = {"none": {}, "valid": {"Authorization": f"Bearer {live_token}"}, "garbage": {"Authorization": "xx yy zz"}}
@@ -295,7 +292,7 @@ def test_live_unknown_api_url_is_json_404(live, live_token, url):
                 assert orjson.loads(body) == {"error": "Not found"}, where
 
 
-@pytest.mark.e2e
+@pytest.mark.live
 def test_live_known_url_answers_odd_methods_with_json(live, live_token):
     for method in ("OPTIONS", "FOO", "PROPFIND"):
         status, answer, body = raw_request(live, method, "/api/sync/status", {})
@@ -309,7 +306,7 @@ def test_live_known_url_answers_odd_methods_with_json(live, live_token):
         assert answer.get("access-control-allow-origin") == "*"
 
 
-@pytest.mark.e2e
+@pytest.mark.live
 def test_live_admin_login_without_a_csrf_token_is_403(live):
     status, _, body = raw_request(live, "POST", "/admin/login/", {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403

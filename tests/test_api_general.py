@@ -17,7 +17,9 @@ from unittest import mock
 import pytest
 from django.test import override_settings
 
-from tests.helpers import assert_error
+from tests.helpers import Api, assert_error
+
+pytestmark = pytest.mark.storage
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -33,18 +35,6 @@ PROTECTED = [
     ("get", "/api/resolve"),
     ("post", "/api/query"),
 ]
-
-
-def raw_post(api, url: str, payload: bytes, *, token: str | None = None, **extra):
-    """POST raw bytes as application/json (to send what the JSON client would refuse to encode)."""
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
-    return api.client.generic("POST", url, payload, content_type="application/json", **headers, **extra)
-
-
-def pull(api) -> dict:
-    response = api.get("/api/sync")
-    assert response.status_code == 200
-    return response.json()
 
 
 # --- unknown URLs and wrong methods ---------------------------------------------
@@ -122,7 +112,7 @@ def test_unsupported_content_type_is_an_error_object(admin_api):
     )
     assert response.status_code == 415
     assert_error(response, 415)
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 @pytest.mark.parametrize("accept", ["text/html", "text/plain", "application/xml", "*/*"])
@@ -136,9 +126,9 @@ def test_answers_are_json_whatever_accept_says(admin_api, accept):
 
 def test_body_that_is_not_an_object_is_400(admin_api):
     for payload in (b"[]", b'"stores"', b"42", b"null", b"true"):
-        response = raw_post(admin_api, "/api/sync", payload, token=admin_api.token)
+        response = admin_api.post("/api/sync", data=payload)
         assert_error(response, 400)
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 def test_unexpected_error_in_a_view_is_500_without_details(admin_api):
@@ -206,7 +196,7 @@ def test_revoked_token_is_401_with_www_authenticate(admin_api):
 def test_rejected_push_without_token_writes_nothing(admin_api, api):
     response = api.post("/api/sync", {"stores": {"humans": {"h1": {"name": "A"}}}})
     assert_error(response, 401)
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 def test_forbidden_is_403_not_401(analyst_api):
@@ -233,20 +223,20 @@ def test_forbidden_is_403_not_401(analyst_api):
     ],
 )
 def test_malformed_json_is_400_and_writes_nothing(admin_api, payload):
-    response = raw_post(admin_api, "/api/sync", payload, token=admin_api.token)
+    response = admin_api.post("/api/sync", data=payload)
     text = assert_error(response, 400)
     assert text.startswith("Malformed JSON: ") and len(text) > len("Malformed JSON: ")
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 def test_malformed_json_on_register_creates_nobody(api):
-    response = raw_post(api, "/api/auth/register", b'{"username": "alice", "password": "secret1"')
+    response = api.post("/api/auth/register", data=b'{"username": "alice", "password": "secret1"')
     assert assert_error(response, 400).startswith("Malformed JSON: ")
     assert api.get("/api/sync/status").json()["registeredUsers"] == 0
 
 
 def test_malformed_json_on_login_is_400(admin_api):
-    response = raw_post(admin_api, "/api/auth/login", b"{")
+    response = Api().post("/api/auth/login", data=b"{")  # without the admin's token, as a client logging in
     assert assert_error(response, 400).startswith("Malformed JSON: ")
 
 
@@ -261,15 +251,15 @@ def _push_of_size(size: int) -> bytes:
 
 @override_settings(PZLS_MAX_BODY_MB=1, PZLS_MAX_BODY_BYTES=1048576)
 def test_body_over_limit_is_413_and_writes_nothing(admin_api):
-    response = raw_post(admin_api, "/api/sync", _push_of_size(1048577), token=admin_api.token)
+    response = admin_api.post("/api/sync", data=_push_of_size(1048577))
     assert_error(response, 413, "Request body too large (limit 1 MiB)")
     assert response["Access-Control-Allow-Origin"] == "*"
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 @override_settings(PZLS_MAX_BODY_MB=1, PZLS_MAX_BODY_BYTES=1048576)
 def test_body_exactly_at_limit_is_accepted(admin_api):
-    response = raw_post(admin_api, "/api/sync", _push_of_size(1048576), token=admin_api.token)
+    response = admin_api.post("/api/sync", data=_push_of_size(1048576))
     assert response.status_code == 200, response.content
     assert response.json()["added"] == 1
 
@@ -277,18 +267,16 @@ def test_body_exactly_at_limit_is_accepted(admin_api):
 @override_settings(PZLS_MAX_BODY_MB=1, PZLS_MAX_BODY_BYTES=1048576)
 def test_register_over_limit_is_413_and_creates_nobody(api):
     body = b'{"username": "alice", "password": "' + b"p" * 1048576 + b'"}'
-    response = raw_post(api, "/api/auth/register", body)
+    response = api.post("/api/auth/register", data=body)
     assert_error(response, 413, "Request body too large (limit 1 MiB)")
     assert api.get("/api/sync/status").json()["registeredUsers"] == 0
 
 
 def test_default_limit_text_is_50_mib(admin_api):
     # The Content-Length alone is enough to refuse; the body is never read.
-    response = raw_post(
-        admin_api, "/api/sync", _push_of_size(100), token=admin_api.token, CONTENT_LENGTH=str(50 * 1024 * 1024 + 1)
-    )
+    response = admin_api.post("/api/sync", data=_push_of_size(100), CONTENT_LENGTH=str(50 * 1024 * 1024 + 1))
     assert_error(response, 413, "Request body too large (limit 50 MiB)")
-    assert pull(admin_api) == {"version": 0, "data": {}}
+    assert admin_api.pull() == {"version": 0, "data": {}}
 
 
 @override_settings(PZLS_MAX_BODY_MB=1, PZLS_MAX_BODY_BYTES=1048576)
@@ -306,7 +294,7 @@ def test_body_over_limit_is_refused_by_the_parser_without_content_length():
 
 
 def test_invalid_content_length_is_400(admin_api):
-    response = raw_post(admin_api, "/api/sync", b"{}", token=admin_api.token, CONTENT_LENGTH="abc")
+    response = admin_api.post("/api/sync", data=b"{}", CONTENT_LENGTH="abc")
     assert_error(response, 400)
 
 
@@ -472,7 +460,7 @@ def test_push_over_djangos_own_upload_limit_but_under_ours_is_accepted(admin_api
     # Django refuses request.body past DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB);
     # the API's limit is PZLS_MAX_BODY_MB (50 MiB) and must be the only one.
     body = _push_of_size(3 * 1024 * 1024)
-    response = raw_post(admin_api, "/api/sync", body, token=admin_api.token)
+    response = admin_api.post("/api/sync", data=body)
     assert response.status_code == 200, response.content
     assert len(admin_api.get("/api/sync").content) > 3 * 1024 * 1024 - 100
 
@@ -487,4 +475,4 @@ def test_json_content_type_with_charset_is_accepted(admin_api, content_type):
         HTTP_AUTHORIZATION=f"Bearer {admin_api.token}",
     )
     assert response.status_code == 200, response.content
-    assert pull(admin_api)["data"] == {"humans": {"h1": {"name": "é"}}}
+    assert admin_api.pull()["data"] == {"humans": {"h1": {"name": "é"}}}

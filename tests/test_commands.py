@@ -22,8 +22,10 @@ from django.test import override_settings
 
 from accounts.backends import get_token_store
 from accounts.models import Role, User
-from tests.conftest import Api, data_dir_settings
-from tests.liveserver import ROOT
+from testkit.server import ROOT
+from tests.helpers import Api, data_dir_settings
+
+pytestmark = pytest.mark.storage
 
 COMMANDS = ["createuser", "import_legacy_repo", "export_data", "import_data", "purge_tokens"]
 
@@ -39,11 +41,6 @@ def run(name: str, *args: str, stdin: str | None = None, monkeypatch: pytest.Mon
 
 def login(username: str, password: str) -> Any:
     return Api().post("/api/auth/login", {"username": username, "password": password})
-
-
-def push(api: Api, stores: dict[str, Any], client_version: int = 0) -> None:
-    response = api.post("/api/sync", {"clientVersion": client_version, "stores": stores})
-    assert response.status_code == 200, response.content
 
 
 # --- help and exit status ----------------------------------------------------------
@@ -242,7 +239,7 @@ def test_import_from_another_path_leaves_that_file_alone(analyst_api: Api, tmp_p
 
 
 def test_import_refuses_a_repository_with_data_unless_merge(analyst_api: Api, tmp_path: Path) -> None:
-    push(analyst_api, {"humans": {"h1": {"name": "Changed"}, "h9": {"name": "Mine"}}})
+    analyst_api.push({"humans": {"h1": {"name": "Changed"}, "h9": {"name": "Mine"}}})
     path = write_legacy(tmp_path / "legacy")
     with pytest.raises(CommandError, match=r"already has a repository \(version 1, 2 records\); use --merge"):
         call_command("import_legacy_repo", "--path", str(path), "--user", "analyst", stdout=io.StringIO())
@@ -295,12 +292,12 @@ def build_server() -> dict[str, Any]:
     admin.register("admin", "adminpass")
     ann = Api()
     ann.register("Ann", "annpass1")
-    push(ann, {"humans": {"h2": {"name": "Zed", "n": 1.5, "tags": ["a", True, None]}, "h1": {"z": 1, "a": 2}}}, 0)
-    push(ann, {"cases": {"c1": {"title": "ünïcode ✓"}}}, 1)
-    push(ann, {"humans": {"h2": {"name": "Zed II"}}}, 2)
+    ann.push({"humans": {"h2": {"name": "Zed", "n": 1.5, "tags": ["a", True, None]}, "h1": {"z": 1, "a": 2}}}, 0)
+    ann.push({"cases": {"c1": {"title": "ünïcode ✓"}}}, 1)
+    ann.push({"humans": {"h2": {"name": "Zed II"}}}, 2)
     bob = Api()
     bob.register("bob", "bobpass1")
-    push(bob, {"tags": {"t": {}}})
+    bob.push({"tags": {"t": {}}})
     Api().register("carol", "carolpass")  # no data
     login("Ann", "annpass1")  # sets last_login
     User.objects.filter(username="bob").update(is_active=False)
@@ -358,7 +355,7 @@ def test_a_restored_server_serves_the_same_pulls_logins_and_versions(tmp_path: P
         status.token = login("Ann", "annpass1").json()["token"]
         assert status.get("/api/sync/status").json()["account"]["version"] == 3
         # a restored user keeps syncing from where they were
-        push(status, {"humans": {"h3": {"name": "New"}}}, 3)
+        status.push({"humans": {"h3": {"name": "New"}}}, 3)
         assert status.get("/api/sync").json()["version"] == 4
 
 

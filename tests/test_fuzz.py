@@ -27,16 +27,10 @@ derandomised so a run is reproducible; ``make fuzz`` runs many more, random.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,16 +44,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.liveserver import LiveServer
+from testkit.client import Client
+from testkit.server import LiveServer
+from tests.helpers import LiveServers, snapshot
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.live, pytest.mark.fuzz]
 
 EXAMPLES = int(os.environ.get("PZLS_FUZZ_EXAMPLES", "60"))
 RANDOM = os.environ.get("PZLS_FUZZ_RANDOM", "") == "1"
-
-# Tables whose rows a rejected request may legitimately write: the login rate
-# limit counts failed logins (that is its job).
-VOLATILE_TABLES = {"accounts_loginattemptwindow"}
 
 SERVER_ENV = {
     # Failed logins are fuzzed by the hundred; the limit itself is tested in test_accounts.
@@ -85,43 +77,18 @@ CHECKS = [
 ]
 
 
-def snapshot(data_dir: Path) -> dict[str, Any]:
-    """What the data directory holds: every file's bytes (hashed) and every database row."""
-    state: dict[str, Any] = {}
-    for path in sorted(data_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith("db.sqlite3"):
-            state[str(path.relative_to(data_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    with sqlite3.connect(f"file:{data_dir / 'db.sqlite3'}?mode=ro", uri=True) as db:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        for table in tables:
-            if table in VOLATILE_TABLES:
-                continue
-            rows = db.execute(f'SELECT * FROM "{table}"').fetchall()
-            if table == "sqlite_sequence":  # AUTOINCREMENT counters, the volatile tables' included
-                rows = [row for row in rows if row[0] not in VOLATILE_TABLES]
-            state[f"table {table}"] = sorted(map(repr, rows))
-    return state
-
-
 class Account:
     """One of the fuzzer's logins, whose token stays valid for the whole run."""
 
     def __init__(self, server: LiveServer, username: str, password: str) -> None:
-        self.server, self.username, self.password = server, username, password
-        response = requests.post(
-            f"{server.url}/api/auth/register", json={"username": username, "password": password}, timeout=30
-        )
-        assert response.status_code == 200, response.text
-        self.token = response.json()["token"]
-        self.id = response.json()["user"]["id"]
+        self.client = server.client()
+        self.username, self.password = username, password
+        registered = self.client.register(username, password)
+        self.token, self.id = registered["token"], registered["user"]["id"]
 
     def fresh_token(self) -> str:
         """Another token of this account (a second login), for a logout to revoke."""
-        response = requests.post(
-            f"{self.server.url}/api/auth/login", json={"username": self.username, "password": self.password}, timeout=30
-        )
-        assert response.status_code == 200, response.text
-        return response.json()["token"]
+        return Client(self.client.url).login(self.username, self.password)["token"]
 
     def after(self, path: str, status: int, body: Any) -> None:
         if status == 200 and path == "/api/auth/change-password":
@@ -129,11 +96,8 @@ class Account:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("fuzz") / "data", workers=2, env=SERVER_ENV)
-    live.start()
-    yield live
-    live.stop()
+def server(live_server_factory: LiveServers) -> LiveServer:
+    return live_server_factory.start(env=SERVER_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +106,14 @@ def accounts(server: LiveServer) -> dict[str, Account]:
     analyst = Account(server, "fuzz-analyst", "analystpass")
     # Something to pull, resolve and modify: two near-duplicates each.
     for account in (admin, analyst):
-        body = {
-            "stores": {
+        account.client.push(
+            {
                 "humans": {
                     "h1": {"name": "John Smith", "birthDate": "1980-01-01"},
                     "h2": {"name": "Jon Smith", "birthDate": "1980-01-01"},
                 }
             }
-        }
-        response = requests.post(
-            f"{server.url}/api/sync", data=orjson.dumps(body), headers=headers(account.token), timeout=30
         )
-        assert response.status_code == 200, response.text
     return {"admin": admin, "analyst": analyst}
 
 
@@ -171,10 +131,6 @@ def api_schema(server: LiveServer) -> Any:
         "429",
     ]
     return schema
-
-
-def headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
 def operations(schema: Any) -> list[Any]:
@@ -227,7 +183,7 @@ def test_generated_requests(
             assert status == 200, f"{label} refused valid input: {status} {response.text[:300]}"
         account.after(case.path, status, case.body)
         # The fuzzer's own token still works, whatever the request did.
-        assert requests.get(f"{server.url}/api/auth/me", headers=headers(account.token), timeout=30).status_code == 200
+        account.client.me()
 
     run()
     if mode is GenerationMode.POSITIVE:

@@ -24,9 +24,9 @@ import pytest
 import requests
 
 from accounts.models import User
-from tests.conftest import Api
-from tests.liveserver import LiveServer
-from tests.test_fuzz import snapshot
+from testkit.client import Client
+from testkit.server import LiveServer
+from tests.helpers import Api, LiveServers, snapshot
 
 # --- helpers ----------------------------------------------------------------
 
@@ -59,11 +59,6 @@ class Unchanged:
             after = self.state()
             assert after[0].keys() == self.before[0].keys(), "files appeared or vanished"
             assert after == self.before, "the data directory, users or pull changed"
-
-
-def post_raw(api: Any, url: str, body: bytes, content_type: str = "application/json", **extra: Any) -> Any:
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {api.token}"} if api.token else {}
-    return api.client.post(url, body, content_type=content_type, **headers, **extra)
 
 
 @pytest.fixture
@@ -110,11 +105,11 @@ DEEP_OBJECT = b'{"a":' * DEPTH + b"1" + b"}" * DEPTH
     ids=["register", "login", "change-password", "push-array", "push-stores", "push-record", "push-ignored-key"],
 )
 def test_json_nested_100000_levels_is_400(unchanged, seeded, url, body, error):
-    reject(post_raw(seeded, url, body), 400, error)
+    reject(seeded.post(url, data=body), 400, error)
 
 
 def test_deep_query_body_is_400_with_success_false(unchanged, seeded):
-    response = post_raw(seeded, "/api/query", DEEP_OBJECT)
+    response = seeded.post("/api/query", data=DEEP_OBJECT)
     assert response.status_code == 400
     assert response.json() == {
         "success": False,
@@ -157,7 +152,7 @@ def test_deep_query_body_is_400_with_success_false(unchanged, seeded):
     ids=["register", "push-record", "push-negative", "push-clientVersion", "push-400-digit-integer"],
 )
 def test_numbers_that_overflow_a_double_are_400(unchanged, seeded, url, body, error):
-    reject(post_raw(seeded, url, body), 400, error)
+    reject(seeded.post(url, data=body), 400, error)
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
@@ -168,17 +163,17 @@ def test_nan_and_infinity_are_400(unchanged, seeded, literal):
         b"-Infinity": "no digit after sign: line 1 column 29 (char 28)",
     }[literal]
     reject(
-        post_raw(seeded, "/api/auth/register", b'{"username":"x","password":' + literal + b"}"),
+        seeded.post("/api/auth/register", data=b'{"username":"x","password":' + literal + b"}"),
         400,
         f"Malformed JSON: {orjson_error}",
     )
     reject(
-        post_raw(seeded, "/api/sync", b'{"stores":{"s":{"r":{"n":' + literal + b"}}}}"),
+        seeded.post("/api/sync", data=b'{"stores":{"s":{"r":{"n":' + literal + b"}}}}"),
         400,
         f"Malformed JSON: JSON is malformed: invalid character (byte {25 + literal.startswith(b'-')})",
     )
     reject(
-        post_raw(seeded, "/api/sync", b'{"clientVersion":' + literal + b',"stores":{}}'),
+        seeded.post("/api/sync", data=b'{"clientVersion":' + literal + b',"stores":{}}'),
         400,
         f"Malformed JSON: JSON is malformed: invalid character (byte {17 + literal.startswith(b'-')})",
     )
@@ -211,7 +206,7 @@ def test_nan_and_infinity_are_400(unchanged, seeded, literal):
     ids=["register", "push-store-name", "push-record-id", "push-encoded-surrogate-id", "push-record"],
 )
 def test_invalid_utf8_is_400(unchanged, seeded, url, body, error):
-    reject(post_raw(seeded, url, body), 400, error)
+    reject(seeded.post(url, data=body), 400, error)
 
 
 @pytest.mark.parametrize(
@@ -243,13 +238,13 @@ def test_invalid_utf8_is_400(unchanged, seeded, url, body, error):
     ids=["register", "push-store-name", "push-record-id", "push-record-value", "push-record-key"],
 )
 def test_lone_surrogates_are_400(unchanged, seeded, url, body, error):
-    reject(post_raw(seeded, url, body), 400, error)
+    reject(seeded.post(url, data=body), 400, error)
 
 
 def test_rejected_first_push_creates_no_file(data_dir, analyst_api):
     before = files(data_dir)
     reject(
-        post_raw(analyst_api, "/api/sync", b'{"stores":{"s":{"r":{"n":1e400}}}}'),
+        analyst_api.post("/api/sync", data=b'{"stores":{"s":{"r":{"n":1e400}}}}'),
         400,
         "Malformed JSON: record 'r' in store 's': number is infinity when parsed as double: line 1 column 6 (char 5)",
     )
@@ -272,22 +267,22 @@ def test_since_beyond_any_version_is_no_changes_not_500(unchanged, seeded, since
 
 def test_nul_byte_in_username_store_name_and_record_id(unchanged, seeded):
     reject(
-        post_raw(seeded, "/api/auth/register", b'{"username":"a\\u0000b","password":"secret1"}'),
+        seeded.post("/api/auth/register", data=b'{"username":"a\\u0000b","password":"secret1"}'),
         400,
         "Username must not contain control characters",
     )
     reject(
-        post_raw(seeded, "/api/auth/login", b'{"username":"a\\u0000b","password":"secret1"}'),
+        seeded.post("/api/auth/login", data=b'{"username":"a\\u0000b","password":"secret1"}'),
         401,
         "Invalid username or password",
     )
     reject(
-        post_raw(seeded, "/api/sync", b'{"stores":{"a\\u0000":{"r":{}}}}'),
+        seeded.post("/api/sync", data=b'{"stores":{"a\\u0000":{"r":{}}}}'),
         400,
         "Store name 'a\\x00' contains control characters",
     )
     reject(
-        post_raw(seeded, "/api/sync", b'{"stores":{"s":{"r\\u0000":{}}}}'),
+        seeded.post("/api/sync", data=b'{"stores":{"s":{"r\\u0000":{}}}}'),
         400,
         "Record id 'r\\x00' in store 's' contains control characters",
     )
@@ -396,7 +391,11 @@ def test_sql_looking_logins_fail_like_any_wrong_password(unchanged, seeded, user
 @pytest.mark.parametrize("url", ["/api/auth/register", "/api/auth/login", "/api/auth/change-password", "/api/sync"])
 def test_content_type_other_than_json_is_415(unchanged, seeded, url, content_type):
     body = b'{"username":"zed","password":"secret1","currentPassword":"adminpass","newPassword":"secret2","stores":{"s":{"r":{}}}}'
-    reject(post_raw(seeded, url, body, content_type), 415, f'Unsupported media type "{content_type}" in request.')
+    reject(
+        seeded.post(url, data=body, content_type=content_type),
+        415,
+        f'Unsupported media type "{content_type}" in request.',
+    )
 
 
 @pytest.mark.parametrize(
@@ -457,29 +456,21 @@ def raw_http(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live(live_server_factory: LiveServers) -> LiveServer:
     """One worker, so the worker that answers is the one measured."""
-    server = LiveServer(tmp_path_factory.mktemp("hostile") / "data", workers=1)
-    server.start()
-    yield server
-    server.stop()
+    return live_server_factory.start(workers=1)
 
 
 @pytest.fixture(scope="module")
-def live_token(live: LiveServer) -> str:
-    response = requests.post(
-        f"{live.url}/api/auth/register", json={"username": "big", "password": "secret1"}, timeout=30
-    )
-    assert response.status_code == 200
-    return response.json()["token"]
+def live_client(live: LiveServer) -> Client:
+    """An account on the live server, for the large requests."""
+    client = Client(live.url, timeout=60)
+    client.register("big")
+    return client
 
 
-def live_headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-
-
-@pytest.mark.e2e
-def test_headers_of_100_kb(live, live_token):
+@pytest.mark.live
+def test_headers_of_100_kb(live, live_client):
     """gunicorn refuses one oversized header or line itself, with its own small HTML page.
 
     That page breaks §1's "never HTML" but not the client: the status is a
@@ -512,7 +503,7 @@ def test_headers_of_100_kb(live, live_token):
     # 99 KB in fields gunicorn accepts (at most 100 fields of at most 16 KiB; requests adds 5 of its own).
     spread = {f"X-Pad-{i}": "p" * 1100 for i in range(90)}
     response = requests.get(
-        f"{live.url}/api/auth/me", headers={**spread, "Authorization": f"Bearer {live_token}"}, timeout=30
+        f"{live.url}/api/auth/me", headers={**spread, "Authorization": f"Bearer {live_client.token}"}, timeout=30
     )
     assert response.status_code == 200 and response.json()["user"]["username"] == "big"
     response = requests.get(f"{live.url}/api/auth/me", headers=spread, timeout=30)
@@ -521,15 +512,12 @@ def test_headers_of_100_kb(live, live_token):
     assert files(live.data_dir).keys() == before.keys()
 
 
-@pytest.mark.e2e
-def test_rejected_50_mb_bodies_hold_under_4x_and_write_nothing(live, live_token):
+@pytest.mark.live
+def test_rejected_50_mb_bodies_hold_under_4x_and_write_nothing(live, live_client):
     pid = live.worker_pids()[0]
     size = 49 * MIB
-    seed = requests.post(
-        f"{live.url}/api/sync", json={"stores": {"s": {"seed": {}}}}, headers=live_headers(live_token), timeout=60
-    )
-    assert seed.status_code == 200  # a repository exists (see test_rejected_first_push_creates_no_file)
-    pull = requests.get(f"{live.url}/api/sync", headers=live_headers(live_token), timeout=60).content
+    live_client.push({"s": {"seed": {}}})  # a repository exists (see test_rejected_first_push_creates_no_file)
+    pull = live_client.get("/api/sync").content
     before = snapshot(live.data_dir)  # files' bytes and database rows (SQLite's -shm changes on reads)
     cases = [
         (
@@ -555,9 +543,7 @@ def test_rejected_50_mb_bodies_hold_under_4x_and_write_nothing(live, live_token)
     for url, body, status, error in cases:
         response, peak = peak_during(
             pid,
-            lambda url=url, body=body: requests.post(
-                f"{live.url}{url}", data=body, headers=live_headers(live_token), timeout=120
-            ),
+            lambda url=url, body=body: live_client.post(url, data=body, timeout=120),
         )
         assert (response.status_code, response.json()) == (status, {"error": error})
         print(
@@ -565,46 +551,42 @@ def test_rejected_50_mb_bodies_hold_under_4x_and_write_nothing(live, live_token)
         )
         assert peak <= 4 * len(body), f"{peak / MIB:.0f} MiB for a {len(body) / MIB:.0f} MiB body"
     assert snapshot(live.data_dir) == before
-    assert requests.get(f"{live.url}/api/sync", headers=live_headers(live_token), timeout=60).content == pull
+    assert live_client.get("/api/sync").content == pull
 
 
-@pytest.mark.e2e
-def test_push_of_49_mb_in_one_string_succeeds_under_4x(live, live_token):
+@pytest.mark.live
+def test_push_of_49_mb_in_one_string_succeeds_under_4x(live, live_client):
     pid = live.worker_pids()[0]
     blob = "é" * (24 * MIB) + "x" * MIB  # 49 MiB of UTF-8
     body = b'{"stores":{"big":{"r":{"blob":"' + blob.encode() + b'"}}}}'
     assert 48 * MIB < len(body) < 50 * MIB
-    response, peak = peak_during(
-        pid, lambda: requests.post(f"{live.url}/api/sync", data=body, headers=live_headers(live_token), timeout=300)
-    )
+    response, peak = peak_during(pid, lambda: live_client.post("/api/sync", data=body, timeout=300))
     assert response.status_code == 200, response.text
     assert response.json()["added"] == 1
     print(f"\n49 MiB one-string push: worker peak +{peak / MIB:.0f} MiB ({peak / len(body):.1f}x the body)")
     assert peak <= 4 * len(body)
-    pulled = requests.get(f"{live.url}/api/sync", headers=live_headers(live_token), timeout=300).json()
+    pulled = live_client.get("/api/sync", timeout=300).json()
     assert pulled["data"]["big"]["r"]["blob"] == blob
 
 
-@pytest.mark.e2e
-def test_push_of_1_000_000_tiny_records_succeeds(live, live_token):
+@pytest.mark.live
+def test_push_of_1_000_000_tiny_records_succeeds(live, live_client):
     pid = live.worker_pids()[0]
     count = 1_000_000
     body = b'{"stores":{"tiny":{' + b",".join(b'"%d":{}' % i for i in range(count)) + b"}}}"
-    response, peak = peak_during(
-        pid, lambda: requests.post(f"{live.url}/api/sync", data=body, headers=live_headers(live_token), timeout=300)
-    )
+    response, peak = peak_during(pid, lambda: live_client.post("/api/sync", data=body, timeout=300))
     assert response.status_code == 200, response.text
     assert response.json()["added"] == count
     # Per-record objects, not the body, dominate here (about 540 MiB measured for
     # this 11 MiB body, most of it the changelog's list of added ids).
     print(f"\n1,000,000-record push ({len(body) / MIB:.0f} MiB): worker peak +{peak / MIB:.0f} MiB")
     assert peak < 1024 * MIB
-    status = requests.get(f"{live.url}/api/sync/status", headers=live_headers(live_token), timeout=60).json()
+    status = live_client.status()
     assert status["account"]["records"] >= count
 
 
-@pytest.mark.e2e
-def test_slow_clients_hold_sync_workers_until_gunicorns_timeout(tmp_path):
+@pytest.mark.live
+def test_slow_clients_hold_sync_workers_until_gunicorns_timeout(live_server_factory):
     """Why PZLS belongs behind a buffering proxy.
 
     A gunicorn sync worker reads one request at a time. N clients that send
@@ -615,8 +597,7 @@ def test_slow_clients_hold_sync_workers_until_gunicorns_timeout(tmp_path):
     is involved; see the README's nginx configuration.
     """
     workers, timeout_s = 2, 3
-    server = LiveServer(tmp_path / "data", workers=workers, env={"PZLS_WORKER_TIMEOUT_S": str(timeout_s)})
-    server.start()
+    server = live_server_factory.start(workers=workers, env={"PZLS_WORKER_TIMEOUT_S": str(timeout_s)})
     stop = threading.Event()
     sockets = []
     try:

@@ -18,6 +18,8 @@ import pytest
 from pzls_site import params
 from tests.helpers import assert_error
 
+pytestmark = pytest.mark.storage
+
 MAX_SAFE = 2**53 - 1
 THRESHOLD_ERROR = "threshold must be a number between 0 and 1"
 

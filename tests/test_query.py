@@ -31,6 +31,7 @@ from django.test import override_settings
 
 from query import hosts, runner, services
 from query.connstring import parse_connection_string
+from tests.helpers import unavailable
 
 PG_ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 MY_ADMIN_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -42,14 +43,6 @@ READER_HOSTS = ("%", "localhost", "127.0.0.1", "::1")
 SUPERUSER_REFUSED = (
     "Connecting as a database superuser is not allowed (set PZLS_QUERY_ALLOW_SUPERUSER=true to allow it)"
 )
-IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _unavailable(what: str, exc: Exception) -> None:
-    message = f"{what} is not reachable: {exc}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: the query tests must run)")
-    pytest.skip(message)
 
 
 def pg_connect() -> Any:
@@ -128,7 +121,7 @@ class Server:
         try:
             self.conn = pg_connect() if kind == "pg" else my_connect()
         except Exception as exc:
-            _unavailable("PostgreSQL" if kind == "pg" else "MariaDB", exc)
+            unavailable(f"{'PostgreSQL' if kind == 'pg' else 'MariaDB'} is not reachable: {exc}")
         _ensure_reader(kind, self.conn)
         self.tables: list[str] = []
 
@@ -195,8 +188,9 @@ def my() -> Iterator[Server]:
     server.close()
 
 
-@pytest.fixture(params=["pg", "my"])
+@pytest.fixture(params=[pytest.param("pg", marks=pytest.mark.postgres), pytest.param("my", marks=pytest.mark.mariadb)])
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """Each server in turn, or the one a test names (``parametrize(..., indirect=["server"])``)."""
     srv = Server(request.param)
     yield srv
     srv.close()
@@ -204,6 +198,13 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
 
 def query(api: Any, url: str, sql: str) -> Any:
     return api.post("/api/query", {"connectionString": url, "query": sql})
+
+
+def timed(action: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``action()`` returned, and how many seconds it took."""
+    started = time.monotonic()
+    result = action()
+    return result, time.monotonic() - started
 
 
 def assert_ok(response: Any) -> dict[str, Any]:
@@ -263,6 +264,7 @@ def test_empty_result_keeps_the_fields(admin_api: Any, server: Server) -> None:
     assert body == {"success": True, "rows": [], "rowCount": 0, "fields": ["name", "id"], "truncated": False}
 
 
+@pytest.mark.postgres
 def test_postgres_values(admin_api: Any, pg: Server) -> None:
     sql = """
         SELECT 7::int2 AS small, 2147483647 AS int4, 9007199254740991::int8 AS max_safe,
@@ -321,6 +323,7 @@ def test_postgres_values(admin_api: Any, pg: Server) -> None:
     ]
 
 
+@pytest.mark.mariadb
 def test_mariadb_values(admin_api: Any, my: Server) -> None:
     table = my.table(
         "ti TINYINT, i INT, bi BIGINT, past BIGINT, ubi BIGINT UNSIGNED, dec_ DECIMAL(10,2), f FLOAT, d DOUBLE, "
@@ -370,11 +373,13 @@ def test_mariadb_values(admin_api: Any, my: Server) -> None:
 # --- role policy ---------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_analyst_is_refused_by_default(analyst_api: Any, pg: Server) -> None:
     response = query(analyst_api, pg.url, "SELECT 1")
     assert_failed(response, 403, "Running queries is not allowed for the analyst role")
 
 
+@pytest.mark.postgres
 def test_roles_setting_lets_analysts_query(analyst_api: Any, pg: Server) -> None:
     with override_settings(PZLS_QUERY_ROLES=["admin", "analyst"]):
         body = assert_ok(query(analyst_api, pg.url, "SELECT 1 AS one"))
@@ -416,6 +421,8 @@ def test_wrong_method(admin_api: Any) -> None:
 # --- host allow-list -----------------------------------------------------
 
 
+@pytest.mark.postgres
+@pytest.mark.mariadb
 def test_allowed_hosts_by_name_address_network_and_port(admin_api: Any, pg: Server, my: Server) -> None:
     pg_port = parse_connection_string(pg.url).port
     pg_local = url_with(pg.url, host="localhost")
@@ -440,6 +447,7 @@ def test_allowed_hosts_by_name_address_network_and_port(admin_api: Any, pg: Serv
         assert assert_ok(query(admin_api, my.url, "SELECT 1 AS one"))["rows"] == [{"one": 1}]
 
 
+@pytest.mark.postgres
 def test_allow_list_checks_the_address_that_is_connected_to(admin_api: Any, pg: Server, monkeypatch: Any) -> None:
     # A name that resolves to an allowed address once and elsewhere later
     # (DNS rebinding) still connects to the address that was checked.
@@ -472,6 +480,7 @@ def _own(kind: str, url: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.postgres
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_own_postgres_database_is_refused_under_every_local_name(admin_api: Any, pg: Server) -> None:
     spec = parse_connection_string(pg.url)
@@ -486,6 +495,7 @@ def test_own_postgres_database_is_refused_under_every_local_name(admin_api: Any,
         assert body["rows"] == [{"db": "postgres"}]
 
 
+@pytest.mark.mariadb
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_own_mariadb_server_is_refused_whatever_the_database(admin_api: Any, my: Server) -> None:
     with override_settings(DATABASES={"default": _own("my", my.url)}):
@@ -540,6 +550,7 @@ def test_writes_fail_in_read_only_sessions(admin_api: Any, server: Server, templ
     assert not server.exists(f"{table}_new")
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "escape",
     [
@@ -564,6 +575,7 @@ def test_postgres_read_only_cannot_be_lifted_from_a_statement(admin_api: Any, pg
     assert pg.run(f"SELECT id FROM {table}") == [(1,)]
 
 
+@pytest.mark.mariadb
 def test_mariadb_read_only_cannot_be_lifted_from_a_statement(admin_api: Any, my: Server) -> None:
     table = my.table("id INT", "(1)")
     # On MariaDB this runs the DDL outside the read-only transaction: refused before it is sent.
@@ -597,6 +609,7 @@ def test_writes_work_when_read_only_is_off(admin_api: Any, server: Server) -> No
     assert server.run(f"SELECT id, name FROM {table} ORDER BY id") == [(1, "alpha"), (2, "x"), (3, "x")]
 
 
+@pytest.mark.mariadb
 def test_local_infile_is_never_sent(admin_api: Any, my: Server) -> None:
     table = my.table("line TEXT")
     with override_settings(PZLS_QUERY_READ_ONLY=False):
@@ -846,6 +859,8 @@ def test_several_statements_are_refused(admin_api: Any, server: Server) -> None:
     assert server.exists(table)
 
 
+@pytest.mark.postgres
+@pytest.mark.mariadb
 def test_statement_splitting_follows_each_dialect(admin_api: Any, pg: Server, my: Server) -> None:
     # PostgreSQL: a backslash does not escape a quote, so this is two statements.
     response = query(admin_api, pg.url, "SELECT 'a\\'; SELECT 2")
@@ -861,35 +876,35 @@ def test_statement_splitting_follows_each_dialect(admin_api: Any, pg: Server, my
 
 
 @pytest.mark.parametrize(
-    "kind, sql",
+    "server, sql",
     [
-        ("pg", "SELECT pg_sleep(60), '{marker}'"),
+        pytest.param("pg", "SELECT pg_sleep(60), '{marker}'", marks=pytest.mark.postgres),
         # Lifts the server-side limit for itself: the watchdog cancels it.
-        ("pg", "SELECT set_config('statement_timeout', '0', false), pg_sleep(60), '{marker}'"),
-        ("my", "SELECT SLEEP(60), '{marker}'"),
+        pytest.param(
+            "pg",
+            "SELECT set_config('statement_timeout', '0', false), pg_sleep(60), '{marker}'",
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param("my", "SELECT SLEEP(60), '{marker}'", marks=pytest.mark.mariadb),
     ],
+    indirect=["server"],
 )
-def test_statement_timeout(admin_api: Any, kind: str, sql: str) -> None:
-    srv = Server(kind)
+def test_statement_timeout(admin_api: Any, server: Server, sql: str) -> None:
     marker = f"pzls_timeout_{uuid.uuid4().hex[:10]}"
-    try:
-        with override_settings(PZLS_QUERY_TIMEOUT_S=1):
-            started = time.monotonic()
-            response = query(admin_api, srv.url, sql.format(marker=marker))
-            elapsed = time.monotonic() - started
-        assert_failed(response, 400, "Query exceeded the time limit of 1 s and was cancelled")
-        assert elapsed < 5
-        assert srv.wait_gone(marker) == []
-    finally:
-        srv.close()
+    with override_settings(PZLS_QUERY_TIMEOUT_S=1):
+        response, elapsed = timed(lambda: query(admin_api, server.url, sql.format(marker=marker)))
+    assert_failed(response, 400, "Query exceeded the time limit of 1 s and was cancelled")
+    assert elapsed < 5
+    assert server.wait_gone(marker) == []
 
 
+@pytest.mark.mariadb
 def test_mariadb_timeout_that_lifts_its_own_limit(admin_api: Any, my: Server) -> None:
     marker = f"pzls_timeout_{uuid.uuid4().hex[:10]}"
     with override_settings(PZLS_QUERY_TIMEOUT_S=1, PZLS_QUERY_READ_ONLY=False):
-        started = time.monotonic()
-        response = query(admin_api, my.url, f"SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(60), '{marker}'")
-        elapsed = time.monotonic() - started
+        response, elapsed = timed(
+            lambda: query(admin_api, my.url, f"SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(60), '{marker}'")
+        )
     assert_failed(response, 400, "Query exceeded the time limit of 1 s and was cancelled")
     assert elapsed < 5
     assert my.wait_gone(marker) == []
@@ -917,9 +932,9 @@ def closed_port() -> int:
 @pytest.mark.parametrize("kind, label", [("pg", "PostgreSQL"), ("my", "MySQL/MariaDB")])
 def test_connect_timeout(admin_api: Any, silent_port: int, kind: str, label: str) -> None:
     with override_settings(PZLS_QUERY_CONNECT_TIMEOUT_S=2):
-        started = time.monotonic()
-        response = query(admin_api, url_with(ADMIN_URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
-        elapsed = time.monotonic() - started
+        response, elapsed = timed(
+            lambda: query(admin_api, url_with(ADMIN_URLS[kind], host="127.0.0.1", port=silent_port), "SELECT 1")
+        )
     assert_failed(response, 400, f"Could not connect to {label} at 127.0.0.1:{silent_port}: no answer within 2 s")
     assert elapsed < 3.5
 
@@ -928,35 +943,34 @@ def test_connect_timeout(admin_api: Any, silent_port: int, kind: str, label: str
 
 
 @pytest.mark.parametrize(
-    "kind, sql",
+    "server, sql",
     [
         # In the select list, generate_series streams (in FROM it would be materialised first).
-        ("pg", "SELECT generate_series(1, 200000000) AS n, '{marker}' AS m"),
-        ("my", "SELECT seq AS n, '{marker}' AS m FROM seq_1_to_200000000"),
+        pytest.param("pg", "SELECT generate_series(1, 200000000) AS n, '{marker}' AS m", marks=pytest.mark.postgres),
+        pytest.param("my", "SELECT seq AS n, '{marker}' AS m FROM seq_1_to_200000000", marks=pytest.mark.mariadb),
         # An explicit LIMIT overrides sql_select_limit: the rest is killed.
-        ("my", "SELECT seq AS n, '{marker}' AS m FROM seq_1_to_200000000 LIMIT 200000000"),
+        pytest.param(
+            "my",
+            "SELECT seq AS n, '{marker}' AS m FROM seq_1_to_200000000 LIMIT 200000000",
+            marks=pytest.mark.mariadb,
+        ),
     ],
+    indirect=["server"],
 )
-def test_row_cap_stops_without_fetching_the_rest(admin_api: Any, kind: str, sql: str) -> None:
-    srv = Server(kind)
+def test_row_cap_stops_without_fetching_the_rest(admin_api: Any, server: Server, sql: str) -> None:
     marker = f"pzls_cap_{uuid.uuid4().hex[:10]}"
-    try:
-        with override_settings(PZLS_QUERY_MAX_ROWS=5):
-            started = time.monotonic()
-            body = assert_ok(query(admin_api, srv.url, sql.format(marker=marker)))
-            elapsed = time.monotonic() - started
-        assert body == {
-            "success": True,
-            "rows": [{"n": n, "m": marker} for n in range(1, 6)],
-            "rowCount": 5,
-            "fields": ["n", "m"],
-            "truncated": True,
-        }
-        # Reading 200 million rows takes minutes.
-        assert elapsed < 5
-        assert srv.wait_gone(marker) == []
-    finally:
-        srv.close()
+    with override_settings(PZLS_QUERY_MAX_ROWS=5):
+        response, elapsed = timed(lambda: query(admin_api, server.url, sql.format(marker=marker)))
+    assert assert_ok(response) == {
+        "success": True,
+        "rows": [{"n": n, "m": marker} for n in range(1, 6)],
+        "rowCount": 5,
+        "fields": ["n", "m"],
+        "truncated": True,
+    }
+    # Reading 200 million rows takes minutes.
+    assert elapsed < 5
+    assert server.wait_gone(marker) == []
 
 
 def test_exactly_the_cap_is_not_truncated(admin_api: Any, server: Server) -> None:
@@ -1078,6 +1092,8 @@ def test_byte_cap_bounds_statements_without_a_cursor(admin_api: Any, pg: Server)
 # --- errors: 400 with a useful message, never the password ---------------
 
 
+@pytest.mark.postgres
+@pytest.mark.mariadb
 def test_errors_are_400_and_never_show_the_password(
     admin_api: Any, pg: Server, my: Server, closed_port: int, caplog: Any, capfd: Any
 ) -> None:
@@ -1327,12 +1343,14 @@ def test_connection_errors_never_echo_what_the_other_end_sent(
     assert "SECRETBANNER" not in caplog.text
 
 
+@pytest.mark.postgres
 def test_timeout_error_is_400_with_the_limit(admin_api: Any, pg: Server) -> None:
     with override_settings(PZLS_QUERY_TIMEOUT_S=0.5):
         response = query(admin_api, pg.url, "SELECT pg_sleep(10)")
     assert_failed(response, 400, "Query exceeded the time limit of 0.5 s and was cancelled")
 
 
+@pytest.mark.postgres
 def test_copy_is_refused(admin_api: Any, pg: Server) -> None:
     assert_failed(
         query(admin_api, pg.url, "COPY (SELECT 1) TO PROGRAM 'true'"), 400, "COPY is not supported here; use SELECT"
@@ -1359,9 +1377,7 @@ def test_a_server_that_ignores_the_cancel_cannot_hold_the_worker(
     sleep = "pg_sleep(30)" if server.kind == "pg" else "SLEEP(30)"
     try:
         with override_settings(PZLS_QUERY_TIMEOUT_S=1):
-            started = time.monotonic()
-            response = query(admin_api, server.url, f"SELECT {sleep}, '{marker}'")
-            elapsed = time.monotonic() - started
+            response, elapsed = timed(lambda: query(admin_api, server.url, f"SELECT {sleep}, '{marker}'"))
         assert_failed(response, 400, "Query exceeded the time limit of 1 s and was cancelled")
         assert elapsed < 1 + runner.WATCHDOG_GRACE_S + runner.HARD_STOP_AFTER_S + 2
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,12 +10,14 @@ import orjson
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from django.utils.module_loading import import_string
 
 from sync.backends import BaseRepositoryStore, Repository, get_repository_store, repository_stores
 from sync.backends.base import CHANGES_PAGE, EMPTY_PULL, EMPTY_SUMMARY
 from sync.merge import encode_stores
 from tests.backends import REPOSITORY_BACKENDS
+from tests.helpers import assert_implements_every_method, in_threads
+
+pytestmark = pytest.mark.storage
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -49,10 +50,7 @@ def pulled(store: BaseRepositoryStore, user: str = U1) -> dict:
 
 @pytest.mark.parametrize("path", REPOSITORY_BACKENDS)
 def test_backend_implements_every_method(path: str) -> None:
-    cls = import_string(path)
-    for name, member in inspect.getmembers(BaseRepositoryStore, inspect.isfunction):
-        if not name.startswith("_"):
-            assert getattr(cls, name) is not member, f"{path} does not implement {name}"
+    assert_implements_every_method(BaseRepositoryStore, path)
 
 
 def test_bad_backend_path_names_the_setting() -> None:
@@ -249,24 +247,15 @@ def test_delete_forgets_everything(store: BaseRepositoryStore) -> None:
 
 def test_concurrent_pushes_are_serialised(store: BaseRepositoryStore) -> None:
     versions: list[int] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def pusher(worker: int) -> None:
-        try:
-            for n in range(10):
-                result = push(store, {"humans": {f"w{worker}-{n}": {"n": n}}})
-                with lock:
-                    versions.append(result.version)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for n in range(10):
+            result = push(store, {"humans": {f"w{worker}-{n}": {"n": n}}})
+            with lock:
+                versions.append(result.version)
 
-    threads = [threading.Thread(target=pusher, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    in_threads(8, pusher)
     assert sorted(versions) == list(range(1, 81))
     repo = fresh(store).load(U1)
     assert repo.version == 80 and len(repo.data["humans"]) == 80

@@ -35,17 +35,6 @@ def person(name: Any, **fields: Any) -> dict[str, Any]:
     return {"name": name, **fields}
 
 
-def push(api, humans: dict | None = None, others: dict | None = None, **stores: Any) -> None:
-    body: dict[str, Any] = {}
-    if humans is not None:
-        body["humans"] = humans
-    if others is not None:
-        body["others"] = others
-    body.update(stores)
-    response = api.post("/api/sync", {"clientVersion": 0, "stores": body})
-    assert response.status_code == 200, response.content
-
-
 def resolve(api, query: str = "") -> dict[str, Any]:
     response = api.get("/api/resolve" + query)
     assert response.status_code == 200, response.content
@@ -120,13 +109,14 @@ def test_threshold_is_echoed_as_javascript_prints_it(analyst_api, raw, echoed):
 
 
 def test_missing_threshold_means_0_6(analyst_api):
-    push(
-        analyst_api,
-        humans={
-            "a": person("John Smith", birthDate="1980-01-01"),
-            "b": person("Jon Smith", birthDate="1980-01-01"),  # about 0.57: below 0.6
-            "c": person("John Smith", birthDate="1980-01-01", nationality="Irish"),
-        },
+    analyst_api.push(
+        {
+            "humans": {
+                "a": person("John Smith", birthDate="1980-01-01"),
+                "b": person("Jon Smith", birthDate="1980-01-01"),  # about 0.57: below 0.6
+                "c": person("John Smith", birthDate="1980-01-01", nationality="Irish"),
+            }
+        }
     )
     body = resolve(analyst_api)
     assert body["threshold"] == 0.6
@@ -137,12 +127,12 @@ def test_missing_threshold_means_0_6(analyst_api):
 
 def test_empty_repository(analyst_api):
     assert resolve(analyst_api) == {"count": 0, "threshold": 0.6, "results": []}
-    push(analyst_api, tags={"t1": {"name": "x"}}, cases={"c1": {"name": "John Smith"}})
+    analyst_api.push({"tags": {"t1": {"name": "x"}}, "cases": {"c1": {"name": "John Smith"}}})
     assert resolve(analyst_api, "?threshold=0") == {"count": 0, "threshold": 0, "results": []}
 
 
 def test_other_users_data_is_not_resolved(admin_api, analyst_api):
-    push(admin_api, humans={"a": person("John Smith"), "b": person("John Smith")})
+    admin_api.push({"humans": {"a": person("John Smith"), "b": person("John Smith")}})
     assert resolve(analyst_api, "?threshold=0")["count"] == 0
     assert resolve(admin_api, "?threshold=0")["count"] == 1
 
@@ -151,10 +141,15 @@ def test_other_users_data_is_not_resolved(admin_api, analyst_api):
 
 
 def test_answer_shape_and_reasons(analyst_api):
-    push(
-        analyst_api,
-        humans={"h1": person("John Smith", id="h1", birthDate="1980-02-03", nationality="Irish", tags=["a", "b"])},
-        others={"o1": person("John Smith", id="o1", birthDate="1980-02-03", nationality="Irish", tags=["b", "a", "c"])},
+    analyst_api.push(
+        {
+            "humans": {
+                "h1": person("John Smith", id="h1", birthDate="1980-02-03", nationality="Irish", tags=["a", "b"])
+            },
+            "others": {
+                "o1": person("John Smith", id="o1", birthDate="1980-02-03", nationality="Irish", tags=["b", "a", "c"])
+            },
+        }
     )
     assert resolve(analyst_api) == {
         "count": 1,
@@ -172,19 +167,20 @@ def test_answer_shape_and_reasons(analyst_api):
 
 def test_names_that_are_missing_or_not_strings_are_skipped(analyst_api):
     same = {"birthDate": "1970-01-01", "nationality": "Irish", "workplace": "Acme", "tags": ["x", "y", "z"]}
-    push(
-        analyst_api,
-        humans={
-            "n1": {**same},
-            "n2": person(None, **same),
-            "n3": person(5, **same),
-            "n4": person(["Ann"], **same),
-            "n5": person({"first": "Ann"}, **same),
-            "n6": person("", **same),
-            "n7": person(True, **same),
-            "ok1": person("Ann Lee", **same),
-            "ok2": person("Bob Stone", **same),
-        },
+    analyst_api.push(
+        {
+            "humans": {
+                "n1": {**same},
+                "n2": person(None, **same),
+                "n3": person(5, **same),
+                "n4": person(["Ann"], **same),
+                "n5": person({"first": "Ann"}, **same),
+                "n6": person("", **same),
+                "n7": person(True, **same),
+                "ok1": person("Ann Lee", **same),
+                "ok2": person("Bob Stone", **same),
+            }
+        }
     )
     body = resolve(analyst_api, "?threshold=0")
     assert body["count"] == 1
@@ -193,7 +189,7 @@ def test_names_that_are_missing_or_not_strings_are_skipped(analyst_api):
 
 
 def test_id_falls_back_to_the_key(analyst_api):
-    push(analyst_api, humans={"k1": person("Ann Lee", birthDate="1990-01-01"), "k2": person("Ann Lee", id=7)})
+    analyst_api.push({"humans": {"k1": person("Ann Lee", birthDate="1990-01-01"), "k2": person("Ann Lee", id=7)}})
     result = resolve(analyst_api, "?threshold=0")["results"][0]
     assert result["entity1"]["id"] == "k1"
     assert result["entity2"]["id"] == 7
@@ -202,7 +198,7 @@ def test_id_falls_back_to_the_key(analyst_api):
 def test_javascript_property_order_and_stable_sort(analyst_api):
     # Array-index keys come first in numeric order; "01", "-1" and "4294967295" are ordinary keys.
     keys = ["b", "10", "01", "2", "4294967295", "4294967294", "-1", "a"]
-    push(analyst_api, humans={k: person("Ann Lee") for k in keys})
+    analyst_api.push({"humans": {k: person("Ann Lee") for k in keys}})
     order = ["2", "10", "4294967294", "b", "01", "4294967295", "-1", "a"]
     body = resolve(analyst_api, "?threshold=0")
     pairs = [(r["entity1"]["id"], r["entity2"]["id"]) for r in body["results"]]
@@ -219,7 +215,7 @@ def test_humans_come_before_others_whatever_the_push_order(analyst_api):
 
 def test_count_counts_all_results_hold_200(analyst_api):
     full = {"birthDate": "1990-01-01", "nationality": "Irish", "workplace": "Acme", "tags": ["a", "b", "c", "d"]}
-    push(analyst_api, humans={f"p{i}": person("Ann Lee", **full) for i in range(25)})
+    analyst_api.push({"humans": {f"p{i}": person("Ann Lee", **full) for i in range(25)}})
     body = resolve(analyst_api, "?threshold=1")
     assert body["count"] == 300
     assert len(body["results"]) == 200
@@ -229,18 +225,19 @@ def test_count_counts_all_results_hold_200(analyst_api):
 
 
 def test_strict_equality_of_fields(analyst_api):
-    push(
-        analyst_api,
-        humans={
-            "a1": person("Xq", birthDate="1990-01-01", nationality=5, workplace=True),
-            "a2": person("Zw", birthDate="1990-01-01", nationality=5.0, workplace=True),
-            "b1": person("Kv", birthDate=1990, nationality="5", workplace=1),
-            "b2": person("Jm", birthDate="1990", nationality=[5], workplace={"x": 1}),
-            "b3": person("Pt", birthDate=0, nationality="", workplace=False),
-            "b4": person("Rb", birthDate=0, nationality="", workplace=False),
-            "b5": person("Yc", birthDate=[1], nationality={"a": 1}, workplace=None),
-            "b6": person("Gf", birthDate=[1], nationality={"a": 1}, workplace=None),
-        },
+    analyst_api.push(
+        {
+            "humans": {
+                "a1": person("Xq", birthDate="1990-01-01", nationality=5, workplace=True),
+                "a2": person("Zw", birthDate="1990-01-01", nationality=5.0, workplace=True),
+                "b1": person("Kv", birthDate=1990, nationality="5", workplace=1),
+                "b2": person("Jm", birthDate="1990", nationality=[5], workplace={"x": 1}),
+                "b3": person("Pt", birthDate=0, nationality="", workplace=False),
+                "b4": person("Rb", birthDate=0, nationality="", workplace=False),
+                "b5": person("Yc", birthDate=[1], nationality={"a": 1}, workplace=None),
+                "b6": person("Gf", birthDate=[1], nationality={"a": 1}, workplace=None),
+            }
+        }
     )
     body = resolve(analyst_api, "?threshold=0")
     assert body["count"] == 1
@@ -251,7 +248,7 @@ def test_strict_equality_of_fields(analyst_api):
 def test_tags_compare_by_type_and_value_and_join_as_javascript(analyst_api):
     first = [2.0, True, None, "x", 1e21, 0.1, -0.0, "x", [1], {"a": 1}, 1, "2", ""]
     second = [2, True, None, "x", 1e21, 0.1, 0, [1], {"a": 1}, ""]
-    push(analyst_api, humans={"a": person("Qz", tags=first), "b": person("Wv", tags=second)})
+    analyst_api.push({"humans": {"a": person("Qz", tags=first), "b": person("Wv", tags=second)}})
     result = resolve(analyst_api, "?threshold=0")["results"][0]
     # 1 does not match true, "2" does not match 2; x counts twice because the first record repeats it.
     assert result["reasons"] == ["Shared tags: 2, true, , x, 1e+21, 0.1, 0, x, "]
@@ -259,16 +256,15 @@ def test_tags_compare_by_type_and_value_and_join_as_javascript(analyst_api):
 
 
 def test_tags_must_both_be_arrays(analyst_api):
-    push(
-        analyst_api,
-        humans={"a": person("Qz", tags=["x"]), "b": person("Wv", tags="x"), "c": person("Kp", tags={"0": "x"})},
+    analyst_api.push(
+        {"humans": {"a": person("Qz", tags=["x"]), "b": person("Wv", tags="x"), "c": person("Kp", tags={"0": "x"})}}
     )
     assert resolve(analyst_api, "?threshold=0")["count"] == 0
 
 
 def test_names_are_counted_in_utf16_units(analyst_api):
     # In UTF-16 both names are 3 units sharing "a" and a high surrogate: Jaro 7/9, prefix 2.
-    push(analyst_api, humans={"a": person("a\U0001f600"), "b": person("a\U0001f601")})
+    analyst_api.push({"humans": {"a": person("a\U0001f600"), "b": person("a\U0001f601")}})
     result = resolve(analyst_api, "?threshold=0")["results"][0]
     j = (2 / 3 + 2 / 3 + 2 / 2) / 3
     sim = j + 2 * 0.1 * (1 - j)
@@ -280,15 +276,16 @@ def test_names_are_counted_in_utf16_units(analyst_api):
 
 
 def test_threshold_zero_and_one_and_boundaries(analyst_api):
-    push(
-        analyst_api,
-        humans={
-            "a": person("Ann Lee", tags=["t"]),
-            "b": person("Bob Stone", tags=["t"]),  # one shared tag: 0.05
-            "c": person("Carl Wu", nationality="Irish"),
-            "d": person("Dora Fox", nationality="Irish"),  # 0.1
-            "e": person("Eve Ng"),
-        },
+    analyst_api.push(
+        {
+            "humans": {
+                "a": person("Ann Lee", tags=["t"]),
+                "b": person("Bob Stone", tags=["t"]),  # one shared tag: 0.05
+                "c": person("Carl Wu", nationality="Irish"),
+                "d": person("Dora Fox", nationality="Irish"),  # 0.1
+                "e": person("Eve Ng"),
+            }
+        }
     )
     assert resolve(analyst_api, "?threshold=0")["count"] == 2
     assert resolve(analyst_api, "?threshold=0.05")["count"] == 2

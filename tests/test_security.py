@@ -14,20 +14,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from pzls_site.middleware import CSP_API, CSP_PAGES
-from tests.liveserver import ROOT, LiveServer
+from testkit.server import ROOT, LiveServer
+from tests.helpers import LiveServers, chromium, settings_in_subprocess
 
 NOSNIFF = "nosniff"
 REFERRER = "same-origin"
@@ -94,17 +90,6 @@ def test_page_policy_forbids_inline_and_foreign_scripts_and_framing():
 
 
 # --- settings from the environment ------------------------------------------------------
-
-
-def settings_in_subprocess(data_dir: Path, code: str, **env: str) -> str:
-    """Run ``code`` after loading pzls_site.settings fresh with this environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PZLS_") and k != "DJANGO_SETTINGS_MODULE"}
-    clean.update({"PZLS_DATA_DIR": str(data_dir), **env})
-    result = subprocess.run(
-        [sys.executable, "-c", f"from pzls_site import settings as s\n{code}"],
-        cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return result.stdout.strip()
 
 
 @pytest.mark.parametrize(
@@ -185,18 +170,14 @@ def session_cookie(response: requests.Response) -> str:
 
 
 @pytest.fixture(scope="module")
-def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def https_server(live_server_factory: LiveServers) -> LiveServer:
     """The server as run behind a TLS-terminating proxy on this machine (which sets X-Forwarded-Proto)."""
-    server = LiveServer(
-        tmp_path_factory.mktemp("https") / "data", workers=1, env={"PZLS_HTTPS": "1", "PZLS_TRUSTED_PROXIES": "1"}
-    )
-    server.start()
-    requests.post(f"{server.url}/api/auth/register", json={"username": "root", "password": "rootpass"}, timeout=30)
-    yield server
-    server.stop()
+    server = live_server_factory.start(workers=1, env={"PZLS_HTTPS": "1", "PZLS_TRUSTED_PROXIES": "1"})
+    server.client().register("root", "rootpass")
+    return server
 
 
-@pytest.mark.e2e
+@pytest.mark.live
 def test_admin_session_cookie_is_httponly_lax_and_secure_behind_tls(https_server):
     response = admin_login(https_server, https=True)
     assert response.status_code == 302 and response.headers["Location"] == "/admin/"
@@ -206,7 +187,7 @@ def test_admin_session_cookie_is_httponly_lax_and_secure_behind_tls(https_server
     assert_security_headers(response, CSP_PAGES)
 
 
-@pytest.mark.e2e
+@pytest.mark.live
 def test_live_server_has_debug_off_and_headers_on_static_files(https_server):
     response = requests.get(f"{https_server.url}/no-such-page", timeout=30)
     assert response.status_code == 404
@@ -219,7 +200,8 @@ def test_live_server_has_debug_off_and_headers_on_static_files(https_server):
     assert static.headers["X-Content-Type-Options"] == NOSNIFF
 
 
-@pytest.mark.e2e
+@pytest.mark.live
+@pytest.mark.browser
 class TestPagesInABrowser:
     """The admin site and /api/docs work in Chromium under their CSP: no violation, the UI renders."""
 
@@ -227,53 +209,40 @@ class TestPagesInABrowser:
     def data_dir(self) -> None:
         """No per-test database: only the live server is used (Django refuses it under Playwright's loop)."""
 
-    def test_no_csp_violations(self, tmp_path: Path) -> None:
-        if not Path("/usr/bin/chromium").exists() and os.environ.get("CI") != "true":
-            pytest.skip("/usr/bin/chromium is not installed (make test installs it)")
-        from playwright.sync_api import sync_playwright
-
-        from tests.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
-
-        server = LiveServer(tmp_path / "data", workers=1).start()
-        requests.post(f"{server.url}/api/auth/register", json={"username": "root", "password": "rootpass"}, timeout=30)
+    def test_no_csp_violations(self, live_server_factory: LiveServers) -> None:
+        server = live_server_factory.start(workers=1)
+        server.client().register("root", "rootpass")
         problems: list[str] = []
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_context(base_url=server.url).new_page()
-                page.set_default_timeout(15_000)
-                # CSP violations are console errors; a missing file shows as an answer >= 400
-                # (the browser's own /favicon.ico probe aside: PZLS has none at the root).
-                page.on(
-                    "console",
-                    lambda m: (
-                        problems.append(m.text)
-                        if m.type == "error" and "Failed to load resource" not in m.text
-                        else None
-                    ),
-                )
-                page.on("pageerror", lambda e: problems.append(str(e)))
-                page.on(
-                    "response",
-                    lambda r: (
-                        problems.append(f"{r.status} {r.url}")
-                        if r.status >= 400 and not r.url.endswith("/favicon.ico")
-                        else None
-                    ),
-                )
-                page.goto("/admin/")
-                page.fill("#id_username", "root")
-                page.fill("#id_password", "rootpass")
-                page.click("input[type=submit]")
-                assert page.locator("#site-name").inner_text() == "PZLS administration"
-                for url in ("/admin/accounts/user/", "/admin/accounts/user/?q=root"):
-                    page.goto(url)
-                    page.wait_for_load_state("networkidle")
-                page.goto("/api/docs")
-                page.wait_for_selector(".opblock", timeout=20_000)
-                operations = page.locator(".opblock").count()
-                browser.close()
-        finally:
-            server.stop()
+        with chromium() as browser:
+            page = browser.new_context(base_url=server.url).new_page()
+            page.set_default_timeout(15_000)
+            # CSP violations are console errors; a missing file shows as an answer >= 400
+            # (the browser's own /favicon.ico probe aside: PZLS has none at the root).
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on(
+                "response",
+                lambda r: (
+                    problems.append(f"{r.status} {r.url}")
+                    if r.status >= 400 and not r.url.endswith("/favicon.ico")
+                    else None
+                ),
+            )
+            page.goto("/admin/")
+            page.fill("#id_username", "root")
+            page.fill("#id_password", "rootpass")
+            page.click("input[type=submit]")
+            assert page.locator("#site-name").inner_text() == "PZLS administration"
+            for url in ("/admin/accounts/user/", "/admin/accounts/user/?q=root"):
+                page.goto(url)
+                page.wait_for_load_state("networkidle")
+            page.goto("/api/docs")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            operations = page.locator(".opblock").count()
         assert operations >= 15
         assert not problems, problems

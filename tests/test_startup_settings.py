@@ -4,7 +4,7 @@ A malformed or out-of-range value stops ``make run`` (scripts/serve.sh),
 ``manage.py`` and gunicorn before anything is served, with one line naming
 the variable, the value and what is allowed, and exit status 2. That a good
 environment starts and answers is what every end-to-end test's server does
-(tests/liveserver.py waits for /api/auth/health).
+(testkit.server waits for /api/auth/health).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import pytest
 
 from pzls_site import env
 from pzls_site.env import EnvError, Rate
-from tests.liveserver import ROOT, free_port
-from tests.test_security import settings_in_subprocess
+from testkit.server import ROOT, free_port
+from tests.helpers import settings_in_subprocess
+
+pytestmark = pytest.mark.live
 
 # (variable, value, part of what the line says is allowed): one per kind of value.
 BAD_VALUES = [
@@ -39,7 +41,7 @@ BAD_VALUES = [
 
 
 def server_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
-    """The environment tests/liveserver.py starts the server with, none of the caller's PZLS_* leaking in."""
+    """The environment testkit.server starts the server with, none of the caller's PZLS_* leaking in."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PZLS_") and k != "DJANGO_SETTINGS_MODULE"}
     return {
         **clean,
@@ -345,7 +347,7 @@ def test_settings_take_the_stores_from_the_environment(tmp_path):
 
 def test_no_environment_reads_outside_the_env_module():
     """Every PZLS_*, PORT and DATABASE_URL read goes through pzls_site.env (the test suite and benchmark aside)."""
-    packages = [p for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "bench"}]
+    packages = [p for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "bench", "testkit"}]
     sources = [ROOT / "manage.py", *(path for package in packages for path in package.rglob("*.py"))]
     assert ROOT / "pzls_site" / "settings.py" in sources
     readers = [

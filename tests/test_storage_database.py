@@ -25,7 +25,9 @@ from sync.backends import get_repository_store
 from sync.backends.database import DatabaseRepositoryStore
 from sync.merge import encode_stores
 from sync.models import ChangelogEntry, Record, Repository, Store
-from tests.conftest import Api, data_dir_settings
+from tests.helpers import Api, data_dir_settings
+
+pytestmark = pytest.mark.storage
 
 DATABASE = {
     "token_backend": "accounts.backends.database.DatabaseTokenStore",

@@ -17,7 +17,9 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from accounts.models import User
-from tests.conftest import Api, data_dir_settings
+from tests.helpers import Api, data_dir_settings
+
+pytestmark = pytest.mark.storage
 
 FILES = {
     "token_backend": "accounts.backends.json_file.JSONFileTokenStore",

@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Api
-from tests.helpers import assert_error
+from testkit.client import ok
+from tests.helpers import Api, assert_error
+
+pytestmark = pytest.mark.storage
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 EMPTY = {"version": 0, "data": {}}
@@ -17,27 +19,9 @@ ACCOUNT_KEYS = {"username", "role", "version", "stores", "records", "dataSizeByt
 STATUS_KEYS = {"server", "serverVersion", "uptime", "registeredUsers", "account"}
 
 
-def pull(api: Api) -> dict:
-    response = api.get("/api/sync")
-    assert response.status_code == 200, response.content
-    return orjson.loads(response.content)
-
-
-def push(api: Api, stores: dict, client_version: object = 0, key: str = "stores") -> dict:
-    response = api.post("/api/sync", {"clientVersion": client_version, key: stores})
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
-def changes(api: Api, query: str = "") -> dict:
-    response = api.get(f"/api/sync/changes{query}")
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
 def snapshot(api: Api) -> tuple[bytes, dict]:
     """Everything a push could change, as the client sees it."""
-    return api.get("/api/sync").content, changes(api, "?since=0")
+    return api.get("/api/sync").content, api.changes(since=0)
 
 
 def ok_message(added: int, modified: int) -> str:
@@ -61,27 +45,27 @@ def test_pull_returns_what_was_pushed(admin_api):
         "others": {"o1": {"name": "Acme"}},
         "custom store": {"ünï": {"emoji": "🙂", "text": "line\nbreak"}},
     }
-    push(admin_api, stores)
-    assert pull(admin_api) == {"version": 1, "data": stores}
+    admin_api.push(stores)
+    assert admin_api.pull() == {"version": 1, "data": stores}
 
 
 # --- push: body keys -------------------------------------------------------------------
 
 
 def test_push_with_stores(admin_api):
-    body = push(admin_api, {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}})
+    body = admin_api.push({"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}})
     assert body == {"version": 1, "added": 2, "modified": 0, "message": ok_message(2, 0)}
 
 
 def test_push_with_legacy_data_key(admin_api):
-    body = push(admin_api, {"humans": {"h1": {"name": "A"}}}, key="data")
+    body = ok(admin_api.post("/api/sync", {"clientVersion": 0, "data": {"humans": {"h1": {"name": "A"}}}}))
     assert body == {"version": 1, "added": 1, "modified": 0, "message": ok_message(1, 0)}
-    assert pull(admin_api) == {"version": 1, "data": {"humans": {"h1": {"name": "A"}}}}
+    assert admin_api.pull() == {"version": 1, "data": {"humans": {"h1": {"name": "A"}}}}
 
 
 @pytest.mark.parametrize("body", [{}, {"clientVersion": 0}, {"clientVersion": None}, {"other": {"humans": {}}}])
 def test_push_without_stores_or_data_is_400_no_data_provided(admin_api, body):
-    push(admin_api, {"humans": {"h1": {"name": "A"}}})
+    admin_api.push({"humans": {"h1": {"name": "A"}}})
     before = snapshot(admin_api)
     assert_error(admin_api.post("/api/sync", body), 400, "No data provided")
     assert snapshot(admin_api) == before
@@ -92,7 +76,7 @@ def test_push_with_empty_body_is_400_no_data_provided(admin_api):
         "POST", "/api/sync", b"", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {admin_api.token}"
     )
     assert_error(response, 400, "No data provided")
-    assert pull(admin_api) == EMPTY
+    assert admin_api.pull() == EMPTY
 
 
 def test_push_with_both_stores_and_data_is_400(admin_api):
@@ -100,8 +84,8 @@ def test_push_with_both_stores_and_data_is_400(admin_api):
         "/api/sync", {"clientVersion": 0, "stores": {"humans": {"h1": {}}}, "data": {"others": {"o1": {}}}}
     )
     assert_error(response, 400)
-    assert pull(admin_api) == EMPTY
-    assert changes(admin_api)["pendingChanges"] == 0
+    assert admin_api.pull() == EMPTY
+    assert admin_api.changes()["pendingChanges"] == 0
 
 
 # --- push: shape validation, all or nothing ------------------------------------------------
@@ -135,7 +119,7 @@ INVALID_PUSHES = [
 
 @pytest.mark.parametrize("stores,store,record_id", INVALID_PUSHES)
 def test_invalid_push_is_400_naming_store_and_id_and_writes_nothing(admin_api, data_dir, stores, store, record_id):
-    push(admin_api, {"humans": {"existing": {"n": 0}}, "others": {"o0": {"n": 0}}})
+    admin_api.push({"humans": {"existing": {"n": 0}}, "others": {"o0": {"n": 0}}})
     before = snapshot(admin_api)
     files_before = sorted(p.name for p in data_dir.iterdir())
     message = assert_error(admin_api.post("/api/sync", {"clientVersion": 1, "stores": stores}), 400)
@@ -151,8 +135,8 @@ def test_invalid_push_is_400_naming_store_and_id_and_writes_nothing(admin_api, d
 def test_stores_not_an_object_is_400(admin_api, stores):
     assert_error(admin_api.post("/api/sync", {"clientVersion": 0, "stores": stores}), 400)
     assert_error(admin_api.post("/api/sync", {"clientVersion": 0, "data": stores}), 400)
-    assert pull(admin_api) == EMPTY
-    assert changes(admin_api)["pendingChanges"] == 0
+    assert admin_api.pull() == EMPTY
+    assert admin_api.changes()["pendingChanges"] == 0
 
 
 def test_a_push_is_all_or_nothing_across_stores(admin_api):
@@ -161,27 +145,27 @@ def test_a_push_is_all_or_nothing_across_stores(admin_api):
         {"clientVersion": 0, "stores": {"humans": {"h1": {"name": "valid"}}, "others": {"o1": ["invalid"]}}},
     )
     assert_error(response, 400)
-    assert pull(admin_api) == EMPTY
+    assert admin_api.pull() == EMPTY
     # ... and in the other order too.
     response = admin_api.post(
         "/api/sync",
         {"clientVersion": 0, "stores": {"others": {"o1": ["invalid"]}, "humans": {"h1": {"name": "valid"}}}},
     )
     assert_error(response, 400)
-    assert pull(admin_api) == EMPTY
-    assert changes(admin_api) == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
+    assert admin_api.pull() == EMPTY
+    assert admin_api.changes() == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
 
 
 def test_name_and_id_limits_are_inclusive(admin_api):
     stores = {"s" * 64: {"i" * 256: {"n": 1}}, "x": {"y": {}}}
-    assert push(admin_api, stores)["added"] == 2
-    assert pull(admin_api) == {"version": 1, "data": stores}
+    assert admin_api.push(stores)["added"] == 2
+    assert admin_api.pull() == {"version": 1, "data": stores}
 
 
 def test_non_control_characters_are_fine_in_names_and_ids(admin_api):
     stores = {"tags ✓": {"id with spaces / slashes \\ and \u007f and ü": {"a": 1}}}
-    assert push(admin_api, stores)["added"] == 1
-    assert pull(admin_api)["data"] == stores
+    assert admin_api.push(stores)["added"] == 1
+    assert admin_api.pull()["data"] == stores
 
 
 # --- push: clientVersion ------------------------------------------------------------------
@@ -191,60 +175,59 @@ def test_non_control_characters_are_fine_in_names_and_ids(admin_api):
 def test_invalid_client_version_is_400_and_writes_nothing(admin_api, client_version):
     response = admin_api.post("/api/sync", {"clientVersion": client_version, "stores": {"humans": {"h1": {}}}})
     assert_error(response, 400)
-    assert pull(admin_api) == EMPTY
-    assert changes(admin_api)["pendingChanges"] == 0
+    assert admin_api.pull() == EMPTY
+    assert admin_api.changes()["pendingChanges"] == 0
 
 
 @pytest.mark.parametrize(
     "client_version,recorded", [(0, 0), (5, 5), (None, None), (7.0, 7), (2**53, 2**53), (2**63 - 1, 2**63 - 1)]
 )
 def test_valid_client_version_is_recorded(admin_api, client_version, recorded):
-    push(admin_api, {"humans": {"h1": {}}}, client_version=client_version)
-    assert changes(admin_api)["changes"][0]["clientVersion"] == recorded
+    admin_api.push({"humans": {"h1": {}}}, client_version=client_version)
+    assert admin_api.changes()["changes"][0]["clientVersion"] == recorded
 
 
 def test_missing_client_version_is_recorded_as_null(admin_api):
     response = admin_api.post("/api/sync", {"stores": {"humans": {"h1": {}}}})
     assert response.status_code == 200
-    assert changes(admin_api)["changes"][0]["clientVersion"] is None
+    assert admin_api.changes()["changes"][0]["clientVersion"] is None
 
 
 def test_client_version_does_not_gate_the_push(admin_api):
-    push(admin_api, {"humans": {"h1": {"v": 1}}})
-    push(admin_api, {"humans": {"h1": {"v": 2}}}, client_version=1)
+    admin_api.push({"humans": {"h1": {"v": 1}}})
+    admin_api.push({"humans": {"h1": {"v": 2}}}, client_version=1)
     # An out-of-date (or future) clientVersion is still applied.
-    assert push(admin_api, {"humans": {"h1": {"v": 3}}}, client_version=0)["version"] == 3
-    assert push(admin_api, {"humans": {"h1": {"v": 4}}}, client_version=99)["version"] == 4
-    assert pull(admin_api)["data"]["humans"]["h1"] == {"v": 4}
+    assert admin_api.push({"humans": {"h1": {"v": 3}}}, client_version=0)["version"] == 3
+    assert admin_api.push({"humans": {"h1": {"v": 4}}}, client_version=99)["version"] == 4
+    assert admin_api.pull()["data"]["humans"]["h1"] == {"v": 4}
 
 
 # --- push: merging and counting -------------------------------------------------------------
 
 
 def test_added_and_modified_are_counted(admin_api):
-    push(admin_api, {"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}})
-    body = push(
-        admin_api,
+    admin_api.push({"humans": {"h1": {"name": "A"}, "h2": {"name": "B"}}})
+    body = admin_api.push(
         {"humans": {"h1": {"name": "A"}, "h2": {"name": "B2"}, "h3": {"name": "C"}}, "tags": {"t1": {}}},
         client_version=1,
     )
     assert body == {"version": 2, "added": 2, "modified": 1, "message": ok_message(2, 1)}
-    assert pull(admin_api)["data"] == {
+    assert admin_api.pull()["data"] == {
         "humans": {"h1": {"name": "A"}, "h2": {"name": "B2"}, "h3": {"name": "C"}},
         "tags": {"t1": {}},
     }
 
 
 def test_a_record_is_replaced_not_merged(admin_api):
-    push(admin_api, {"humans": {"h1": {"name": "A", "age": 3}}})
-    push(admin_api, {"humans": {"h1": {"name": "A"}}})
-    assert pull(admin_api)["data"]["humans"]["h1"] == {"name": "A"}
+    admin_api.push({"humans": {"h1": {"name": "A", "age": 3}}})
+    admin_api.push({"humans": {"h1": {"name": "A"}}})
+    assert admin_api.pull()["data"]["humans"]["h1"] == {"name": "A"}
 
 
 def test_key_order_is_not_a_modification(admin_api):
-    push(admin_api, {"humans": {"h1": {"a": 1, "b": {"x": 1, "y": [1, {"p": 1, "q": 2}]}}}})
+    admin_api.push({"humans": {"h1": {"a": 1, "b": {"x": 1, "y": [1, {"p": 1, "q": 2}]}}}})
     before = snapshot(admin_api)
-    body = push(admin_api, {"humans": {"h1": {"b": {"y": [1, {"q": 2, "p": 1}], "x": 1}, "a": 1}}}, client_version=1)
+    body = admin_api.push({"humans": {"h1": {"b": {"y": [1, {"q": 2, "p": 1}], "x": 1}, "a": 1}}}, client_version=1)
     assert body == {"version": 1, "added": 0, "modified": 0, "message": ok_message(0, 0)}
     assert snapshot(admin_api) == before
 
@@ -265,11 +248,11 @@ def test_key_order_is_not_a_modification(admin_api):
     ],
 )
 def test_different_json_values_are_a_modification(admin_api, old, new):
-    push(admin_api, {"humans": {"h1": old}})
-    body = push(admin_api, {"humans": {"h1": new}}, client_version=1)
+    admin_api.push({"humans": {"h1": old}})
+    body = admin_api.push({"humans": {"h1": new}}, client_version=1)
     assert body == {"version": 2, "added": 0, "modified": 1, "message": ok_message(0, 1)}
-    assert pull(admin_api)["data"]["humans"]["h1"] == new
-    assert type(pull(admin_api)["data"]["humans"]["h1"]["x"]) is type(new["x"])
+    assert admin_api.pull()["data"]["humans"]["h1"] == new
+    assert type(admin_api.pull()["data"]["humans"]["h1"]["x"]) is type(new["x"])
 
 
 @pytest.mark.parametrize(
@@ -298,18 +281,18 @@ def test_equal_json_values_are_not_a_modification(admin_api, old, new):
 
 
 def test_push_never_deletes(admin_api):
-    push(admin_api, {"humans": {"h1": {"n": 1}, "h2": {"n": 2}}, "tags": {"t1": {}}})
-    push(admin_api, {"humans": {"h3": {"n": 3}}})
-    push(admin_api, {"humans": {}})
-    push(admin_api, {})
-    assert pull(admin_api) == {
+    admin_api.push({"humans": {"h1": {"n": 1}, "h2": {"n": 2}}, "tags": {"t1": {}}})
+    admin_api.push({"humans": {"h3": {"n": 3}}})
+    admin_api.push({"humans": {}})
+    admin_api.push({})
+    assert admin_api.pull() == {
         "version": 2,
         "data": {"humans": {"h1": {"n": 1}, "h2": {"n": 2}, "h3": {"n": 3}}, "tags": {"t1": {}}},
     }
 
 
 def test_a_no_op_push_leaves_version_and_changelog_unchanged(admin_api, data_dir):
-    push(admin_api, {"humans": {"h1": {"n": 1}}})
+    admin_api.push({"humans": {"h1": {"n": 1}}})
     before = snapshot(admin_api)
     status_before = admin_api.get("/api/sync/status").json()["account"]
     no_ops: list[dict[str, dict[str, Any]]] = [
@@ -319,7 +302,7 @@ def test_a_no_op_push_leaves_version_and_changelog_unchanged(admin_api, data_dir
         {"empty-new-store": {}},
     ]
     for stores in no_ops:
-        body = push(admin_api, stores, client_version=1)
+        body = admin_api.push(stores, client_version=1)
         assert body == {"version": 1, "added": 0, "modified": 0, "message": ok_message(0, 0)}
     assert snapshot(admin_api) == before
     assert admin_api.get("/api/sync/status").json()["account"] == status_before
@@ -328,16 +311,16 @@ def test_a_no_op_push_leaves_version_and_changelog_unchanged(admin_api, data_dir
 def test_version_rises_by_one_per_effective_push(admin_api):
     versions = []
     for i in range(5):
-        versions.append(push(admin_api, {"humans": {f"h{i}": {"n": i}, "h0": {"n": 0}}}, client_version=i)["version"])
-        push(admin_api, {"humans": {"h0": {"n": 0}}})  # no-op in between
+        versions.append(admin_api.push({"humans": {f"h{i}": {"n": i}, "h0": {"n": 0}}}, client_version=i)["version"])
+        admin_api.push({"humans": {"h0": {"n": 0}}})  # no-op in between
     assert versions == [1, 2, 3, 4, 5]
-    assert pull(admin_api)["version"] == 5
+    assert admin_api.pull()["version"] == 5
 
 
 def test_changelog_entry_shape(admin_api):
-    push(admin_api, {"humans": {"h1": {"n": 1}, "h2": {"n": 2}}})
-    push(admin_api, {"humans": {"h2": {"n": 20}, "h3": {"n": 3}}, "tags": {"t1": {}}, "others": {"o1": {}}}, 1)
-    entries = changes(admin_api)["changes"]
+    admin_api.push({"humans": {"h1": {"n": 1}, "h2": {"n": 2}}})
+    admin_api.push({"humans": {"h2": {"n": 20}, "h3": {"n": 3}}, "tags": {"t1": {}}, "others": {"o1": {}}}, 1)
+    entries = admin_api.changes()["changes"]
     assert len(entries) == 2
     for entry in entries:
         assert set(entry) == {"version", "timestamp", "clientVersion", "added", "modified", "action"}
@@ -362,12 +345,12 @@ def test_changelog_entry_shape(admin_api):
 @pytest.fixture
 def sixty_pushes(admin_api):
     for i in range(60):
-        push(admin_api, {"humans": {f"h{i}": {"n": i}}}, client_version=i)
+        admin_api.push({"humans": {f"h{i}": {"n": i}}}, client_version=i)
     return admin_api
 
 
 def test_changes_returns_the_last_fifty_of_the_pending(sixty_pushes):
-    body = changes(sixty_pushes, "?since=0")
+    body = sixty_pushes.changes(since=0)
     assert set(body) == {"currentVersion", "clientVersion", "pendingChanges", "changes"}
     assert body["currentVersion"] == 60
     assert body["clientVersion"] == 0
@@ -382,7 +365,7 @@ def test_changes_returns_the_last_fifty_of_the_pending(sixty_pushes):
     [(5, 55, 11), (10, 50, 11), (11, 49, 12), (55, 5, 56), (59, 1, 60), (60, 0, None), (1000, 0, None)],
 )
 def test_changes_since(sixty_pushes, since, pending, first):
-    body = changes(sixty_pushes, f"?since={since}")
+    body = sixty_pushes.changes(since=since)
     assert body["currentVersion"] == 60
     assert body["clientVersion"] == since
     assert body["pendingChanges"] == pending
@@ -393,24 +376,24 @@ def test_changes_since(sixty_pushes, since, pending, first):
 @pytest.mark.parametrize("query", ["", "?since=", "?since=abc", "?since=nan", "?other=5", "?since=1x"])
 def test_missing_or_non_numeric_since_means_zero(admin_api, query):
     for i in range(3):
-        push(admin_api, {"humans": {f"h{i}": {}}}, client_version=i)
-    body = changes(admin_api, query)
+        admin_api.push({"humans": {f"h{i}": {}}}, client_version=i)
+    body = ok(admin_api.get(f"/api/sync/changes{query}"))
     assert body["clientVersion"] == 0
     assert body["pendingChanges"] == 3
     assert [e["version"] for e in body["changes"]] == [1, 2, 3]
 
 
 def test_changes_of_an_empty_repository(admin_api):
-    assert changes(admin_api) == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
+    assert admin_api.changes() == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
 
 
 # --- order and isolation ---------------------------------------------------------------------
 
 
 def test_pull_keeps_first_insertion_order(admin_api):
-    push(admin_api, {"tags": {"t1": {}}, "humans": {"b": {"n": 1}, "a": {"n": 2}, "10": {"n": 3}, "2": {"n": 4}}})
-    push(admin_api, {"humans": {"c": {"n": 5}, "a": {"n": 20}}, "others": {"z": {}, "y": {}}, "cases": {"k": {}}})
-    push(admin_api, {"others": {"x": {}}, "tags": {"t0": {}}})
+    admin_api.push({"tags": {"t1": {}}, "humans": {"b": {"n": 1}, "a": {"n": 2}, "10": {"n": 3}, "2": {"n": 4}}})
+    admin_api.push({"humans": {"c": {"n": 5}, "a": {"n": 20}}, "others": {"z": {}, "y": {}}, "cases": {"k": {}}})
+    admin_api.push({"others": {"x": {}}, "tags": {"t0": {}}})
     # Parse keeping order as JSON text has it.
     import json
 
@@ -423,15 +406,15 @@ def test_pull_keeps_first_insertion_order(admin_api):
 
 
 def test_users_never_see_each_others_data(admin_api, analyst_api):
-    push(admin_api, {"humans": {"h1": {"owner": "admin"}}})
-    push(admin_api, {"humans": {"h2": {"owner": "admin"}}})
-    assert pull(analyst_api) == EMPTY
-    assert changes(analyst_api) == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
+    admin_api.push({"humans": {"h1": {"owner": "admin"}}})
+    admin_api.push({"humans": {"h2": {"owner": "admin"}}})
+    assert analyst_api.pull() == EMPTY
+    assert analyst_api.changes() == {"currentVersion": 0, "clientVersion": 0, "pendingChanges": 0, "changes": []}
     # The same ids in another user's repository are new there.
-    body = push(analyst_api, {"humans": {"h1": {"owner": "analyst"}}})
+    body = analyst_api.push({"humans": {"h1": {"owner": "analyst"}}})
     assert body == {"version": 1, "added": 1, "modified": 0, "message": ok_message(1, 0)}
-    assert pull(admin_api) == {"version": 2, "data": {"humans": {"h1": {"owner": "admin"}, "h2": {"owner": "admin"}}}}
-    assert pull(analyst_api) == {"version": 1, "data": {"humans": {"h1": {"owner": "analyst"}}}}
+    assert admin_api.pull() == {"version": 2, "data": {"humans": {"h1": {"owner": "admin"}, "h2": {"owner": "admin"}}}}
+    assert analyst_api.pull() == {"version": 1, "data": {"humans": {"h1": {"owner": "analyst"}}}}
     assert admin_api.get("/api/sync/status").json()["account"]["records"] == 2
     assert analyst_api.get("/api/sync/status").json()["account"]["records"] == 1
 
@@ -460,15 +443,15 @@ def test_status_with_no_users(api):
 
 
 def test_status_with_a_token_describes_the_callers_repository(admin_api, analyst_api):
-    push(admin_api, {"humans": {"h1": {"n": 1}, "h2": {"n": 2}}, "tags": {"t1": {}}})
-    push(admin_api, {"humans": {"h1": {"n": 10}}, "cases": {"c1": {}}})
-    push(admin_api, {"humans": {"h1": {"n": 10}}})  # no-op: not a sync in the history
-    push(analyst_api, {"others": {"o1": {}}})
+    admin_api.push({"humans": {"h1": {"n": 1}, "h2": {"n": 2}}, "tags": {"t1": {}}})
+    admin_api.push({"humans": {"h1": {"n": 10}}, "cases": {"c1": {}}})
+    admin_api.push({"humans": {"h1": {"n": 10}}})  # no-op: not a sync in the history
+    analyst_api.push({"others": {"o1": {}}})
     body = admin_api.get("/api/sync/status").json()
     assert set(body) == STATUS_KEYS
     account = body["account"]
     assert set(account) == ACCOUNT_KEYS
-    entries = changes(admin_api)["changes"]
+    entries = admin_api.changes()["changes"]
     assert account == {
         "username": "admin",
         "role": "admin",
@@ -522,8 +505,8 @@ def test_status_with_a_revoked_token_is_the_tokenless_answer(admin_api):
 
 @pytest.mark.parametrize("method,url", [("get", "/api/sync"), ("post", "/api/sync"), ("get", "/api/sync/changes")])
 def test_sync_urls_without_token_are_401(admin_api, method, url):
-    push(admin_api, {"humans": {"h1": {}}})
+    admin_api.push({"humans": {"h1": {}}})
     response = getattr(Api(), method)(url)
     assert_error(response, 401)
     assert response["WWW-Authenticate"] == "Bearer"
-    assert pull(admin_api)["version"] == 1
+    assert admin_api.pull()["version"] == 1

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from django.utils.module_loading import import_string
 
 from accounts.backends import BaseTokenStore, TokenRecord, get_token_store, token_stores
 from tests.backends import TOKEN_BACKENDS
+from tests.helpers import assert_implements_every_method, in_threads
+
+pytestmark = pytest.mark.storage
 
 
 def _now_ms() -> datetime:
@@ -49,10 +49,7 @@ def fresh(store: BaseTokenStore) -> BaseTokenStore:
 
 @pytest.mark.parametrize("path", TOKEN_BACKENDS)
 def test_backend_implements_every_method(path: str) -> None:
-    cls = import_string(path)
-    for name, member in inspect.getmembers(BaseTokenStore, inspect.isfunction):
-        if not name.startswith("_"):
-            assert getattr(cls, name) is not member, f"{path} does not implement {name}"
+    assert_implements_every_method(BaseTokenStore, path)
 
 
 def test_bad_backend_path_names_the_setting() -> None:
@@ -132,20 +129,10 @@ def test_public_id_is_short_and_not_the_digest(store: BaseTokenStore) -> None:
 
 
 def test_concurrent_writers_lose_nothing(store: BaseTokenStore) -> None:
-    errors: list[BaseException] = []
-
     def issue(worker: int) -> None:
-        try:
-            for n in range(15):
-                store.add(record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC)))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for n in range(15):
+            store.add(record(f"{worker:02d}{n:02d}".ljust(64, "0"), f"u{worker}", created=datetime.now(UTC)))
 
-    threads = [threading.Thread(target=issue, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    in_threads(8, issue)
     other = fresh(store)
     assert sum(len(other.list_user(f"u{w}")) for w in range(8)) == 120

@@ -1,10 +1,10 @@
-"""Throwaway PostgreSQL databases for tests that start servers of their own.
+"""Throwaway PostgreSQL databases, for servers on the database storage.
 
 ``throwaway_database()`` creates a database with a unique name on the local
 server (``PZLS_TEST_POSTGRES_ADMIN_URL``, default the ``postgres`` database
 as ``postgres``) and drops it afterwards, whatever is still connected. When
-no server answers, the test is skipped on a laptop and fails in CI
-(``CI=true``), where these tests must run.
+no server answers it raises ``DatabaseUnavailable``; the test suite turns that
+into a skip on a laptop and a failure in CI.
 """
 
 from __future__ import annotations
@@ -13,37 +13,27 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
-import pytest
 
 ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def _admin(*, in_test: bool) -> psycopg2.extensions.connection:
-    try:
-        connection = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        message = f"PostgreSQL at {ADMIN_URL} is not available: {exc}".strip()
-        if not in_test:
-            raise RuntimeError(message) from None
-        if IN_CI:
-            pytest.fail(message + " (CI=true: these tests must run)")
-        pytest.skip(message)
-    connection.autocommit = True
-    return connection
+class DatabaseUnavailable(RuntimeError):
+    """No PostgreSQL server answers at ``ADMIN_URL``."""
 
 
 @contextlib.contextmanager
-def throwaway_database(*, in_test: bool = True) -> Iterator[str]:
-    """The URL of a new, empty database, dropped on exit.
-
-    Outside a test (``in_test=False``, the benchmark) a missing server is a RuntimeError.
-    """
+def throwaway_database() -> Iterator[str]:
+    """The URL of a new, empty database, dropped on exit even while servers are still connected to it."""
+    try:
+        admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL at {ADMIN_URL} is not available: {exc}".strip()) from None
+    admin.autocommit = True
     name = f"pzls_test_{secrets.token_hex(6)}"
-    admin = _admin(in_test=in_test)
     try:
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
@@ -55,7 +45,7 @@ def throwaway_database(*, in_test: bool = True) -> Iterator[str]:
         admin.close()
 
 
-def execute(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+def execute(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Run one statement on ``url`` and return its rows (none for a statement without)."""
     with contextlib.closing(psycopg2.connect(url, connect_timeout=5)) as connection:
         connection.autocommit = True

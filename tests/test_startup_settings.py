@@ -347,7 +347,9 @@ def test_settings_take_the_stores_from_the_environment(tmp_path):
 
 def test_no_environment_reads_outside_the_env_module():
     """Every PZLS_*, PORT and DATABASE_URL read goes through pzls_site.env (the test suite and benchmark aside)."""
-    packages = [p for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "bench", "testkit"}]
+    packages = [
+        p for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "bench", "testkit"}
+    ]
     sources = [ROOT / "manage.py", *(path for package in packages for path in package.rglob("*.py"))]
     assert ROOT / "pzls_site" / "settings.py" in sources
     readers = [

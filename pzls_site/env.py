@@ -269,6 +269,7 @@ class Env:
     token_ttl_hours: float = 24
     token_renew_interval_s: float = 60
     login_rate: Rate = Rate(limit=10, period_s=60)
+    auth_rate_per_address: Rate = Rate(limit=30, period_s=60)
     registration: str = "open"
     trusted_proxies: int = 0
     https: bool = False
@@ -317,6 +318,7 @@ class Env:
         read("token_ttl_hours", "PZLS_TOKEN_TTL_HOURS", number(0.001))
         read("token_renew_interval_s", "PZLS_TOKEN_RENEW_INTERVAL_S", number(0))
         read("login_rate", "PZLS_LOGIN_RATE", parse_rate)
+        read("auth_rate_per_address", "PZLS_AUTH_RATE_PER_ADDRESS", parse_rate)
         read("registration", "PZLS_REGISTRATION", choice("open", "closed"))
         read("trusted_proxies", "PZLS_TRUSTED_PROXIES", integer(0))
         read("https", "PZLS_HTTPS", parse_bool)

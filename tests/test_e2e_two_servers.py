@@ -41,6 +41,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iter
         "DATABASE_URL": database_url,
         "PZLS_SECRET_KEY": SECRET_KEY,
         "PZLS_LOGIN_RATE": "1000/minute",
+        "PZLS_AUTH_RATE_PER_ADDRESS": "1000/minute",
     }
     root = tmp_path_factory.mktemp("two-servers")
     first = LiveServer(root / "a" / "data", workers=2, env=env)

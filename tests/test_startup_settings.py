@@ -35,6 +35,7 @@ BAD_VALUES = [
     ("PZLS_QUERY_ALLOWED_HOSTS", "db.example.com,host:port", "Host pattern 'host:port' has an invalid port"),
     ("PZLS_QUERY_ROLES", "admin,wizard", "unknown role 'wizard'; expected comma-separated roles among admin, analyst"),
     ("PZLS_DEBUG", "maybe", "expected true or false"),
+    ("PZLS_AUTH_RATE_PER_ADDRESS", "30 a minute", "expected a rate such as 10/minute"),
 ]
 
 
@@ -293,6 +294,7 @@ def test_unset_and_blank_variables_take_the_documented_defaults():
     assert defaults.worker_timeout_s == 120 and defaults.access_log is None and defaults.log_level == "info"
     assert defaults.database is None and defaults.storage == "files"
     assert defaults.login_rate == Rate(10, 60) and defaults.registration == "open"
+    assert defaults.auth_rate_per_address == Rate(30, 60)
     assert defaults.query_roles == ["admin"] and defaults.query_allowed_hosts == ["*"]
     assert (defaults.max_body_mb, defaults.token_ttl_hours, defaults.query_max_rows) == (50, 24, 10000)
 
@@ -334,6 +336,12 @@ def test_settings_take_the_stores_from_the_environment(tmp_path):
         {"BACKEND": "my.Repos", "OPTIONS": location},
         4,
     ]
+
+
+def test_settings_take_the_per_address_rate_from_the_environment(tmp_path):
+    code = "print(s.PZLS_AUTH_RATE_PER_ADDRESS)"
+    assert settings_in_subprocess(tmp_path, code) == "Rate(limit=30, period_s=60)"
+    assert settings_in_subprocess(tmp_path, code, PZLS_AUTH_RATE_PER_ADDRESS="5/hour") == "Rate(limit=5, period_s=3600)"
 
 
 def test_no_environment_reads_outside_the_env_module():

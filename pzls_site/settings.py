@@ -226,6 +226,9 @@ PZLS_REGISTRATION = _ENV.registration
 # Number of reverse proxies in front of PZLS whose X-Forwarded-For is trusted
 # to name the client address (for the login rate limit). 0: use the socket's.
 PZLS_TRUSTED_PROXIES = _ENV.trusted_proxies
+# The account that token-less calls to GET /api/resolve and POST /api/query act
+# as (Pazator's resolver and pipelines send no token); None: they get 401.
+PZLS_ANONYMOUS_USER = _ENV.anonymous_user
 
 # --- Storage backends ----------------------------------------------------
 # Chosen like Django's STORAGES: {"BACKEND": dotted path, "OPTIONS": {...}}.

@@ -3,17 +3,20 @@
 A missing header leaves the request anonymous (the permission check then
 answers 401); a header that is not ``Bearer <token>`` or a token that is no
 good answers 401 with ``WWW-Authenticate: Bearer``; a disabled account 403.
+``AnonymousAccountAuthentication`` lets the two views Pazator calls without a
+token (resolve, query) act as the account ``PZLS_ANONYMOUS_USER`` names.
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from accounts import services
 from accounts.models import User
-from pzls_site.exceptions import NotAuthenticated
+from pzls_site.exceptions import NotAuthenticated, NotFound
 
 
 def bearer_token(request: Request) -> str | None:
@@ -44,6 +47,31 @@ class BearerTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+class AnonymousAccountAuthentication(BaseAuthentication):
+    """A request without an ``Authorization`` header acts as the account ``PZLS_ANONYMOUS_USER`` names.
+
+    Only for the views listed after ``BearerTokenAuthentication``: a request
+    with the header, good or bad, is the bearer rules' alone, so a bad token
+    is 401 and never becomes this account. While the setting is unset, or the
+    account (found regardless of case, as at login) is missing or disabled,
+    the request stays anonymous and gets 401 as without it.
+    """
+
+    def authenticate(self, request: Request) -> tuple[User, None] | None:
+        username = settings.PZLS_ANONYMOUS_USER
+        if not username or "HTTP_AUTHORIZATION" in request.META:
+            return None
+        try:
+            user = services.user_find(username=username)
+        except NotFound:
+            return None
+        return (user, None) if user.is_active else None
+
+
+#: The authentication of the views Pazator's resolver and pipelines call without a token.
+TOKEN_OR_ANONYMOUS_ACCOUNT = [BearerTokenAuthentication, AnonymousAccountAuthentication]
 
 
 def optional_user(request: Request) -> User | None:

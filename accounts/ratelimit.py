@@ -1,7 +1,10 @@
-"""The login rate limit, counted in the database so every worker sees one count.
+"""The login rate limits, counted in the database so every worker sees one count.
 
-The rate is settings.PZLS_LOGIN_RATE, an ``env.Rate`` that pzls_site.env
-parsed from the environment at start-up. Attempts are counted per window of the
+Two counters: per client address and username (settings.PZLS_LOGIN_RATE,
+logins), and per client address alone (settings.PZLS_AUTH_RATE_PER_ADDRESS,
+logins and registrations, under keys ``address_key`` gives, which never look
+like the first kind). Each rate is an ``env.Rate`` that pzls_site.env parsed
+from the environment at start-up. Attempts are counted per window of the
 period, and a sliding window is estimated from the current and previous
 counts (the previous one weighted by how much of it still lies within one
 period of now), so a burst cannot double its allowance at a window boundary.
@@ -11,6 +14,7 @@ Attempts made while refused still count, so hammering keeps a client out.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 
 from django.db import IntegrityError, transaction
@@ -18,6 +22,24 @@ from django.db.models import F
 
 from accounts.models import LoginAttemptWindow
 from pzls_site.env import Rate
+
+
+def address_key(client_ip: str) -> str:
+    """The per-address counter's key: an IPv4 address as it is, an IPv6 address by its /64 network.
+
+    One IPv6 subscriber is commonly given a whole /64, so counting its
+    addresses one by one would give a single client 2^64 allowances.
+    """
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return f"address|{client_ip}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        else:
+            return f"address|{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"address|{address}"
 
 
 def _estimate(previous: int, current: int, elapsed_fraction: float) -> float:

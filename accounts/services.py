@@ -135,7 +135,7 @@ def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
 # --- registration and login ------------------------------------------------------
 
 
-def user_register(*, username: object, password: object) -> tuple[str, User]:
+def user_register(*, username: object, password: object, client_ip: str) -> tuple[str, User]:
     """Create an account through the API and return (token, user).
 
     The first account ever is an admin, every later one an analyst; the first
@@ -143,6 +143,10 @@ def user_register(*, username: object, password: object) -> tuple[str, User]:
     """
     if settings.PZLS_REGISTRATION == "closed":
         raise Forbidden("Registration is closed")
+    # The cheap refusals (400) first: only an attempt that will hash a password counts against the address.
+    validate_username(username)
+    validate_password(password)
+    _limit_address(client_ip)
     user = user_create(username=username, password=password)
     return token_issue(user=user), user
 
@@ -151,15 +155,27 @@ def _client_key(username: str, client_ip: str) -> str:
     return f"{client_ip}|{username_key(username)}"
 
 
+def _too_many(what: str, wait: int) -> TooManyRequests:
+    return TooManyRequests(f"Too many {what}; try again in {wait} seconds", retry_after=wait)
+
+
+def _limit_address(client_ip: str) -> None:
+    """Count a login or registration that is about to hash a password; 429 past PZLS_AUTH_RATE_PER_ADDRESS."""
+    wait = ratelimit.hit(ratelimit.address_key(client_ip), settings.PZLS_AUTH_RATE_PER_ADDRESS)
+    if wait is not None:
+        raise _too_many("attempts from this address", wait)
+
+
 def user_login(*, username: object, password: object, client_ip: str) -> tuple[str, User]:
-    """Check credentials and return (token, user). Rate limited per client address and username."""
+    """Check credentials and return (token, user). Rate limited per client address and per address and username."""
     if not isinstance(username, str) or not username or not isinstance(password, str) or not password:
         raise BadRequest("Username and password are required")
     if len(username) > USERNAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
         raise NotAuthenticated(INVALID_CREDENTIALS)
+    _limit_address(client_ip)
     wait = ratelimit.hit(_client_key(username, client_ip), settings.PZLS_LOGIN_RATE)
     if wait is not None:
-        raise TooManyRequests(f"Too many login attempts; try again in {wait} seconds", retry_after=wait)
+        raise _too_many("login attempts", wait)
     user = User.objects.filter(username_key=username_key(username)).first()
     if user is None:
         make_password(password)  # spend the same time as a real check

@@ -50,12 +50,24 @@ class RegisterView(APIView):
         request=body("Registration"),
         responses={
             200: ok("TokenAndUser"),
-            **errors(*WITH_BODY, 403, 409, e403="Registration is closed.", e409="Username taken."),
+            **errors(
+                *WITH_BODY,
+                403,
+                409,
+                429,
+                e403="Registration is closed.",
+                e409="Username taken.",
+                e429="Too many logins and registrations from this address; Retry-After says when to try again.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        return _signed_in(*services.user_register(username=body.get("username"), password=body.get("password")))
+        return _signed_in(
+            *services.user_register(
+                username=body.get("username"), password=body.get("password"), client_ip=client_ip(request)
+            )
+        )
 
 
 class LoginView(APIView):

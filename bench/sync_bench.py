@@ -202,7 +202,8 @@ def run(args: Any) -> list[Table]:
 
 
 def _run(args: Any, servers: ServerFactory, sizes: list[int], runs: int) -> list[Table]:
-    env = {"PZLS_LOGIN_RATE": "1000/minute"}
+    # The load test registers 50 users from 127.0.0.1 at once.
+    env = {"PZLS_LOGIN_RATE": "1000/minute", "PZLS_AUTH_RATE_PER_ADDRESS": "1000/minute"}
     table = Table(
         title=f"Sync over HTTP ({_storage_label(args.storage)}), median of {runs} runs (20 for changes, status, me)",
         columns=[

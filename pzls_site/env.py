@@ -38,6 +38,8 @@ EXIT_STATUS = 2
 # The roles of accounts.models.Role (a test keeps the two equal): that module
 # defines models, which cannot be imported before Django is set up.
 ROLES = ("admin", "analyst")
+# accounts.models.USERNAME_MAX_LENGTH, for the same reason (a test keeps the two equal).
+USERNAME_MAX_LENGTH = 64
 
 STORAGE_BACKENDS = {
     "files": ("accounts.backends.json_file.JSONFileTokenStore", "sync.backends.json_file.JSONFileRepositoryStore"),
@@ -164,6 +166,40 @@ def parse_host_patterns(name: str, raw: str) -> list[str]:
     return items
 
 
+def parse_username(name: str, raw: str) -> str:
+    """A username as registration allows it: at most 64 characters, no control characters; surrounding spaces dropped."""
+    value = raw.strip()
+    if len(value) > USERNAME_MAX_LENGTH or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise EnvError(name, raw, f"a username of at most {USERNAME_MAX_LENGTH} characters without control characters")
+    return value
+
+
+def _matches_every_host(item: str) -> bool:
+    """Does the allow-list pattern ``item`` let a query reach any host (``*``, ``*.*``, ``0.0.0.0/0``, ``::/0``)?"""
+    if item == "*":
+        return True
+    pattern = hosts.parse_pattern(item)
+    if pattern.network is not None:
+        return pattern.network.prefixlen == 0
+    # A name pattern made of wildcards and dots only names no host in particular.
+    return not re.sub(r"\[[^\]]*\]|[*?.]", "", pattern.name or "")
+
+
+def check_anonymous_user(values: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """With ``PZLS_ANONYMOUS_USER`` set, anyone who reaches the server may query as that account:
+    ``PZLS_QUERY_ALLOWED_HOSTS`` must then name the hosts, and no pattern may match every host."""
+    if not values.get("anonymous_user"):
+        return
+    name = "PZLS_QUERY_ALLOWED_HOSTS"
+    expected = "an explicit list of the database hosts pipelines need, none matching every host (*, 0.0.0.0/0)"
+    if "query_allowed_hosts" not in values:
+        raise EnvError(name, environ.get(name, ""), expected, "it must be set when PZLS_ANONYMOUS_USER is set")
+    open_patterns = [item for item in values["query_allowed_hosts"] if _matches_every_host(item)]
+    if open_patterns:
+        problem = f"{', '.join(open_patterns)} lets token-less callers (PZLS_ANONYMOUS_USER) reach any host"
+        raise EnvError(name, environ[name], expected, problem)
+
+
 def parse_roles(name: str, raw: str) -> list[str]:
     items = parse_list(name, raw)
     unknown = [item for item in items if item not in ROLES]
@@ -269,6 +305,8 @@ class Env:
     token_ttl_hours: float = 24
     token_renew_interval_s: float = 60
     login_rate: Rate = Rate(limit=10, period_s=60)
+    auth_rate_per_address: Rate = Rate(limit=30, period_s=60)
+    anonymous_user: str | None = None
     registration: str = "open"
     trusted_proxies: int = 0
     https: bool = False
@@ -319,6 +357,8 @@ class Env:
         read("token_ttl_hours", "PZLS_TOKEN_TTL_HOURS", number(0.001))
         read("token_renew_interval_s", "PZLS_TOKEN_RENEW_INTERVAL_S", number(0))
         read("login_rate", "PZLS_LOGIN_RATE", parse_rate)
+        read("auth_rate_per_address", "PZLS_AUTH_RATE_PER_ADDRESS", parse_rate)
+        read("anonymous_user", "PZLS_ANONYMOUS_USER", parse_username)
         read("registration", "PZLS_REGISTRATION", choice("open", "closed"))
         read("trusted_proxies", "PZLS_TRUSTED_PROXIES", integer(0))
         read("https", "PZLS_HTTPS", parse_bool)
@@ -333,6 +373,7 @@ class Env:
         read("query_max_rows", "PZLS_QUERY_MAX_ROWS", integer(1))
         read("query_max_bytes", "PZLS_QUERY_MAX_BYTES", integer(1))
         read("query_allow_superuser", "PZLS_QUERY_ALLOW_SUPERUSER", parse_bool)
+        check_anonymous_user(values, environ)
         return cls(**values)
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.renderers import OpenApiJsonRenderer2
 from drf_spectacular.types import OpenApiTypes
@@ -306,6 +307,19 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "The token from register or login (a UUID). Any failure is 401 with WWW-Authenticate: Bearer.",
         }
+
+
+class AnonymousAccountScheme(OpenApiAuthenticationExtension):
+    """``PZLS_ANONYMOUS_USER``: while it is set, the URLs that accept it need no token (requirement ``{}``)."""
+
+    target_class = "accounts.authentication.AnonymousAccountAuthentication"
+    name: list[str] = []  # no security scheme of its own
+
+    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:
+        return [{}] if settings.PZLS_ANONYMOUS_USER else []
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
+        return []
 
 
 def _security(*requirements: dict[str, list[str]]) -> Sequence[str]:

@@ -223,10 +223,15 @@ PZLS_TOKEN_TTL_HOURS = _ENV.token_ttl_hours
 PZLS_TOKEN_RENEW_INTERVAL_S = _ENV.token_renew_interval_s
 # An env.Rate (limit, period_s), parsed from "10/minute" and the like.
 PZLS_LOGIN_RATE = _ENV.login_rate
+# Logins and registrations per client address (IPv6: per /64), counted before any password is hashed.
+PZLS_AUTH_RATE_PER_ADDRESS = _ENV.auth_rate_per_address
 PZLS_REGISTRATION = _ENV.registration
 # Number of reverse proxies in front of PZLS whose X-Forwarded-For is trusted
 # to name the client address (for the login rate limit). 0: use the socket's.
 PZLS_TRUSTED_PROXIES = _ENV.trusted_proxies
+# The account that token-less calls to GET /api/resolve and POST /api/query act
+# as (Pazator's resolver and pipelines send no token); None: they get 401.
+PZLS_ANONYMOUS_USER = _ENV.anonymous_user
 
 # --- Storage backends ----------------------------------------------------
 # Chosen like Django's STORAGES: {"BACKEND": dotted path, "OPTIONS": {...}}.

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_user
+from accounts.authentication import TOKEN_OR_ANONYMOUS_ACCOUNT, request_user
 from pzls_site.json import ORJSONRenderer
 from pzls_site.requests import json_object
 from pzls_site.schema import body, errors, ok
@@ -20,6 +20,8 @@ class QueryView(APIView):
 
     # The rows arrive as an orjson.Fragment, which only orjson can write.
     renderer_classes = [ORJSONRenderer]
+    # Pazator calls this URL without a token: PZLS_ANONYMOUS_USER may stand in (README).
+    authentication_classes = TOKEN_OR_ANONYMOUS_ACCOUNT
 
     @extend_schema(
         summary="Run one SQL statement on an external PostgreSQL or MySQL/MariaDB server",

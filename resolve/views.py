@@ -7,12 +7,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_user
+from accounts.authentication import TOKEN_OR_ANONYMOUS_ACCOUNT, request_user
 from pzls_site.schema import PROTECTED, THRESHOLD, errors, ok
 from resolve import services
 
 
 class ResolveView(APIView):
+    # Pazator calls this URL without a token: PZLS_ANONYMOUS_USER may stand in (README).
+    authentication_classes = TOKEN_OR_ANONYMOUS_ACCOUNT
+
     @extend_schema(
         summary="Likely duplicates among humans and others",
         parameters=[THRESHOLD],

@@ -21,8 +21,13 @@ from django.core.exceptions import ImproperlyConfigured
 _TMP = tempfile.mkdtemp(prefix="pzls-test-")
 os.environ["PZLS_DATA_DIR"] = _TMP
 
-from pzls_site.env import store_settings  # noqa: E402
+from pzls_site.env import Rate, store_settings  # noqa: E402
 from pzls_site.settings import *  # noqa: E402, F403
+
+# The suite registers and logs in hundreds of users from one address (127.0.0.1)
+# within a minute; the per-address limit itself is tested at its real default
+# (tests/test_accounts.py sets it back with override_settings).
+PZLS_AUTH_RATE_PER_ADDRESS = Rate(limit=1_000_000, period_s=60)
 
 # Fast hashing keeps the suite quick; scrypt itself is tested explicitly.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *PASSWORD_HASHERS]  # noqa: F405

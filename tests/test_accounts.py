@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,11 +11,13 @@ from unittest import mock
 
 import orjson
 import pytest
+from django.conf import settings
 from django.test import override_settings
+from django.utils.module_loading import import_string
 
 import pzls_site.clock
 from accounts.models import User
-from pzls_site.env import Rate
+from pzls_site.env import Env, Rate
 from tests.helpers import Api, assert_error
 
 pytestmark = pytest.mark.storage
@@ -361,6 +364,141 @@ def test_login_rate_limit_counts_usernames_case_insensitively(admin_api):
         for name in ("admin", "ADMIN", "Admin"):
             assert_error(login(Api(), name, "wrongpass"), 401, INVALID)
         assert_error(login(Api(), "aDmIn", "wrongpass"), 429)
+
+
+# --- the per-address limit (PZLS_AUTH_RATE_PER_ADDRESS) on logins and registrations ---------
+
+# What the server runs with when the variable is unset (tests/settings.py raises it for the suite).
+DEFAULT_PER_ADDRESS = Env.from_environ({}).auth_rate_per_address
+
+
+@pytest.fixture
+def hashes():
+    """The names of the password hashes computed (made or checked) by any configured hasher, as they happen."""
+    calls: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for path in settings.PASSWORD_HASHERS:
+            hasher = import_string(path)
+            for method in ("encode", "verify"):
+                original = getattr(hasher, method)
+
+                def counting(self, *args, _original=original, _name=f"{hasher.__name__}.{method}", **kwargs):
+                    calls.append(_name)
+                    return _original(self, *args, **kwargs)
+
+                stack.enter_context(mock.patch.object(hasher, method, counting))
+        yield calls
+
+
+@pytest.fixture
+def frozen_rate_clock():
+    with mock.patch("accounts.ratelimit.time") as fake_time:
+        fake_time.time.return_value = RATE_NOW
+        yield fake_time
+
+
+def register(username: str, password: str = "secret1", **extra):
+    return Api().post("/api/auth/register", {"username": username, "password": password}, **extra)
+
+
+def assert_address_refused(response) -> int:
+    message = assert_error(response, 429)
+    wait = int(response["Retry-After"])
+    assert message == f"Too many attempts from this address; try again in {wait} seconds"
+    assert 1 <= wait <= 120
+    return wait
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=DEFAULT_PER_ADDRESS)
+def test_logins_and_registrations_from_one_address_are_limited_before_any_hash(admin_api, frozen_rate_clock, hashes):
+    assert (DEFAULT_PER_ADDRESS.limit, DEFAULT_PER_ADDRESS.period_s) == (30, 60)
+    # 30 a minute from one address, logins and registrations together, each with another username.
+    for n in range(15):
+        assert_error(login(Api(), f"nobody{n}", "wrongpass"), 401, INVALID)
+        assert register(f"newcomer{n}").status_code == 200
+    assert hashes  # every one of them hashed a password
+    users_before = user_count()
+    hashes.clear()
+    # The 31st: refused, the right password too, before any username lookup or hash.
+    assert_address_refused(login(Api(), "admin", "adminpass"))
+    assert_address_refused(register("latecomer"))
+    wait = assert_address_refused(login(Api(), "newcomer0", "secret1"))  # refused attempts count too
+    assert hashes == []
+    assert user_count() == users_before
+    # Another address is counted on its own.
+    assert login(Api(), "admin", "adminpass", REMOTE_ADDR="10.9.8.7").status_code == 200
+    assert register("elsewhere", REMOTE_ADDR="10.9.8.7").status_code == 200
+    # Retry-After tells the truth: after that many seconds the login goes through.
+    frozen_rate_clock.time.return_value = RATE_NOW + wait
+    assert login(Api(), "admin", "adminpass").status_code == 200
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=Rate(limit=3, period_s=60))
+def test_requests_refused_before_hashing_do_not_count(admin_api, frozen_rate_clock, hashes):
+    for _ in range(5):
+        assert_error(register("", "secret1"), 400, "Username is required")
+        assert_error(register("shorty", "abc"), 400, "Password must be at least 6 characters")
+        assert_error(Api().post("/api/auth/login", {"username": "admin"}), 400, "Username and password are required")
+        assert_error(login(Api(), "x" * 65, "wrongpass"), 401, INVALID)
+    with override_settings(PZLS_REGISTRATION="closed"):
+        for _ in range(5):
+            assert_error(register("closed-door"), 403, "Registration is closed")
+    assert hashes == []
+    # A taken username hashes (the hash comes before the check), so it counts.
+    assert_error(register("ADMIN"), 409, "Username already taken")
+    assert register("one").status_code == 200
+    assert login(Api(), "one", "secret1").status_code == 200
+    assert_address_refused(register("two"))
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=Rate(limit=3, period_s=60), PZLS_TRUSTED_PROXIES=1)
+def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_count(admin_api, frozen_rate_clock):
+    client = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.5"}
+    for n in range(3):
+        assert_error(login(Api(), f"nobody{n}", "wrongpass", **client), 401, INVALID)
+    assert_address_refused(register("someone", **client))
+    # The proxy's own address and another client behind it are not that client.
+    other = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "198.51.100.20, 203.0.113.6"}
+    assert register("someone", **other).status_code == 200
+    assert login(Api(), "admin", "adminpass", REMOTE_ADDR="127.0.0.1").status_code == 200
+    # What the client wrote before the proxy's entry is not believed.
+    spoofed = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "192.0.2.99, 203.0.113.5"}
+    assert_address_refused(login(Api(), "admin", "adminpass", **spoofed))
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=Rate(limit=3, period_s=60), PZLS_TRUSTED_PROXIES=0)
+def test_without_trusted_proxies_a_forged_x_forwarded_for_does_not_help(admin_api, frozen_rate_clock, hashes):
+    for n in range(3):
+        forged = {"HTTP_X_FORWARDED_FOR": f"192.0.2.{n}"}
+        assert_error(login(Api(), f"nobody{n}", "wrongpass", **forged), 401, INVALID)
+    hashes.clear()
+    assert_address_refused(register("someone", HTTP_X_FORWARDED_FOR="192.0.2.200"))
+    assert_address_refused(login(Api(), "admin", "adminpass", HTTP_X_FORWARDED_FOR="192.0.2.201"))
+    assert hashes == []
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=Rate(limit=3, period_s=60))
+def test_ipv6_clients_are_counted_per_64_prefix_and_mapped_ipv4_as_ipv4(admin_api, frozen_rate_clock):
+    for n, address in enumerate(["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:DB8:1:2:abcd::9"]):
+        assert_error(login(Api(), f"nobody{n}", "wrongpass", REMOTE_ADDR=address), 401, INVALID)
+    assert_address_refused(register("v6", REMOTE_ADDR="2001:db8:1:2::42"))
+    assert register("v6", REMOTE_ADDR="2001:db8:1:3::1").status_code == 200  # the next /64
+    for n in range(3):
+        assert_error(login(Api(), f"nobody{n}", "wrongpass", REMOTE_ADDR="198.51.100.7"), 401, INVALID)
+    assert_address_refused(login(Api(), "admin", "adminpass", REMOTE_ADDR="::ffff:198.51.100.7"))
+    assert login(Api(), "admin", "adminpass", REMOTE_ADDR="198.51.100.8").status_code == 200  # IPv4: each address
+
+
+@override_settings(PZLS_AUTH_RATE_PER_ADDRESS=Rate(limit=5, period_s=60), PZLS_LOGIN_RATE=Rate(limit=2, period_s=60))
+def test_the_per_username_limit_still_applies_and_the_counts_do_not_mix(admin_api, frozen_rate_clock):
+    for _ in range(2):
+        assert_error(login(Api(), "admin", "wrongpass"), 401, INVALID)
+    response = login(Api(), "admin", "adminpass")
+    assert_error(response, 429, f"Too many login attempts; try again in {response['Retry-After']} seconds")
+    # Three attempts so far from this address; two more are allowed, whatever the username.
+    assert_error(login(Api(), "other", "wrongpass"), 401, INVALID)
+    assert register("fresh").status_code == 200
+    assert_address_refused(login(Api(), "other2", "wrongpass"))
 
 
 # --- logout, me, change-password -------------------------------------------------------

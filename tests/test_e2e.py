@@ -174,3 +174,37 @@ def test_login_rate_limit_holds_across_workers(server: LiveServer) -> None:
             assert response.json()["error"].startswith("Too many login attempts")
             assert 1 <= int(response.headers["Retry-After"]) <= 120
     assert statuses == [200, 401, 200, 401, 200, 429, 429, 429]
+
+
+def test_pazators_token_less_resolver_and_pipelines_work_with_an_anonymous_account(
+    live_server_factory: LiveServers,
+) -> None:
+    """PZLS_ANONYMOUS_USER through the environment, as an operator sets it, on the real server."""
+    env = {"PZLS_ANONYMOUS_USER": "Alice", "PZLS_QUERY_ALLOWED_HOSTS": "db.internal:5432"}
+    live = live_server_factory.start(workers=2, env=env)
+    # No account yet: the resolver gets 401, as without the setting.
+    assert requests.get(f"{live.url}/api/resolve", timeout=30).status_code == 401
+    owner = live.client()
+    owner.register("alice")
+    same = {"birthDate": "1980-01-01", "nationality": "GB"}
+    humans = {"h1": {"name": "John Smith", **same}, "h2": {"name": "Jon Smith", **same}}
+    owner.push({"humans": humans})
+    # What Pazator's resolver sends: no Authorization header, from a file:// page.
+    resolved = requests.get(f"{live.url}/api/resolve?threshold=0.6", headers={"Origin": "null"}, timeout=30)
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.headers["Access-Control-Allow-Origin"] == "*"
+    answer = resolved.json()
+    assert answer["count"] == 1
+    assert {answer["results"][0]["entity1"]["id"], answer["results"][0]["entity2"]["id"]} == {"h1", "h2"}
+    # What a pipeline sends: JSON, no token; it runs as alice, under the allow-list.
+    body = {"connectionString": "postgres://reader:secret@192.0.2.1:5432/warehouse", "query": "SELECT 1"}
+    queried = requests.post(f"{live.url}/api/query", json=body, headers={"Origin": "null"}, timeout=30)
+    assert queried.status_code == 403
+    assert queried.json() == {
+        "success": False,
+        "error": "Host 192.0.2.1 port 5432 is not in PZLS_QUERY_ALLOWED_HOSTS",
+    }
+    # A bad token is still 401, and the repository itself still needs a token.
+    bad = requests.get(f"{live.url}/api/resolve", headers={"Authorization": "Bearer not-a-token"}, timeout=30)
+    assert bad.status_code == 401 and bad.json() == {"error": "Invalid or expired token"}
+    assert requests.get(f"{live.url}/api/sync", timeout=30).status_code == 401

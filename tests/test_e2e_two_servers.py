@@ -31,7 +31,7 @@ def database_url(live_server_factory: LiveServers) -> str:
 
 @pytest.fixture(scope="module")
 def servers(live_server_factory: LiveServers, database_url: str) -> tuple[LiveServer, LiveServer]:
-    env = {"PZLS_SECRET_KEY": SECRET_KEY, "PZLS_LOGIN_RATE": "1000/minute"}
+    env = {"PZLS_SECRET_KEY": SECRET_KEY, "PZLS_LOGIN_RATE": "1000/minute", "PZLS_AUTH_RATE_PER_ADDRESS": "1000/minute"}
     # One after the other: the first applies the migrations, the second finds them applied.
     first = live_server_factory.start(storage="database", database_url=database_url, env=env)
     second = live_server_factory.start(storage="database", database_url=database_url, env=env)

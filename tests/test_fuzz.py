@@ -56,6 +56,8 @@ RANDOM = os.environ.get("PZLS_FUZZ_RANDOM", "") == "1"
 SERVER_ENV = {
     # Failed logins are fuzzed by the hundred; the limit itself is tested in test_accounts.
     "PZLS_LOGIN_RATE": "1000000/minute",
+    # Registrations too, all from 127.0.0.1; the per-address limit is tested in test_accounts.
+    "PZLS_AUTH_RATE_PER_ADDRESS": "1000000/minute",
     # A token's "last used" is written back at most once per interval, on any
     # authenticated request (rejected ones too); over a run it must not look
     # like a write by the rejected request.

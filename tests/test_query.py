@@ -31,7 +31,7 @@ from django.test import override_settings
 
 from query import hosts, runner, services
 from query.connstring import parse_connection_string
-from tests.helpers import unavailable
+from tests.helpers import Api, unavailable
 
 PG_ADMIN_URL = os.environ.get("PZLS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 MY_ADMIN_URL = os.environ.get("PZLS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -391,6 +391,22 @@ def test_missing_token_is_the_generic_401(api: Any) -> None:
     assert response.status_code == 401
     assert response.json() == {"error": "Authentication required"}
     assert response["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_token_less_call_runs_as_the_anonymous_account(admin_api: Any, pg: Server) -> None:
+    """PZLS_ANONYMOUS_USER: Pazator's pipelines send no token; the query runs as that account."""
+    pg_port = parse_connection_string(pg.url).port
+    table = pg.table("id INT, name VARCHAR(20)", "(1, 'alpha')")
+    with override_settings(PZLS_ANONYMOUS_USER="Admin", PZLS_QUERY_ALLOWED_HOSTS=[f"127.0.0.1:{pg_port}"]):
+        body = assert_ok(query(Api(), url_with(pg.url, host="127.0.0.1"), f"SELECT name FROM {table}"))
+        assert body["rows"] == [{"name": "alpha"}]
+        # A bad token is the bearer rules' 401, never the anonymous account.
+        response = admin_api.post(
+            "/api/query",
+            {"connectionString": pg.url, "query": "SELECT 1"},
+            token="00000000-0000-4000-8000-000000000000",
+        )
+        assert response.status_code == 401 and response.json() == {"error": "Invalid or expired token"}
 
 
 # --- request validation --------------------------------------------------

@@ -37,6 +37,8 @@ BAD_VALUES = [
     ("PZLS_QUERY_ALLOWED_HOSTS", "db.example.com,host:port", "Host pattern 'host:port' has an invalid port"),
     ("PZLS_QUERY_ROLES", "admin,wizard", "unknown role 'wizard'; expected comma-separated roles among admin, analyst"),
     ("PZLS_DEBUG", "maybe", "expected true or false"),
+    ("PZLS_AUTH_RATE_PER_ADDRESS", "30 a minute", "expected a rate such as 10/minute"),
+    ("PZLS_ANONYMOUS_USER", "al\tice", "expected a username of at most 64 characters without control characters"),
 ]
 
 
@@ -112,6 +114,21 @@ def test_manage_py_stops_on_a_bad_value(tmp_path, name, value, allowed):
     assert_refused(result, name, value, allowed, free_port())
     good = run(manage, server_env(tmp_path, 1))
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize(
+    "hosts,problem",
+    [
+        (None, "it must be set when PZLS_ANONYMOUS_USER is set"),
+        ("db.internal,*", "* lets token-less callers (PZLS_ANONYMOUS_USER) reach any host"),
+    ],
+)
+def test_make_run_stops_when_anonymous_calls_could_query_any_host(tmp_path, hosts, problem):
+    port = free_port()
+    extra = {"PZLS_ANONYMOUS_USER": "alice", **({"PZLS_QUERY_ALLOWED_HOSTS": hosts} if hosts else {})}
+    result = run(["bash", str(ROOT / "scripts" / "serve.sh")], server_env(tmp_path, port, **extra))
+    assert_refused(result, "PZLS_QUERY_ALLOWED_HOSTS", hosts or "", problem, port)
+    assert "expected an explicit list of the database hosts pipelines need" in result.stderr + result.stdout
 
 
 def test_a_refused_database_url_does_not_print_its_password():
@@ -262,6 +279,39 @@ def test_parse_roles():
         env.parse_roles("PZLS_QUERY_ROLES", "root,admin,wizard")
 
 
+def test_parse_username_allows_what_registration_allows():
+    assert env.parse_username("PZLS_ANONYMOUS_USER", " Alice Smith ") == "Alice Smith"
+    assert env.parse_username("PZLS_ANONYMOUS_USER", "é" * 64) == "é" * 64
+    for bad in ["a" * 65, "al\x7fice", "al\nice"]:
+        with pytest.raises(EnvError, match=r"expected a username of at most 64 characters without control characters$"):
+            env.parse_username("PZLS_ANONYMOUS_USER", bad)
+
+
+def test_the_username_length_env_knows_is_the_accounts_one():
+    from accounts.models import USERNAME_MAX_LENGTH
+
+    assert env.USERNAME_MAX_LENGTH == USERNAME_MAX_LENGTH
+
+
+@pytest.mark.parametrize("hosts", ["*", "*:5432", "db.internal, *.*", "0.0.0.0/0", "[::/0]:5432", "?*", "*?.*"])
+def test_anonymous_user_refuses_an_allow_list_that_matches_every_host(hosts):
+    with pytest.raises(EnvError, match=r"^PZLS_QUERY_ALLOWED_HOSTS=.* lets token-less callers .* reach any host"):
+        env.Env.from_environ({"PZLS_ANONYMOUS_USER": "alice", "PZLS_QUERY_ALLOWED_HOSTS": hosts})
+    # Without the setting the same list is allowed, as before.
+    assert env.Env.from_environ({"PZLS_QUERY_ALLOWED_HOSTS": hosts}).anonymous_user is None
+
+
+def test_anonymous_user_with_an_explicit_allow_list():
+    hosts = "db.internal:5432, *.corp.example, 10.0.0.0/8, [fd00::/8]"
+    parsed = env.Env.from_environ({"PZLS_ANONYMOUS_USER": " alice ", "PZLS_QUERY_ALLOWED_HOSTS": hosts})
+    assert parsed.anonymous_user == "alice"
+    assert parsed.query_allowed_hosts == ["db.internal:5432", "*.corp.example", "10.0.0.0/8", "[fd00::/8]"]
+    with pytest.raises(EnvError, match=r"^PZLS_QUERY_ALLOWED_HOSTS=' ' is not allowed: it must be set when"):
+        env.Env.from_environ({"PZLS_ANONYMOUS_USER": "alice", "PZLS_QUERY_ALLOWED_HOSTS": " "})
+    # Blank is unset: no anonymous account, and the allow-list may stay open.
+    assert env.Env.from_environ({"PZLS_ANONYMOUS_USER": "  "}).anonymous_user is None
+
+
 def test_the_roles_env_knows_are_the_accounts_roles():
     from accounts.models import Role
 
@@ -302,6 +352,7 @@ def test_unset_and_blank_variables_take_the_documented_defaults():
     assert defaults.worker_timeout_s == 120 and defaults.access_log is None and defaults.log_level == "info"
     assert defaults.database is None and defaults.storage == "files"
     assert defaults.login_rate == Rate(10, 60) and defaults.registration == "open"
+    assert defaults.auth_rate_per_address == Rate(30, 60) and defaults.anonymous_user is None
     assert defaults.query_roles == ["admin"] and defaults.query_allowed_hosts == ["*"]
     assert (defaults.max_body_mb, defaults.token_ttl_hours, defaults.query_max_rows) == (50, 24, 10000)
 
@@ -343,6 +394,21 @@ def test_settings_take_the_stores_from_the_environment(tmp_path):
         {"BACKEND": "my.Repos", "OPTIONS": location},
         4,
     ]
+
+
+def test_settings_take_the_per_address_rate_from_the_environment(tmp_path):
+    code = "print(s.PZLS_AUTH_RATE_PER_ADDRESS)"
+    assert settings_in_subprocess(tmp_path, code) == "Rate(limit=30, period_s=60)"
+    assert settings_in_subprocess(tmp_path, code, PZLS_AUTH_RATE_PER_ADDRESS="5/hour") == "Rate(limit=5, period_s=3600)"
+
+
+def test_settings_take_the_anonymous_user_from_the_environment(tmp_path):
+    code = "print(repr(s.PZLS_ANONYMOUS_USER))"
+    assert settings_in_subprocess(tmp_path, code) == "None"
+    printed = settings_in_subprocess(
+        tmp_path, code, PZLS_ANONYMOUS_USER=" alice ", PZLS_QUERY_ALLOWED_HOSTS="db.internal"
+    )
+    assert printed == "'alice'"
 
 
 def test_no_environment_reads_outside_the_env_module():

@@ -21,6 +21,8 @@ from query.views import QueryView
 from resolve.views import ResolveView
 from tests.helpers import Api, assert_error
 
+pytestmark = pytest.mark.storage
+
 # Two humans close enough to match at the default threshold, and two others for bob.
 SAME = {"birthDate": "1980-01-01", "nationality": "GB"}
 ALICE_HUMANS = {"h1": {"name": "John Smith", **SAME}, "h2": {"name": "Jon Smith", **SAME}}

@@ -1,16 +1,15 @@
-"""Whether this server can do its job: a writable data directory and a database that answers."""
+"""Whether this server can do its job: a data directory that takes a write and a database that answers."""
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
 
 import pzls_site
+from pzls_site.files import probe_write
 
 logger = logging.getLogger("pzls")
 
@@ -23,10 +22,7 @@ def problem() -> str | None:
     """None when healthy, else a short description of what is wrong (details are logged)."""
     data_dir = Path(settings.PZLS_DATA_DIR)
     try:
-        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".health-", delete=True) as fh:
-            fh.write(b"ok")
-            fh.flush()
-            os.fsync(fh.fileno())
+        probe_write(data_dir)
     except OSError:
         logger.exception("health: data directory %s is not writable", data_dir)
         return "Data directory is not writable"

@@ -1,4 +1,5 @@
-"""The data directory on disk, in one process: caches that cannot serve a replaced file.
+"""The data directory on disk, in one process: caches that cannot serve a replaced file, crash
+leftovers that never pile up, and a live writer's file that no clean-up touches.
 
 Everything here runs on the files storage whatever ``PZLS_TEST_STORAGE`` says: these are
 promises of the files on disk.
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,13 +24,16 @@ from django.test import override_settings
 from accounts.backends.base import TokenRecord
 from accounts.backends.json_file import JSONFileTokenStore
 from accounts.services import token_digest
+from pzls_site.files import atomic_write, prepare_data_dir, remove_leftover
 from sync.backends.base import Repository
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.merge import encode_stores
 from tests.conftest import Api, data_dir_settings
 from tests.helpers import assert_error
 
+ROOT = Path(__file__).resolve().parent.parent
 U = "44444444-4444-4444-8444-444444444444"
+V = "55555555-5555-4555-8555-555555555555"
 TS = "2026-05-17T10:04:05.123Z"
 FILES = {
     "token_backend": "accounts.backends.json_file.JSONFileTokenStore",
@@ -203,3 +211,124 @@ def test_files_written_by_the_previous_release_are_read_and_upgraded_when_rewrit
     assert (files_storage / "tokens.json").read_bytes().startswith(b'{"stamp":"')
     for token in (old_token, new_token):
         assert api.get("/api/auth/me", token=token).status_code == 200
+
+
+# --- crash leftovers ----------------------------------------------------------------------
+
+
+def leftover(path: Path) -> Path:
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b'{"version":9,"data":{"half')  # what a writer killed mid-write leaves
+    return path
+
+
+def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(data_dir: Path) -> None:
+    store = JSONFileRepositoryStore(location=data_dir)
+    store.push(U, encode_stores({"humans": {"h1": {}}}), client_version=0, timestamp=TS)
+    mine = [
+        leftover(data_dir / f".{name}.tmp")
+        for name in (f"repo_{U}.json", f"repo_{U}.meta.json", f"changelog_{U}.jsonl")
+    ]
+    theirs = leftover(data_dir / f".repo_{V}.json.tmp")
+    store.push(U, encode_stores({"humans": {"h2": {}}}), client_version=1, timestamp=TS)
+    assert [p for p in mine if p.exists()] == []
+    assert theirs.exists()  # another user's: their next push, or the next start
+    assert store.load(U).data == {"humans": {"h1": {}, "h2": {}}}
+    assert store.summary(U).records == 2
+    prepare_data_dir(data_dir)  # what every start does
+    assert not theirs.exists()
+
+
+def test_the_next_gzip_copy_of_a_user_removes_their_leftover_copies(files_storage: Path) -> None:
+    api = Api()
+    api.register("alice")
+    user_id = api.get("/api/auth/me").json()["user"]["id"]
+    stray = leftover(files_storage / "pullcache" / f".{user_id}.1-2-3.json.gz.tmp")
+    stores = {"humans": {f"h{n}": {"notes": "x" * 300} for n in range(1000)}}
+    assert api.post("/api/sync", {"clientVersion": 0, "stores": stores}).status_code == 200
+    api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    names = sorted(p.name for p in (files_storage / "pullcache").iterdir())
+    assert [n for n in names if n.endswith(".tmp")] == [] and not stray.exists()
+    assert len([n for n in names if n.endswith(".json.gz")]) == 1
+
+
+def test_a_start_removes_every_kind_of_leftover_and_keeps_every_other_file(data_dir: Path) -> None:
+    kept = {data_dir / "tokens.json": b'{"tokens":{}}', data_dir / f"repo_{U}.json": b'{"version":0,"data":{}}'}
+    for path, content in kept.items():
+        path.write_bytes(content)
+    leftovers = [
+        leftover(data_dir / name)
+        for name in (
+            f".repo_{U}.json.tmp",
+            f".repo_{U}.meta.json.tmp",
+            f".changelog_{U}.jsonl.tmp",
+            ".tokens.json.tmp",
+            ".tokens.json.4242.139872.tmp",  # a writer without the lock: pid and thread
+            ".secret_key.4242.139872.tmp",
+            ".health.4242.139872.tmp",
+            "secret_key.tmp4242",  # earlier releases
+            ".health-k2j4h5g6",
+            f"pullcache/.{U}.1-2-3.json.gz.tmp",
+            f"pullcache/.{U}.1-2-3.json.tmp",
+        )
+    ]
+    prepare_data_dir(data_dir)
+    assert [p for p in leftovers if p.exists()] == []
+    assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_a_live_writers_temporary_file_is_never_removed(data_dir: Path) -> None:
+    target = data_dir / "tokens.json"
+    writing, go_on = threading.Event(), threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"tokens":'
+        writing.set()
+        go_on.wait(30)
+        yield b"{}}"
+
+    writer = threading.Thread(target=atomic_write, args=(target, chunks()), kwargs={"exclusive": True})
+    writer.start()
+    try:
+        assert writing.wait(30)
+        temporary = data_dir / ".tokens.json.tmp"
+        assert temporary.exists()
+        prepare_data_dir(data_dir)  # a start (manage.py, another server process) meanwhile
+        assert not remove_leftover(temporary)
+        assert temporary.exists()
+    finally:
+        go_on.set()
+        writer.join(30)
+    assert target.read_bytes() == b'{"tokens":{}}'
+    assert sorted(p.name for p in data_dir.iterdir()) == ["tokens.json"]
+
+
+def test_the_temporary_file_of_a_killed_writer_process_is_a_leftover(data_dir: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pzls_site.files import atomic_write\n"
+        "def chunks():\n"
+        "    yield b'{\"half'\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "    yield b'\"}'\n"
+        "atomic_write(Path(sys.argv[1]), chunks(), exclusive=True)\n"
+    )
+    target = data_dir / f"repo_{U}.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(target)], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ}
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"writing\n"
+        temporary = data_dir / f".repo_{U}.json.tmp"
+        assert not remove_leftover(temporary)  # alive: its file stays
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    assert temporary.read_bytes() == b'{"half'
+    assert remove_leftover(temporary)
+    assert list(data_dir.iterdir()) == []

@@ -82,7 +82,7 @@ class JSONFileTokenStore(BaseTokenStore):
                 if result is not None or expired or len(tokens) != before:
                     # The stamp first: readers find it in the file's first bytes.
                     body = orjson.dumps({"stamp": new_stamp(), "tokens": tokens})
-                    identity = atomic_write(self.path, body)
+                    identity = atomic_write(self.path, body, exclusive=True)
                     self._cache.put(self.path, identity, tokens)
                 return result
         except OSError as exc:

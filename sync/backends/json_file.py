@@ -16,7 +16,8 @@ Per user (``<id>`` is the user's UUID):
   only for the repository file whose version and size it names; rebuilt when
   stale. It also names the exact file it was written for (inode, size,
   mtime, stamp) and where that file's pieces of 512 records lie.
-- ``repo_<id>.lock``: the lock every writer of this user holds.
+- ``repo_<id>.lock``: the lock every writer of this user holds. Holding it,
+  a writer also removes the temporary files a killed writer of this user left.
 
 A push never parses records into Python objects: the repository file is
 read into record texts (``msgspec.Raw`` views of the file's bytes), a piece
@@ -48,6 +49,8 @@ from pzls_site.files import (
     fsync_dir,
     identity_of,
     new_stamp,
+    remove_leftover,
+    temporary_path,
 )
 from sync.backends.base import (
     CHANGES_PAGE,
@@ -457,8 +460,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if layout is not None:
                 meta["layout"] = layout
         # Derivable from the other files, so it need not be fsynced.
-        atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False)
+        atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False, exclusive=True)
         return summary
+
+    def _remove_leftovers(self, user_id: str) -> None:
+        """Remove the temporary files a killed writer of this user left (the caller holds the user's lock)."""
+        for kind in ("repo", "meta", "changelog"):
+            remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
 
     # --- writing -----------------------------------------------------------
 
@@ -475,6 +483,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if not plan.changed:
                 return PushResult(version=committed.version, added=0, modified=0)
             with exclusive_lock(self._path(user_id, "lock")):
+                self._remove_leftovers(user_id)
                 if file_identity(path) != committed.identity:
                     committed.close()
                     committed, plan = self._plan(user_id, stores)
@@ -486,7 +495,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
                 identity = atomic_write(
-                    path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout)
+                    path,
+                    repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout),
+                    exclusive=True,
                 )
                 if committed.total_syncs is not None:
                     total_syncs = committed.total_syncs + 1
@@ -558,15 +569,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
         try:
             with exclusive_lock(self._path(user_id, "lock")):
+                self._remove_leftovers(user_id)
                 entries = [entry for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(
                     self._path(user_id, "changelog"),
                     [chunk for entry in entries for chunk in _entry_line(entry)] or [b""],
+                    exclusive=True,
                 )
                 data = encode_stores(repository.data)
                 layout: Layout = {}
                 identity = atomic_write(
-                    self._path(user_id, "repo"), repository_chunks(repository.version, _items(data), layout)
+                    self._path(user_id, "repo"),
+                    repository_chunks(repository.version, _items(data), layout),
+                    exclusive=True,
                 )
                 last = entries[-1].get("timestamp") if entries else None
                 self._write_meta(
@@ -585,6 +600,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
+            self._remove_leftovers(user_id)
             for kind in ("repo", "changelog", "meta"):
                 try:
                     self._path(user_id, kind).unlink()

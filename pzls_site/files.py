@@ -24,6 +24,7 @@ ARCHITECTURE.md's rules live here once:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -242,6 +243,17 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
+def _open_lock_file(lock_path: Path) -> int:
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    except OSError as exc:
+        # On a read-only file system nobody writes, but readers that lock
+        # (a summary rebuilt under the lock) should still work.
+        if exc.errno != errno.EROFS:
+            raise
+        return os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock shared by every process and thread on this machine.
@@ -254,7 +266,7 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
     with _thread_locks_guard:
         tlock = _thread_locks.setdefault(key, threading.Lock())
     with tlock:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+        fd = _open_lock_file(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

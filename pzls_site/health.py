@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -18,14 +19,22 @@ def server_version() -> str:
     return pzls_site.__version__
 
 
+def _unwritable(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Data directory is full"
+    if exc.errno == errno.EROFS:
+        return "Data directory is read-only"
+    return "Data directory is not writable"
+
+
 def problem() -> str | None:
     """None when healthy, else a short description of what is wrong (details are logged)."""
     data_dir = Path(settings.PZLS_DATA_DIR)
     try:
         probe_write(data_dir)
-    except OSError:
-        logger.exception("health: data directory %s is not writable", data_dir)
-        return "Data directory is not writable"
+    except OSError as exc:
+        logger.exception("health: data directory %s cannot take a write", data_dir)
+        return _unwritable(exc)
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

@@ -15,8 +15,9 @@ that user's copies of every other tag, and ``forget`` removes all of a
 user's copies when their repository goes. Bodies under ``min_bytes`` are never
 kept (a file would cost more than it saves); gzip compresses them on the fly.
 Gzip copies are written under the user's lock (``<user>.lock``); writing any
-copy also removes the temporary files a killed writer left for that user.
-The copies are derived and disposable: the directory may be deleted at any time.
+copy also removes the temporary files a killed writer left for that user. The copies are derived
+and disposable: the directory may be deleted at any time, and a copy that
+cannot be written (a full disk) only costs the pull a compression on the fly.
 """
 
 from __future__ import annotations
@@ -104,15 +105,24 @@ class PullCache:
         path = self._path(user_id, source.tag, _GZIP)
         if path is None or not self._worth_keeping(source.size):
             return _compressed(source.tag, _gzip_chunks(source))
-        self.directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
-        with exclusive_lock(self._lock_path(user_id)):
+        with contextlib.ExitStack() as held:
+            try:
+                self.directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+                held.enter_context(exclusive_lock(self._lock_path(user_id)))
+            except OSError:
+                logger.warning("cannot keep a gzip pull body in %s", self.directory, exc_info=True)
+                return _compressed(source.tag, _gzip_chunks(source))
             kept = _open(path, source.tag)
             if kept is not None:  # another worker compressed this version
                 if source.file is not None:
                     source.file.close()
                 return kept
             chunks = _gzip_chunks(source)
-            self._replace(user_id, source.tag, path, chunks, exclusive=True)
+            try:
+                self._replace(user_id, source.tag, path, chunks, exclusive=True)
+            except OSError:
+                logger.warning("cannot keep a gzip pull body in %s", self.directory, exc_info=True)
+                return _compressed(source.tag, chunks)
         kept = _open(path, source.tag)
         if kept is None:  # a newer version's copy replaced it just now
             return _compressed(source.tag, chunks)

@@ -1,5 +1,6 @@
 """The data directory on disk, in one process: caches that cannot serve a replaced file, crash
-leftovers that never pile up, and a live writer's file that no clean-up touches.
+leftovers that never pile up, a live writer's file that no clean-up touches, and full or
+read-only disks answered with a clear error that changed nothing.
 
 Everything here runs on the files storage whatever ``PZLS_TEST_STORAGE`` says: these are
 promises of the files on disk.
@@ -8,6 +9,7 @@ promises of the files on disk.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from accounts.backends.base import TokenRecord
@@ -30,6 +33,7 @@ from sync.backends.json_file import JSONFileRepositoryStore
 from sync.merge import encode_stores
 from tests.conftest import Api, data_dir_settings
 from tests.helpers import assert_error
+from tests.tmpfs import fill, read_only, tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 U = "44444444-4444-4444-8444-444444444444"
@@ -332,3 +336,102 @@ def test_the_temporary_file_of_a_killed_writer_process_is_a_leftover(data_dir: P
     assert temporary.read_bytes() == b'{"half'
     assert remove_leftover(temporary)
     assert list(data_dir.iterdir()) == []
+
+
+# --- full and read-only disks -------------------------------------------------------------
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "disk", "4m") as mount:
+        directory = mount / "data"
+        prepare_data_dir(directory)
+        with override_settings(**data_dir_settings(directory, **FILES)):
+            yield directory
+
+
+def big_stores(prefix: str) -> dict:
+    return {"humans": {f"{prefix}{n}": {"name": "Person", "notes": "x" * 300} for n in range(1000)}}
+
+
+def test_on_a_full_disk_health_says_so_and_a_push_or_login_changes_nothing(small_disk: Path) -> None:
+    api = Api()
+    api.register("alice")
+    assert api.post("/api/sync", {"clientVersion": 0, "stores": big_stores("a")}).status_code == 200
+    pulled = api.get("/api/sync").content
+    filler = fill(small_disk.parent)
+    before = snapshot(small_disk)
+
+    health = api.get("/api/auth/health")
+    assert (health.status_code, health.json()) == (503, {"status": "unavailable", "error": "Data directory is full"})
+    for stores in (big_stores("b"), {"humans": {"a1": {"name": "Renamed"}}}):
+        response = api.post("/api/sync", {"clientVersion": 1, "stores": stores})
+        assert_error(response, 507, "Not enough disk space on the server")
+    login = api.post("/api/auth/login", {"username": "alice", "password": "secret1"})
+    assert_error(login, 507, "Not enough disk space on the server")
+    assert snapshot(small_disk) == before  # every file byte for byte, no temporary file left
+    # Reads go on: pulls (gzip is compressed on the fly), changes, status.
+    assert api.get("/api/sync").content == pulled
+    assert gzip.decompress(api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").content) == pulled
+    assert api.get("/api/sync/changes?since=0").json()["currentVersion"] == 1
+    assert api.get("/api/sync/status").json()["account"]["records"] == 1000
+
+    filler.unlink()
+    assert api.get("/api/auth/health").status_code == 200
+    response = api.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {"name": "Renamed"}}}})
+    assert response.json()["version"] == 2
+    assert api.post("/api/auth/login", {"username": "alice", "password": "secret1"}).status_code == 200
+    assert api.get("/api/sync/changes?since=0").json()["pendingChanges"] == 2
+
+
+def test_a_first_push_on_a_full_disk_leaves_no_file(small_disk: Path) -> None:
+    api = Api()
+    api.register("alice")
+    user_id = api.get("/api/auth/me").json()["user"]["id"]
+    (small_disk / f"repo_{user_id}.lock").touch()  # taking the lock needs no space; the test is about the data
+    filler = fill(small_disk.parent)
+    before = snapshot(small_disk)
+    assert_error(api.post("/api/sync", {"stores": big_stores("a")}), 507, "Not enough disk space on the server")
+    assert snapshot(small_disk) == before
+    filler.unlink()
+    assert api.post("/api/sync", {"stores": big_stores("a")}).json()["version"] == 1
+
+
+def test_on_a_read_only_disk_health_says_so_writes_are_refused_and_reads_go_on(small_disk: Path) -> None:
+    api = Api()
+    api.register("alice")
+    assert api.post("/api/sync", {"clientVersion": 0, "stores": big_stores("a")}).status_code == 200
+    pulled = api.get("/api/sync").content
+    before = snapshot(small_disk)
+    read_only(small_disk.parent)
+    try:
+        health = api.get("/api/auth/health")
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "error": "Data directory is read-only"}
+        response = api.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {}}}})
+        assert_error(response, 503, "The server's storage is read-only")
+        login = api.post("/api/auth/login", {"username": "alice", "password": "secret1"})
+        assert_error(login, 503, "The server's storage is read-only")
+        assert api.get("/api/sync").content == pulled
+        assert gzip.decompress(api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").content) == pulled
+        assert api.get("/api/sync/status").json()["account"]["version"] == 1
+    finally:
+        read_only(small_disk.parent, on=False)
+    assert snapshot(small_disk) == before
+    assert api.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {}}}}).json()["version"] == 2
+
+
+def test_an_export_to_a_full_disk_says_so_and_leaves_no_file(small_disk: Path) -> None:
+    Api().register("alice")
+    filler = fill(small_disk.parent)
+    target = small_disk.parent / "backup.jsonl"
+    with pytest.raises(CommandError, match=r"^Not enough disk space on the server$"):
+        call_command("export_data", str(target), stdout=io.StringIO())
+    assert sorted(p.name for p in small_disk.parent.iterdir()) == ["data", "filler"]
+    filler.unlink()
+    call_command("export_data", str(target), stdout=io.StringIO())
+    assert target.read_bytes().count(b"\n") == 3  # header, alice, end

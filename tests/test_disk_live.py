@@ -1,6 +1,7 @@
 """The data directory of the real server (gunicorn, several workers) after busy runs: every
 file and directory in it is the server user's alone whoever created it and whatever umask
-started the server, and a push killed mid-write leaves a file the next push removes.
+started the server, a push killed mid-write leaves a file the next push removes, and a full
+disk (SQLite's database included) is answered with a clear error that changed nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,6 +20,7 @@ import requests
 
 from tests.liveserver import LiveServer
 from tests.postgresql.throwaway import throwaway_database
+from tests.tmpfs import fill, tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -199,3 +202,55 @@ def test_database_storage_the_data_directory_is_private_too(tmp_path: Path) -> N
     assert "secret_key" in names and "db.sqlite3" not in names
     cached = [n for n in names if n.startswith("pullcache/")]
     assert [n for n in cached if n.endswith(".json")] and [n for n in cached if n.endswith(".json.gz")]
+
+
+@pytest.fixture
+def server_on_a_small_disk(tmp_path: Path) -> Iterator[LiveServer]:
+    with tmpfs(tmp_path / "disk", "48m") as mount:
+        server = LiveServer(mount / "data", workers=2, env={"PZLS_LOGIN_RATE": "1000/minute"})
+        server.log_path = tmp_path / "server.log"
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def pzls_files(data_dir: Path) -> dict[str, bytes]:
+    """Every file but SQLite's (which keeps its own transactions) and the filler, with its bytes."""
+    return {
+        str(p.relative_to(data_dir)): p.read_bytes()
+        for p in sorted(data_dir.rglob("*"))
+        if p.is_file() and not p.name.startswith("db.sqlite3")
+    }
+
+
+def test_on_a_full_disk_pushes_and_logins_fail_clearly_change_nothing_and_work_again(
+    server_on_a_small_disk: LiveServer,
+) -> None:
+    server = server_on_a_small_disk
+    client = Client(server)
+    token, _ = client.register("alice")
+    assert client.post("/api/sync", {"clientVersion": 0, "stores": big("a")}, token).status_code == 200
+    pulled = client.get("/api/sync", token).content
+    filler = fill(server.data_dir.parent)
+    before = pzls_files(server.data_dir)
+
+    health = client.get("/api/auth/health")
+    assert (health.status_code, health.json()) == (503, {"status": "unavailable", "error": "Data directory is full"})
+    for stores in (big("b"), {"humans": {"a1": {"name": "Renamed"}}}):
+        response = client.post("/api/sync", {"clientVersion": 1, "stores": stores}, token)
+        assert (response.status_code, response.json()) == (507, {"error": "Not enough disk space on the server"})
+    for _ in range(3):
+        login = client.post("/api/auth/login", {"username": "alice", "password": "secret1"})
+        assert (login.status_code, login.json()) == (507, {"error": "Not enough disk space on the server"})
+    assert pzls_files(server.data_dir) == before
+    assert client.get("/api/sync", token).content == pulled
+    packed = client.get("/api/sync", token, **{"Accept-Encoding": "gzip"})  # compressed on the fly
+    assert packed.headers["Content-Encoding"] == "gzip" and packed.content == pulled  # requests decompresses
+
+    filler.unlink()
+    assert client.get("/api/auth/health").status_code == 200
+    response = client.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {"name": "Renamed"}}}}, token)
+    assert response.status_code == 200 and response.json()["version"] == 2
+    assert client.post("/api/auth/login", {"username": "alice", "password": "secret1"}).status_code == 200

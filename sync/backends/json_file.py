@@ -29,6 +29,7 @@ not two copies of the repository.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -445,7 +446,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         identity: FileIdentity | None,
         layout: Layout | None = None,
     ) -> RepositorySummary:
-        """Write the sidecar: the counts ``status`` shows for ``identity``'s file and, given, where its pieces lie."""
+        """Write the sidecar: the counts ``status`` shows for ``identity``'s file and, given, where its pieces lie.
+
+        The sidecar is derived from the other files: it is not fsynced, and
+        when it cannot be written (a full disk) the old one stays, which names
+        another file and is ignored.
+        """
         summary = RepositorySummary(
             version=version,
             stores=stores,
@@ -459,8 +465,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             meta["file"] = list(identity)
             if layout is not None:
                 meta["layout"] = layout
-        # Derivable from the other files, so it need not be fsynced.
-        atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False, exclusive=True)
+        try:
+            atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False, exclusive=True)
+        except OSError:
+            logger.warning("cannot write the sidecar of user %s", user_id, exc_info=True)
         return summary
 
     def _remove_leftovers(self, user_id: str) -> None:
@@ -492,13 +500,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 version = committed.version
                 new_version = version + 1
                 entry = push_entry(version=new_version, timestamp=timestamp, client_version=client_version, plan=plan)
-                self._append_changelog(user_id, _entry_line(entry), committed=version)
+                appended = self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
-                identity = atomic_write(
-                    path,
-                    repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout),
-                    exclusive=True,
-                )
+                try:
+                    identity = atomic_write(
+                        path,
+                        repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout),
+                        exclusive=True,
+                    )
+                except BaseException:
+                    # Not committed (a full disk, say): the push changes nothing, its changelog line goes too.
+                    with contextlib.suppress(OSError):
+                        if file_identity(path) == committed.identity:
+                            self._cut_changelog(user_id, *appended)
+                    raise
                 if committed.total_syncs is not None:
                     total_syncs = committed.total_syncs + 1
                 else:
@@ -534,22 +549,47 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             committed.close()
             raise
 
-    def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> None:
-        """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it."""
+    def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
+        """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it.
+
+        Returns the changelog's size before the line and whether the file was
+        created, which ``_cut_changelog`` takes to undo the append; an append
+        that fails undoes itself.
+        """
         path = self._path(user_id, "changelog")
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._truncate_leftovers(fd, committed)
-            for chunk in line:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                for chunk in line:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self._cut_changelog(user_id, size, created)
+                raise
         finally:
             os.close(fd)
         if created:
             fsync_dir(path.parent)
+        return size, created
+
+    def _cut_changelog(self, user_id: str, size: int, created: bool) -> None:
+        """Take the changelog back to ``size`` bytes, or away when the push created it (under the lock)."""
+        path = self._path(user_id, "changelog")
+        if created:
+            path.unlink(missing_ok=True)
+            return
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _truncate_leftovers(fd: int, committed: int) -> None:

@@ -5,12 +5,14 @@ handler turns it, DRF's own exceptions and Django's (404, PermissionDenied,
 oversized bodies) into the protocol's ``{"error": "..."}`` body, keeps
 ``WWW-Authenticate: Bearer`` on every 401, and logs anything unexpected before
 answering ``500 {"error": "Internal server error"}``. Management commands
-turn it into their error message with ``command_errors``.
+turn it into their error message with ``command_errors``. A full or read-only
+disk under any error (``storage_refusal``) is answered as such, not as a 500.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -95,13 +97,64 @@ class StorageError(PZLSError):
     """A backend could not read or write its storage: a 500, whose details are logged, not shown."""
 
 
+class InsufficientStorage(PZLSError):
+    """The disk (or quota) that holds the data is full; the write that needed it changed nothing."""
+
+    status_code = 507
+    default_message = "Not enough disk space on the server"
+
+
+class ReadOnlyStorage(PZLSError):
+    status_code = 503
+    default_message = "The server's storage is read-only"
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# SQLite's primary result codes (extended codes keep them in the low byte).
+_SQLITE_READONLY, _SQLITE_FULL = 8, 13
+# SQLSTATE disk_full (PostgreSQL).
+_SQLSTATE_DISK_FULL = "53100"
+
+
+def storage_refusal(exc: BaseException) -> PZLSError | None:
+    """The clear error for a full or read-only disk behind ``exc`` (itself or what caused it); else None.
+
+    One place for every kind of storage: an ``OSError`` (ENOSPC, EDQUOT,
+    EROFS) from the file stores, SQLite's "database or disk is full" and
+    "attempt to write a readonly database", PostgreSQL's disk_full.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError):
+            if cause.errno in _FULL_ERRNOS:
+                return InsufficientStorage()
+            if cause.errno == errno.EROFS:
+                return ReadOnlyStorage()
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+            return InsufficientStorage()
+        if isinstance(code, int) and code & 0xFF == _SQLITE_READONLY:
+            return ReadOnlyStorage()
+        if _SQLSTATE_DISK_FULL in (getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None)):
+            return InsufficientStorage()
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return None
+
+
 @contextlib.contextmanager
 def command_errors() -> Iterator[None]:
     """In a management command: a refusal (PZLSError) is printed as its message, without a traceback."""
     try:
         yield
-    except PZLSError as exc:
-        raise CommandError(exc.message) from None
+    except Exception as exc:
+        refusal = storage_refusal(exc)
+        if refusal is not None:
+            raise CommandError(refusal.message) from exc
+        if isinstance(exc, PZLSError):
+            raise CommandError(exc.message) from None
+        raise
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -142,6 +195,10 @@ def _drf_message(exc: drf.APIException) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every error becomes ``{"error": ...}``."""
+    refusal = storage_refusal(exc)
+    if refusal is not None:
+        logger.error("%s: %s", refusal.message, exc, exc_info=exc)
+        return Response(error_body(refusal.message), status=refusal.status_code)
     if isinstance(exc, PZLSError):
         if exc.status_code >= 500:
             logger.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__ or exc)

@@ -14,7 +14,7 @@ import secrets
 
 from pzls_site import __version__ as _PZLS_VERSION
 from pzls_site import env
-from pzls_site.files import atomic_write
+from pzls_site.files import atomic_write, prepare_data_dir
 
 BASE_DIR = env.BASE_DIR
 _ENV = env.current()
@@ -23,6 +23,7 @@ _ENV = env.current()
 
 PZLS_DATA_DIR = _ENV.data_dir
 PZLS_DATA_DIR.mkdir(parents=True, exist_ok=True)
+prepare_data_dir(PZLS_DATA_DIR)  # umask 077, 0700/0600, crash leftovers removed
 
 SECRET_KEY = _ENV.secret_key
 if not SECRET_KEY:

@@ -14,7 +14,10 @@ a copy never goes stale. One clean-up rule: keeping a body for a user removes
 that user's copies of every other tag, and ``forget`` removes all of a
 user's copies when their repository goes. Bodies under ``min_bytes`` are never
 kept (a file would cost more than it saves); gzip compresses them on the fly.
-The copies are derived and disposable: the directory may be deleted at any time.
+Gzip copies are written under the user's lock (``<user>.lock``); writing any
+copy also removes the temporary files a killed writer left for that user. The copies are derived
+and disposable: the directory may be deleted at any time, and a copy that
+cannot be written (a full disk) only costs the pull a compression on the fly.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 import zlib
 from pathlib import Path
 
-from pzls_site.files import atomic_write, exclusive_lock
+from pzls_site.files import PRIVATE_DIR, atomic_write, exclusive_lock, is_temporary, remove_leftover
 from sync.backends.base import PullSource
 
 logger = logging.getLogger("pzls.sync")
@@ -92,8 +95,8 @@ class PullCache:
         if path is None or not self._worth_keeping(len(body)):
             return
         try:
-            self.directory.mkdir(exist_ok=True)
-            self._replace(user_id, tag, path, body)
+            self.directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            self._replace(user_id, tag, path, body, exclusive=False)
         except OSError:
             logger.warning("cannot keep a pull body in %s", self.directory, exc_info=True)
 
@@ -101,39 +104,63 @@ class PullCache:
         """``source`` gzip-compressed: bytes when small, else a file kept once per tag. Closes ``source``."""
         path = self._path(user_id, source.tag, _GZIP)
         if path is None or not self._worth_keeping(source.size):
-            body = b"".join(_gzip_chunks(source))
-            return PullSource(tag=source.tag, size=len(body), body=body)
-        self.directory.mkdir(exist_ok=True)
-        with exclusive_lock(self.directory / f"{user_id}.lock"):
+            return _compressed(source.tag, _gzip_chunks(source))
+        with contextlib.ExitStack() as held:
+            try:
+                self.directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+                held.enter_context(exclusive_lock(self._lock_path(user_id)))
+            except OSError:
+                logger.warning("cannot keep a gzip pull body in %s", self.directory, exc_info=True)
+                return _compressed(source.tag, _gzip_chunks(source))
             kept = _open(path, source.tag)
             if kept is not None:  # another worker compressed this version
                 if source.file is not None:
                     source.file.close()
                 return kept
             chunks = _gzip_chunks(source)
-            self._replace(user_id, source.tag, path, chunks)
+            try:
+                self._replace(user_id, source.tag, path, chunks, exclusive=True)
+            except OSError:
+                logger.warning("cannot keep a gzip pull body in %s", self.directory, exc_info=True)
+                return _compressed(source.tag, chunks)
         kept = _open(path, source.tag)
         if kept is None:  # a newer version's copy replaced it just now
-            body = b"".join(chunks)
-            return PullSource(tag=source.tag, size=len(body), body=body)
+            return _compressed(source.tag, chunks)
         return kept
 
-    def _replace(self, user_id: str, tag: str, path: Path, data: bytes | list[bytes]) -> None:
-        """Write one copy; then the user's copies of every other tag go."""
-        atomic_write(path, data, durable=False)
+    def _lock_path(self, user_id: str) -> Path:
+        return self.directory / f"{user_id}.lock"
+
+    def _replace(self, user_id: str, tag: str, path: Path, data: bytes | list[bytes], *, exclusive: bool) -> None:
+        """Write one copy (``exclusive``: under the user's lock); then the user's copies of every other tag go."""
+        atomic_write(path, data, durable=False, exclusive=exclusive)
         self._remove(user_id, keep=tag)
 
     def _remove(self, user_id: str, *, keep: str | None) -> None:
+        """Remove the user's copies of every tag but ``keep``, and the temporary files no writer holds."""
         if not _FILE_SAFE.match(user_id):
             return
-        for path in self.directory.glob(f"{user_id}.*{_PLAIN}*"):
-            if path.name[len(user_id) + 1 :].split(".", 1)[0] != keep:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(f"{user_id}.") and _PLAIN in name:
+                if name[len(user_id) + 1 :].split(".", 1)[0] != keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            elif name.startswith(f".{user_id}.") and is_temporary(name):
+                remove_leftover(Path(entry.path))
 
     def forget(self, user_id: str) -> None:
-        """Remove every copy of a user and their lock file (their repository is gone)."""
+        """Remove every copy of a user, their leftovers and their lock file (their repository is gone)."""
         self._remove(user_id, keep=None)
         if _FILE_SAFE.match(user_id):
             with contextlib.suppress(FileNotFoundError):
-                (self.directory / f"{user_id}.lock").unlink()
+                self._lock_path(user_id).unlink()
+
+
+def _compressed(tag: str, chunks: list[bytes]) -> PullSource:
+    body = b"".join(chunks)
+    return PullSource(tag=tag, size=len(body), body=body)

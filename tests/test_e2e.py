@@ -5,6 +5,7 @@ shares one server where the tests allow it."""
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -134,7 +135,9 @@ def test_crash_mid_push_loses_nothing_acknowledged(live_server_factory: LiveServ
     repo_files = list(live.data_dir.glob("repo_*.json"))
     repo_files = [p for p in repo_files if not p.name.endswith(".meta.json")]
     assert len(repo_files) == 1
-    on_disk = orjson.loads(repo_files[0].read_bytes())  # parseable
+    stamp, body = repo_files[0].read_bytes().split(b"\n", 1)  # the stamp line, then the pull body
+    assert re.fullmatch(rb'\{"stamp":"[0-9a-f]{32}"\}', stamp)
+    on_disk = orjson.loads(body)  # parseable
     for line in next(live.data_dir.glob("changelog_*.jsonl")).read_bytes().splitlines()[:-1]:
         orjson.loads(line)  # every complete line parses
 

@@ -4,6 +4,7 @@ on-disk layout, crash recovery, atomic writes, and caching by file identity."""
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,11 +36,27 @@ def changelog_lines(data_dir: Path) -> list[bytes]:
     return (data_dir / f"changelog_{U}.jsonl").read_bytes().splitlines()
 
 
-def test_repository_file_is_exactly_the_pull_body(store: JSONFileRepositoryStore, data_dir: Path) -> None:
+STAMP_LINE = re.compile(rb'\{"stamp":"[0-9a-f]{32}"\}\n')
+
+
+def repository_body(path: Path) -> bytes:
+    """The pull body in a repository file, after its stamp line (which must be there)."""
+    raw = path.read_bytes()
+    stamp = STAMP_LINE.match(raw)
+    assert stamp is not None, raw[:80]
+    return raw[stamp.end() :]
+
+
+def test_repository_file_is_a_stamp_line_then_exactly_the_pull_body(
+    store: JSONFileRepositoryStore, data_dir: Path
+) -> None:
     push(store, {"humans": {"h1": {"name": "A"}}})
-    raw = (data_dir / f"repo_{U}.json").read_bytes()
-    assert raw == b'{"version":1,"data":{"humans":{"h1":{"name":"A"}}}}'
-    assert store.pull_bytes(U) == raw
+    body = repository_body(data_dir / f"repo_{U}.json")
+    assert body == b'{"version":1,"data":{"humans":{"h1":{"name":"A"}}}}'
+    assert store.pull_bytes(U) == body
+    first = (data_dir / f"repo_{U}.json").read_bytes()[:45]
+    push(store, {"humans": {"h2": {}}})
+    assert (data_dir / f"repo_{U}.json").read_bytes()[:45] != first  # a new stamp with every write
 
 
 @pytest.mark.parametrize("sizes", [[0], [1], [PIECE], [PIECE + 1, 0, 3], [5000, 2 * PIECE]])
@@ -51,7 +68,7 @@ def test_large_repositories_are_written_piece_by_piece_to_the_same_bytes(
     }
     store.replace(U, Repository(version=1, data=stores), [])  # keeps empty stores, which a push never adds
     expected = b'{"version":1,"data":' + orjson.dumps(stores) + b"}"
-    assert (data_dir / f"repo_{U}.json").read_bytes() == expected
+    assert repository_body(data_dir / f"repo_{U}.json") == expected
     push(store, {"s0": {"new": {"a": 1}}})
     stores["s0"]["new"] = {"a": 1}
     assert store.pull_bytes(U) == b'{"version":2,"data":' + orjson.dumps(stores) + b"}"
@@ -150,6 +167,7 @@ def test_a_re_push_merges_the_same_whatever_the_sidecar_says(
     meta_path = data_dir / f"repo_{U}.meta.json"
     meta = orjson.loads(meta_path.read_bytes())
     assert meta["file"][1] == (data_dir / f"repo_{U}.json").stat().st_size
+    assert meta["file"][3].encode() in (data_dir / f"repo_{U}.json").read_bytes()[:45]  # the file's stamp
     assert [len(spans) for spans in meta["layout"].values()] == [-(-5000 // PIECE), 1]
     if sidecar == "missing":
         meta_path.unlink()

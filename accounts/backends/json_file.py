@@ -1,10 +1,13 @@
 """Token store in ``tokens.json`` in the data directory (the store's ``location`` option).
 
-The file maps each token's SHA-256 digest to its user id and times. Readers
-use a per-process copy that is valid while the file keeps its identity, so
-authenticating a request costs one ``stat``; writers hold the file's lock
+The file maps each token's SHA-256 digest to its user id and times:
+``{"stamp": "<32 hex>", "tokens": {...}}``, the stamp new with every write
+(``pzls_site.files``). Readers use a per-process copy that is valid while the
+file keeps its identity and stamp, so authenticating a request costs an open
+and a read of the file's first bytes; writers hold the file's lock
 (``tokens.lock``), re-read, change and atomically replace it. Expired tokens
-are dropped whenever the file is rewritten.
+are dropped whenever the file is rewritten. A file without a stamp (written
+by an earlier release) is read the same.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import orjson
 from accounts.backends.base import BaseTokenStore, TokenRecord
 from pzls_site.clock import iso, parse_iso, utcnow
 from pzls_site.exceptions import StorageError
-from pzls_site.files import IdentityCache, atomic_write, exclusive_lock
+from pzls_site.files import IdentityCache, atomic_write, exclusive_lock, new_stamp
 
 Tokens = dict[str, dict[str, Any]]
 
@@ -77,7 +80,9 @@ class JSONFileTokenStore(BaseTokenStore):
                 for digest in expired:
                     del tokens[digest]
                 if result is not None or expired or len(tokens) != before:
-                    identity = atomic_write(self.path, orjson.dumps({"tokens": tokens}))
+                    # The stamp first: readers find it in the file's first bytes.
+                    body = orjson.dumps({"stamp": new_stamp(), "tokens": tokens})
+                    identity = atomic_write(self.path, body, exclusive=True)
                     self._cache.put(self.path, identity, tokens)
                 return result
         except OSError as exc:

@@ -2,9 +2,12 @@
 
 Per user (``<id>`` is the user's UUID):
 
-- ``repo_<id>.json``: ``{"version": N, "data": {...}}`` compact, exactly the
-  body of a pull, so a pull sends the file itself (sendfile). Its version is
-  the commit point of a push.
+- ``repo_<id>.json``: a stamp line ``{"stamp":"<32 hex>"}`` (new with every
+  write, see ``pzls_site.files``), then ``{"version": N, "data": {...}}``
+  compact, exactly the body of a pull, so a pull sends the rest of the file
+  itself (sendfile). Its version is the commit point of a push. A file
+  without the stamp line (written by an earlier release) is read the same,
+  and the next write gives it one.
 - ``changelog_<id>.jsonl``: one entry per line, appended and fsynced before
   the repository file is replaced. Lines with a version above the repository
   file's are leftovers of a crashed push: readers skip them and the next push
@@ -12,8 +15,9 @@ Per user (``<id>`` is the user's UUID):
 - ``repo_<id>.meta.json``: counts for ``status`` (stores, records, syncs), valid
   only for the repository file whose version and size it names; rebuilt when
   stale. It also names the exact file it was written for (inode, size,
-  mtime) and where that file's pieces of 512 records lie.
-- ``repo_<id>.lock``: the lock every writer of this user holds.
+  mtime, stamp) and where that file's pieces of 512 records lie.
+- ``repo_<id>.lock``: the lock every writer of this user holds. Holding it,
+  a writer also removes the temporary files a killed writer of this user left.
 
 A push never parses records into Python objects: the repository file is
 read into record texts (``msgspec.Raw`` views of the file's bytes), a piece
@@ -25,6 +29,7 @@ not two copies of the repository.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -37,7 +42,17 @@ import msgspec
 import orjson
 
 from pzls_site.exceptions import StorageError
-from pzls_site.files import FileIdentity, atomic_write, exclusive_lock, file_identity, fsync_dir
+from pzls_site.files import (
+    FileIdentity,
+    atomic_write,
+    exclusive_lock,
+    file_identity,
+    fsync_dir,
+    identity_of,
+    new_stamp,
+    remove_leftover,
+    temporary_path,
+)
 from sync.backends.base import (
     CHANGES_PAGE,
     EMPTY_PULL,
@@ -59,6 +74,17 @@ logger = logging.getLogger("pzls.sync")
 _USER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _VERSION_PREFIX = re.compile(rb'^\{"version":(\d+)[,}]')
 _BLOCK = 1 << 20
+# The first line of a repository file: its stamp (pzls_site.files), then the pull body.
+_STAMP_LINE = len(b'{"stamp":"%s"}\n' % new_stamp().encode())
+
+
+def _stamp_line() -> bytes:
+    return b'{"stamp":"%s"}\n' % new_stamp().encode()
+
+
+def _body_offset(identity: FileIdentity) -> int:
+    """Where the pull body starts in a repository file of this identity (0 in a file without a stamp)."""
+    return _STAMP_LINE if identity[3] else 0
 
 
 class _RepoFile(msgspec.Struct):
@@ -77,9 +103,9 @@ def _line_version(line: bytes) -> int | None:
     return int(match.group(1))
 
 
-def _head_version(fd: int) -> int | None:
-    """The version at the head of an open repository file."""
-    match = _VERSION_PREFIX.match(os.pread(fd, 32, 0))
+def _head_version(fd: int, offset: int) -> int | None:
+    """The version at the head of the pull body of an open repository file, which starts at ``offset``."""
+    match = _VERSION_PREFIX.match(os.pread(fd, 32, offset))
     return None if match is None else int(match.group(1))
 
 
@@ -101,17 +127,20 @@ Layout = dict[str, list[list[int]]]
 def repository_chunks(
     version: int, stores: Iterable[tuple[str, Iterable[tuple[str, msgspec.Raw]]]], layout: Layout | None = None
 ) -> Iterator[bytes | memoryview]:
-    """The pull body ``{"version":N,"data":{...}}`` in pieces, each record's text put in as it is.
+    """A repository file in pieces: a new stamp line, then the pull body ``{"version":N,"data":{...}}``.
 
     ``stores`` gives each store's (id, text) pairs in order; they are taken
     ``_RECORDS_PER_PIECE`` at a time, so only one piece is in memory at once.
     msgspec writes ``Raw`` texts without a Python call per record; joined,
-    the pieces are exactly ``msgspec.json.encode({"version": version, "data": data})``.
-    Each piece's place in the file is recorded in ``layout``.
+    the pieces after the stamp line are exactly
+    ``msgspec.json.encode({"version": version, "data": data})``, each record's
+    text put in as it is. Each piece's place in the file is recorded in ``layout``.
     """
+    stamp = _stamp_line()
+    yield stamp
     head = b'{"version":%d,"data":{' % version
     yield head
-    offset = len(head)
+    offset = len(stamp) + len(head)
     for position, (name, items) in enumerate(stores):
         opening = (b"," if position else b"") + _repo_encoder.encode(name) + b":{"
         yield opening
@@ -175,23 +204,24 @@ class _Committed:
 
     def __init__(self, store: JSONFileRepositoryStore, user_id: str, *, use_layout: bool = True) -> None:
         self.fd: int | None = None
-        self.version, self.records, self.identity = 0, 0, None
+        self.version, self.records = 0, 0
+        self.identity: FileIdentity | None = None
         self.total_syncs: int | None = None
         self.stores: dict[str, Any] = {}
         try:
             self.fd = os.open(store._path(user_id, "repo"), os.O_RDONLY)
         except FileNotFoundError:
             return
-        st = os.fstat(self.fd)
-        self.identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self.identity = identity_of(self.fd)
+        offset = _body_offset(self.identity)
         meta = store._read_meta_doc(user_id) or {}
         layout = meta.get("layout") if use_layout and meta.get("file") == list(self.identity) else None
-        if layout is not None and _head_version(self.fd) == meta.get("version"):
+        if layout is not None and _head_version(self.fd, offset) == meta.get("version"):
             self.version, self.records = meta["version"], meta["records"]
             self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
         else:
             try:
-                doc = _repo_decoder.decode(os.pread(self.fd, st.st_size, 0))
+                doc = _repo_decoder.decode(os.pread(self.fd, self.identity[1] - offset, offset))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.close()
                 raise StorageError("repository file is not a repository") from exc
@@ -265,8 +295,14 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return PullSource(tag="empty", size=len(EMPTY_PULL), body=EMPTY_PULL)
         except OSError as exc:
             raise StorageError("cannot read repository") from exc
-        st = os.fstat(fh.fileno())
-        return PullSource(tag=_tag((st.st_ino, st.st_size, st.st_mtime_ns)), size=st.st_size, file=fh)
+        try:
+            identity = identity_of(fh.fileno())
+            offset = _body_offset(identity)
+            fh.seek(offset)
+        except OSError as exc:
+            fh.close()
+            raise StorageError("cannot read repository") from exc
+        return PullSource(tag=_tag(identity), size=identity[1] - offset, file=fh)
 
     def pull_bytes(self, user_id: str) -> bytes:
         return self.pull(user_id).read()
@@ -277,11 +313,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def load(self, user_id: str) -> Repository:
         try:
-            raw = self._path(user_id, "repo").read_bytes()
+            with open(self._path(user_id, "repo"), "rb") as fh:
+                offset = _body_offset(identity_of(fh.fileno()))
+                raw = fh.read()
         except FileNotFoundError:
             return Repository(version=0, data={})
         try:
-            doc = orjson.loads(raw)
+            doc = orjson.loads(memoryview(raw)[offset:])
             return Repository(version=int(doc["version"]), data=doc["data"])
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError("repository file is not a repository") from exc
@@ -290,27 +328,35 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         """The committed version, every record's text (not parsed) and the identity of the file read."""
         try:
             with open(self._path(user_id, "repo"), "rb") as fh:
-                st = os.fstat(fh.fileno())
+                identity = identity_of(fh.fileno())
                 raw = fh.read()
         except FileNotFoundError:
             return 0, {}, None
         try:
-            doc = _repo_decoder.decode(raw)
+            doc = _repo_decoder.decode(memoryview(raw)[_body_offset(identity) :])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError("repository file is not a repository") from exc
-        return doc.version, doc.data, (st.st_ino, st.st_size, st.st_mtime_ns)
+        return doc.version, doc.data, identity
 
     def _committed_version(self, user_id: str) -> int | None:
         """The repository file's version, read from its first bytes; None when there is none."""
+        head = self._head(user_id)
+        return None if head is None else head[1]
+
+    def _head(self, user_id: str) -> tuple[FileIdentity, int] | None:
+        """The repository file's identity and version, from one open file; None when there is none."""
         try:
-            with open(self._path(user_id, "repo"), "rb") as fh:
-                head = fh.read(32)
+            fd = os.open(self._path(user_id, "repo"), os.O_RDONLY)
         except FileNotFoundError:
             return None
-        match = _VERSION_PREFIX.match(head)
-        if match is None:
+        try:
+            identity = identity_of(fd)
+            version = _head_version(fd, _body_offset(identity))
+        finally:
+            os.close(fd)
+        if version is None:
             raise StorageError("repository file does not start with its version")
-        return int(match.group(1))
+        return identity, version
 
     def _committed_lines_newest_first(self, user_id: str, committed: int) -> Iterator[tuple[int, bytes]]:
         """(version, line) of committed changelog entries, newest first, read from the end."""
@@ -346,11 +392,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         return [orjson.loads(line) for line in reversed(lines)]
 
     def summary(self, user_id: str) -> RepositorySummary:
-        identity = file_identity(self._path(user_id, "repo"))
-        if identity is None:
+        head = self._head(user_id)
+        if head is None:
             return EMPTY_SUMMARY
-        meta = self._read_meta(user_id)
-        if meta and meta.version == self._committed_version(user_id) and meta.data_size_bytes == identity[1]:
+        identity, version = head
+        doc = self._read_meta_doc(user_id) or {}
+        try:
+            meta = RepositorySummary.from_json(doc)
+        except (KeyError, TypeError):
+            return self._rebuild_summary(user_id)
+        # A stamped file's sidecar must name that very file; one of an
+        # earlier release is trusted by version and size, as that release did.
+        names_it = doc.get("file") == list(identity) if identity[3] else True
+        if names_it and meta.version == version and meta.data_size_bytes == identity[1] - _body_offset(identity):
             return meta
         return self._rebuild_summary(user_id)
 
@@ -360,15 +414,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except (OSError, ValueError):
             return None
         return meta if isinstance(meta, dict) else None
-
-    def _read_meta(self, user_id: str) -> RepositorySummary | None:
-        meta = self._read_meta_doc(user_id)
-        if meta is None:
-            return None
-        try:
-            return RepositorySummary.from_json(meta)
-        except (KeyError, TypeError):
-            return None
 
     def _rebuild_summary(self, user_id: str) -> RepositorySummary:
         with exclusive_lock(self._path(user_id, "lock")):
@@ -401,21 +446,35 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         identity: FileIdentity | None,
         layout: Layout | None = None,
     ) -> RepositorySummary:
-        """Write the sidecar: the counts ``status`` shows and, for ``identity``'s file, where its pieces lie."""
+        """Write the sidecar: the counts ``status`` shows for ``identity``'s file and, given, where its pieces lie.
+
+        The sidecar is derived from the other files: it is not fsynced, and
+        when it cannot be written (a full disk) the old one stays, which names
+        another file and is ignored.
+        """
         summary = RepositorySummary(
             version=version,
             stores=stores,
             records=records,
-            data_size_bytes=identity[1] if identity else len(EMPTY_PULL),
+            data_size_bytes=identity[1] - _body_offset(identity) if identity else len(EMPTY_PULL),
             total_syncs=total_syncs,
             last_sync=last_sync,
         )
         meta = summary.as_json()
-        if identity is not None and layout is not None:
-            meta["file"], meta["layout"] = list(identity), layout
-        # Derivable from the other files, so it need not be fsynced.
-        atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False)
+        if identity is not None:
+            meta["file"] = list(identity)
+            if layout is not None:
+                meta["layout"] = layout
+        try:
+            atomic_write(self._path(user_id, "meta"), orjson.dumps(meta), durable=False, exclusive=True)
+        except OSError:
+            logger.warning("cannot write the sidecar of user %s", user_id, exc_info=True)
         return summary
+
+    def _remove_leftovers(self, user_id: str) -> None:
+        """Remove the temporary files a killed writer of this user left (the caller holds the user's lock)."""
+        for kind in ("repo", "meta", "changelog"):
+            remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
 
     # --- writing -----------------------------------------------------------
 
@@ -432,6 +491,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if not plan.changed:
                 return PushResult(version=committed.version, added=0, modified=0)
             with exclusive_lock(self._path(user_id, "lock")):
+                self._remove_leftovers(user_id)
                 if file_identity(path) != committed.identity:
                     committed.close()
                     committed, plan = self._plan(user_id, stores)
@@ -440,11 +500,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 version = committed.version
                 new_version = version + 1
                 entry = push_entry(version=new_version, timestamp=timestamp, client_version=client_version, plan=plan)
-                self._append_changelog(user_id, _entry_line(entry), committed=version)
+                appended = self._append_changelog(user_id, _entry_line(entry), committed=version)
                 layout: Layout = {}
-                identity = atomic_write(
-                    path, repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout)
-                )
+                try:
+                    identity = atomic_write(
+                        path,
+                        repository_chunks(new_version, apply_plan(committed.stores, stores, plan), layout),
+                        exclusive=True,
+                    )
+                except BaseException:
+                    # Not committed (a full disk, say): the push changes nothing, its changelog line goes too.
+                    with contextlib.suppress(OSError):
+                        if file_identity(path) == committed.identity:
+                            self._cut_changelog(user_id, *appended)
+                    raise
                 if committed.total_syncs is not None:
                     total_syncs = committed.total_syncs + 1
                 else:
@@ -480,22 +549,47 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             committed.close()
             raise
 
-    def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> None:
-        """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it."""
+    def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
+        """Cut off leftovers of a crashed push, append ``line`` (its chunks in order) and fsync it.
+
+        Returns the changelog's size before the line and whether the file was
+        created, which ``_cut_changelog`` takes to undo the append; an append
+        that fails undoes itself.
+        """
         path = self._path(user_id, "changelog")
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._truncate_leftovers(fd, committed)
-            for chunk in line:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                for chunk in line:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self._cut_changelog(user_id, size, created)
+                raise
         finally:
             os.close(fd)
         if created:
             fsync_dir(path.parent)
+        return size, created
+
+    def _cut_changelog(self, user_id: str, size: int, created: bool) -> None:
+        """Take the changelog back to ``size`` bytes, or away when the push created it (under the lock)."""
+        path = self._path(user_id, "changelog")
+        if created:
+            path.unlink(missing_ok=True)
+            return
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _truncate_leftovers(fd: int, committed: int) -> None:
@@ -515,15 +609,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
         try:
             with exclusive_lock(self._path(user_id, "lock")):
+                self._remove_leftovers(user_id)
                 entries = [entry for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(
                     self._path(user_id, "changelog"),
                     [chunk for entry in entries for chunk in _entry_line(entry)] or [b""],
+                    exclusive=True,
                 )
                 data = encode_stores(repository.data)
                 layout: Layout = {}
                 identity = atomic_write(
-                    self._path(user_id, "repo"), repository_chunks(repository.version, _items(data), layout)
+                    self._path(user_id, "repo"),
+                    repository_chunks(repository.version, _items(data), layout),
+                    exclusive=True,
                 )
                 last = entries[-1].get("timestamp") if entries else None
                 self._write_meta(
@@ -542,6 +640,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
+            self._remove_leftovers(user_id)
             for kind in ("repo", "changelog", "meta"):
                 try:
                     self._path(user_id, kind).unlink()
@@ -554,6 +653,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self.pull_cache.forget(user_id)
 
 
-def _tag(identity: tuple[int, int, int]) -> str:
-    # Every commit writes a new file, so its identity changes with every push.
-    return "-".join(f"{n:x}" for n in identity)
+def _tag(identity: FileIdentity) -> str:
+    # Every commit writes a new file with a new stamp, so its identity changes
+    # with every push; a file without a stamp keeps the tag it had.
+    inode, size, mtime_ns, stamp = identity
+    return "-".join([f"{inode:x}", f"{size:x}", f"{mtime_ns:x}", *([stamp] if stamp else [])])

@@ -51,6 +51,7 @@ from sync.backends.base import (
     RepositorySummary,
     entry_json,
 )
+from sync.depth import decode_members, decode_repository, parse_repository
 from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
 
 logger = logging.getLogger("pzls.sync")
@@ -58,14 +59,6 @@ logger = logging.getLogger("pzls.sync")
 _USER_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 _VERSION_PREFIX = re.compile(rb'^\{"version":(\d+)[,}]')
 _BLOCK = 1 << 20
-
-
-class _RepoFile(msgspec.Struct):
-    version: int
-    data: dict[str, dict[str, msgspec.Raw]]
-
-
-_repo_decoder = msgspec.json.Decoder(_RepoFile)
 
 
 def _line_version(line: bytes) -> int | None:
@@ -148,12 +141,9 @@ class _Pieces:
             if os.preadv(self.fd, [memoryview(text)[1:-1]], start) != end - start:
                 raise _LayoutMismatch("repository file is shorter than its layout says")
             try:
-                yield _piece_decoder.decode(text)
+                yield decode_members(text)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _LayoutMismatch("repository file does not match its layout") from exc
-
-
-_piece_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class _Committed:
@@ -184,12 +174,11 @@ class _Committed:
             self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
         else:
             try:
-                doc = _repo_decoder.decode(os.pread(self.fd, st.st_size, 0))
+                self.version, self.stores = decode_repository(os.pread(self.fd, st.st_size, 0))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.close()
                 raise StorageError("repository file is not a repository") from exc
-            self.version, self.stores = doc.version, doc.data
-            self.records = sum(len(records) for records in doc.data.values())
+            self.records = sum(len(records) for records in self.stores.values())
         if meta.get("version") == self.version and isinstance(meta.get("totalSyncs"), int):
             self.total_syncs = meta["totalSyncs"]
 
@@ -273,10 +262,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             return Repository(version=0, data={})
         try:
-            doc = orjson.loads(raw)
-            return Repository(version=int(doc["version"]), data=doc["data"])
+            version, data = parse_repository(raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError("repository file is not a repository") from exc
+        return Repository(version=version, data=data)
 
     def _records(self, user_id: str) -> tuple[int, RawStores, FileIdentity | None]:
         """The committed version, every record's text (not parsed) and the identity of the file read."""
@@ -287,10 +276,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             return 0, {}, None
         try:
-            doc = _repo_decoder.decode(raw)
+            version, data = decode_repository(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError("repository file is not a repository") from exc
-        return doc.version, doc.data, (st.st_ino, st.st_size, st.st_mtime_ns)
+        return version, data, (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _committed_version(self, user_id: str) -> int | None:
         """The repository file's version, read from its first bytes; None when there is none."""

@@ -2,7 +2,10 @@
 
 The parser enforces the body limit (PZLS_MAX_BODY_MB) while reading, so a
 chunked body without Content-Length cannot exceed it either, and turns every
-decoding failure into the protocol's ``Malformed JSON: ...`` error.
+decoding failure into the protocol's ``Malformed JSON: ...`` error (orjson
+reads at most 1024 levels of nesting). Answers are written by
+``sync.depth.dumps``: orjson's bytes, also for values nested deeper than the
+254 levels orjson itself writes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from pzls_site.exceptions import BodyTooLarge, MalformedJSON
+from sync.depth import dumps
 
 _READ_STEP = 256 * 1024
 
@@ -86,7 +90,7 @@ class ORJSONRenderer(BaseRenderer):
     ) -> bytes:
         if data is None:
             return b""
-        return orjson.dumps(data)
+        return dumps(data)
 
 
 class JSONOnlyNegotiation(BaseContentNegotiation):

@@ -41,7 +41,8 @@ from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, Conflict, NotFound
 from pzls_site.files import atomic_write
 from sync.backends import Repository, get_repository_store
-from sync.merge import InvalidStores, validate_stores
+from sync.depth import MAX_DEPTH, decode_repository, too_deep
+from sync.merge import InvalidStores, MalformedBody, check_depths, nesting_error, validate_stores
 
 FORMAT = "pzls-backup"
 FORMAT_VERSION = 1
@@ -79,11 +80,11 @@ def _repository_lines(user_id: str) -> tuple[list[bytes], int] | None:
     """One user's repository line and changelog lines, in pieces, and how many entries; None when empty."""
     store = get_repository_store()
     pulled = store.pull_bytes(user_id)
-    parsed = orjson.loads(pulled)
-    version = parsed["version"]
-    if version == 0 and not parsed["data"]:
+    # Record texts, not parsed: also for a record stored before records had a depth limit.
+    version, data = decode_repository(pulled)
+    if version == 0 and not data:
         return None
-    del parsed
+    del data
     # Read after the repository: a push in between only adds entries above
     # its version, which are left out, so repository and changelog agree.
     entries = [entry for entry in store.changelog(user_id) if int(entry["version"]) <= version]
@@ -142,6 +143,8 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], bytes]]:
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
+                if too_deep(raw, MAX_DEPTH + 4) is not None:  # a record nests 4 levels down in its line
+                    raise BadRequest(f"Line {number}: {nesting_error(raw, _STORES_PATH)}") from None
                 raise BadRequest(f"Line {number} is not JSON: {exc}") from None
             if not isinstance(obj, dict):
                 raise BadRequest(f"Line {number} is not a JSON object")
@@ -189,6 +192,10 @@ class _RawRepositoryLine(msgspec.Struct):
     repository: _RawRepository
 
 
+# Where a repository line holds its stores.
+_STORES_PATH = ("repository", "data")
+
+
 def _repository_from(obj: dict[str, Any], number: int, raw: bytes) -> Repository:
     doc = obj.get("repository")
     if not isinstance(doc, dict) or set(doc) != {"version", "data"}:
@@ -198,13 +205,17 @@ def _repository_from(obj: dict[str, Any], number: int, raw: bytes) -> Repository
         raise BadRequest(f"Line {number}: repository version must be a whole number >= 0")
     try:
         validate_stores(doc["data"])
-    except InvalidStores as exc:
+        # The records as the line holds them, text for text: a record pushed
+        # with its own spacing or number forms is restored as it was sent, so the
+        # restored server's pulls are the same bytes (orjson writes a Fragment
+        # verbatim wherever a store serialises the record).
+        try:
+            texts = msgspec.json.decode(raw, type=_RawRepositoryLine).repository.data
+        except RecursionError:  # deeper than msgspec follows, so deeper than a record may be
+            raise nesting_error(raw, _STORES_PATH) from None
+        check_depths(texts)  # a push's limit: what a server holds, every server can read and write
+    except (InvalidStores, MalformedBody) as exc:
         raise BadRequest(f"Line {number}: {exc}") from None
-    # The records as the line holds them, text for text: a record pushed
-    # with its own spacing or number forms is restored as it was sent, so the
-    # restored server's pulls are the same bytes (orjson writes a Fragment
-    # verbatim wherever a store serialises the record).
-    texts = msgspec.json.decode(raw, type=_RawRepositoryLine).repository.data
     data = {
         name: {rid: orjson.Fragment(bytes(text)) for rid, text in records.items()} for name, records in texts.items()
     }

@@ -16,6 +16,12 @@ fast paths never change what is accepted or what an error says.
 Validation is all or nothing: the first offence is reported, naming the store
 and the record id, and nothing is written. Records compare as JSON values: key
 order does not matter, ``true`` is not ``1``, and ``1`` equals ``1.0``.
+
+No JSON value a push carries may nest deeper than ``sync.depth.MAX_DEPTH``
+levels, a record counting as its own first level: a record past it is
+refused as malformed, naming it, on every way in (the batch check, the exact
+path, a changed record, imports through ``check_depths``), so nothing stored
+can take a parser or serializer past its own limit later.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 import msgspec
 import orjson
 import simdjson
+
+from sync.depth import MAX_DEPTH, dumps, simdjson_padding, too_deep
 
 STORE_NAME_MAX = 64
 RECORD_ID_MAX = 256
@@ -93,9 +101,37 @@ def validate_stores(stores: object) -> Stores:
 
 def encode_stores(stores: Stores) -> RawStores:
     """Parsed stores as a store takes them: each record as compact JSON text."""
-    return {
-        name: {rid: msgspec.Raw(orjson.dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()
-    }
+    return {name: {rid: msgspec.Raw(dumps(rec)) for rid, rec in records.items()} for name, records in stores.items()}
+
+
+def _too_deep(name: str, record_id: str) -> MalformedBody:
+    return MalformedBody(f"record {record_id!r} in store {name!r}: nesting too deep (limit {MAX_DEPTH} levels)")
+
+
+_NESTING_TOO_DEEP = f"nesting too deep (limit {MAX_DEPTH} levels)"
+
+
+def check_depths(stores: RawStores) -> None:
+    """Raise MalformedBody naming the first record nesting deeper than MAX_DEPTH (imports: a push's rule)."""
+    for name, records in stores.items():
+        for record_id, raw in records.items():
+            if too_deep(raw) is not None:
+                raise _too_deep(name, record_id)
+
+
+def nesting_error(text: bytes | bytearray, stores_path: tuple[str, ...]) -> MalformedBody:
+    """The error for a document that nests too deeply, naming the record when that is what does.
+
+    ``stores_path`` is where the stores lie in the document (``("stores",)``
+    in a push); records are the members two levels below.
+    """
+    above = len(stores_path) + 2
+    names = too_deep(text, MAX_DEPTH + above, names=above, probe=False)
+    if not names or None in names[-2:]:
+        return MalformedBody(_NESTING_TOO_DEEP)
+    if tuple(names[:-2]) == stores_path or (stores_path == ("stores",) and names[0] in _PUSH_KEYS):
+        return _too_deep(str(names[-2]), str(names[-1]))
+    return MalformedBody(_NESTING_TOO_DEEP)
 
 
 def _explain_shape(stores_raw: msgspec.Raw) -> None:
@@ -116,12 +152,15 @@ def _decode_object(raw: bytes | msgspec.Raw, what: str) -> dict[str, msgspec.Raw
 
 
 def parse_record(raw: msgspec.Raw, name: str = "", record_id: str = "") -> Any:
-    """The parsed value of a text; MalformedBody (naming the record) if it is not JSON orjson accepts.
+    """The parsed value of a pushed text; MalformedBody (naming the record) if it is not JSON orjson accepts.
 
     The scanner that split the body checks syntax only, so this is where a
-    record's strings (UTF-8) and numbers (a double must hold them) are checked.
-    With a ``record_id`` the value must also be a JSON object (InvalidStores).
+    record's strings (UTF-8), numbers (a double must hold them) and depth
+    (MAX_DEPTH levels) are checked. With a ``record_id`` the value must also
+    be a JSON object (InvalidStores).
     """
+    if too_deep(raw) is not None:
+        raise _too_deep(name, record_id) if record_id else MalformedBody(_NESTING_TOO_DEEP)
     try:
         value = orjson.loads(memoryview(raw))
     except orjson.JSONDecodeError as exc:
@@ -173,7 +212,9 @@ def decode_push(body: bytes | bytearray) -> PushBody:
     """
     try:
         shape = _push_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+    except RecursionError:  # deeper than msgspec follows, so deeper than any record may be
+        raise nesting_error(body, ("stores",)) from None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return _decode_push_exact(body)
     stores = shape.stores if shape.data is msgspec.UNSET else shape.data
     if stores is msgspec.UNSET or (shape.stores is not msgspec.UNSET and shape.data is not msgspec.UNSET):
@@ -191,7 +232,7 @@ def _decode_push_exact(body: bytes | bytearray) -> PushBody:
     except msgspec.DecodeError as exc:
         raise MalformedBody(str(exc)) from None
     except RecursionError:
-        raise MalformedBody("nesting too deep") from None
+        raise nesting_error(body, ("stores",)) from None
     except UnicodeDecodeError as exc:
         raise MalformedBody(f"invalid UTF-8: {exc.reason}") from None
     for key, value in top.items():
@@ -216,19 +257,33 @@ def _decode_push_exact(body: bytes | bytearray) -> PushBody:
     return PushBody(stores=decoded, client_version=client_version)
 
 
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
 def _canonical(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    # msgspec, not orjson: orjson writes 254 levels at most, and records nest up to MAX_DEPTH.
+    return _canonical_encoder.encode(value)
 
 
 def _strict_equal(a: Any, b: Any) -> bool:
-    """JSON equality: like Python's, except that booleans never equal numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_strict_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+    """JSON equality: like Python's, except that booleans never equal numbers (a loop, not recursion)."""
+    pairs = [(a, b)]
+    while pairs:
+        a, b = pairs.pop()
+        if isinstance(a, bool) or isinstance(b, bool):
+            if type(a) is not type(b) or a != b:
+                return False
+        elif isinstance(a, dict):
+            if not isinstance(b, dict) or a.keys() != b.keys():
+                return False
+            pairs.extend((a[k], b[k]) for k in a)
+        elif isinstance(a, list):
+            if not isinstance(b, list) or len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b, strict=True))
+        elif a != b:
+            return False
+    return True
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -241,9 +296,22 @@ def json_equal(a: Any, b: Any) -> bool:
     return _canonical(a) == _canonical(b) or _strict_equal(a, b)
 
 
-def records_equal(a: msgspec.Raw, b: msgspec.Raw, name: str = "", record_id: str = "") -> bool:
-    """Whether stored record text ``a`` and pushed text ``b`` hold the same JSON value (same text first, then parsed)."""
-    return a == b or json_equal(parse_record(a), parse_record(b, name, record_id))
+def records_equal(a: msgspec.Raw, b: msgspec.Raw, name: str = "", record_id: str = "", *, valid: bool = False) -> bool:
+    """Whether stored record text ``a`` and pushed text ``b`` hold the same JSON value (same text first, then parsed).
+
+    ``b`` is validated (MalformedBody, InvalidStores) unless ``valid`` says
+    ``_records_valid`` already vouched for it. A stored text that no longer
+    parses, such as one nesting deeper than orjson reads (written before
+    MAX_DEPTH), equals no valid record: the push replaces it.
+    """
+    if a == b:
+        return True
+    pushed = orjson.loads(memoryview(b)) if valid else parse_record(b, name, record_id)
+    try:
+        stored = orjson.loads(memoryview(a))
+    except orjson.JSONDecodeError:
+        return False
+    return json_equal(stored, pushed)
 
 
 class RecordRef(msgspec.Struct, frozen=True, gc=False):
@@ -311,10 +379,17 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
             continue
         plan.added.extend([RecordRef(name, record_id) for record_id in new_ids])
         if changed:  # in the push's order, as the exact path lists them
+            # Texts long enough to nest too deeply are checked in batches,
+            # which costs less than checking each one's depth on its own.
+            long = [records[record_id] for record_id in changed if len(records[record_id]) > _SHALLOW]
+            long_valid = _records_valid(long)
             plan.modified.extend(
                 RecordRef(name, record_id)
                 for record_id, record in records.items()
-                if record_id in changed and not records_equal(changed[record_id], record, name, record_id)
+                if record_id in changed
+                and not records_equal(
+                    changed[record_id], record, name, record_id, valid=long_valid and len(record) > _SHALLOW
+                )
             )
     return plan
 
@@ -416,9 +491,15 @@ def _ids_valid(ids: list[str]) -> bool:
 # each: enough that a call costs little per record, few enough that a batch
 # (about 64 KB of typical records) and the parser's buffers (a few times the
 # batch, kept per thread) stay small. A batch over _BATCH_MAX bytes (big
-# records) is left to the exact path and orjson.
+# records) is left to the exact path and orjson. The array sits inside
+# enough others that simdjson's own depth limit refuses any record it counts
+# deeper than MAX_DEPTH (it counts a scalar as a level, so a record exactly
+# MAX_DEPTH deep may be refused too and is then measured on the exact path).
 _BATCH_RECORDS = 128
 _BATCH_MAX = 1 << 20
+_BATCH_OPEN, _BATCH_CLOSE = simdjson_padding(MAX_DEPTH)
+# A text this long or shorter cannot hold MAX_DEPTH + 1 pairs of brackets.
+_SHALLOW = 2 * MAX_DEPTH + 1
 _OPEN_BRACE = ord("{")
 _local = threading.local()
 
@@ -433,12 +514,13 @@ def _parser() -> simdjson.Parser:
 def _records_valid(raws: list[msgspec.Raw]) -> bool:
     """Whether every text is a JSON object that orjson accepts; False when that is not shown.
 
-    simdjson validates syntax, UTF-8 and numbers (finite doubles, 64-bit
-    integers) without building Python objects. What it accepts orjson
+    simdjson validates syntax, UTF-8, numbers (finite doubles, 64-bit
+    integers) and depth without building Python objects. What it accepts orjson
     accepts (tests/test_sync_merge.py checks that property); what it refuses,
     such as integers beyond 64 bits, which orjson reads as doubles, is left
-    to the exact path. Each batch is one array text ``[r1,r2,...]``; that
-    every element is an object is read off the first byte of each.
+    to the exact path. Each batch is one array text ``[r1,r2,...]`` (padded,
+    see _BATCH_OPEN); that every element is an object is read off the first
+    byte of each.
     """
     parser = _parser()
     for start in range(0, len(raws), _BATCH_RECORDS):
@@ -446,15 +528,15 @@ def _records_valid(raws: list[msgspec.Raw]) -> bool:
         lengths = list(map(len, batch))
         if sum(lengths) > _BATCH_MAX:
             return False
-        text = b"[" + b",".join(batch) + b"]"
-        # Where each record starts in the text: after "[" and after each earlier record and its comma.
-        firsts = itemgetter(*accumulate(map((1).__add__, lengths[:-1]), initial=1))(text)
+        text = _BATCH_OPEN + b",".join(batch) + _BATCH_CLOSE
+        # Where each record starts in the text: after the opening and after each earlier record and its comma.
+        firsts = itemgetter(*accumulate(map((1).__add__, lengths[:-1]), initial=len(_BATCH_OPEN)))(text)
         if isinstance(firsts, int):  # a batch of one record
             firsts = (firsts,)
         if firsts.count(_OPEN_BRACE) != len(firsts):
             return False
         try:
             parser.parse(text)
-        except (ValueError, RuntimeError):  # RuntimeError: an integer beyond 64 bits
+        except (ValueError, RuntimeError):  # RuntimeError: too deep, or an integer beyond 64 bits
             return False
     return True

@@ -18,7 +18,7 @@ from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, MalformedJSON
 from pzls_site.json import is_blank
 from sync.backends import ChangesPage, PullSource, PushResult, Repository, RepositorySummary, get_repository_store
-from sync.merge import InvalidStores, MalformedBody, decode_push, encode_stores, validate_stores
+from sync.merge import InvalidStores, MalformedBody, check_depths, decode_push, encode_stores, validate_stores
 
 logger = logging.getLogger("pzls.sync")
 
@@ -105,14 +105,23 @@ def _legacy_changelog(path: Path) -> list[dict[str, Any]]:
 
 
 def legacy_repository_read(path: Path) -> Repository:
-    """Read and validate a legacy ``{"version": N, "data": {...}}`` file."""
+    """Read and validate a legacy ``{"version": N, "data": {...}}`` file.
+
+    Its records are held to a push's rules of depth too (MalformedBody, a
+    ValueError) and come back as their compact texts (``orjson.Fragment``).
+    """
     doc = orjson.loads(path.read_bytes())
     if not isinstance(doc, dict) or not isinstance(doc.get("data", {}), dict):
         raise ValueError(f"{path} is not a {{version, data}} repository")
     version = doc.get("version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"{path} has no valid version")
-    data = validate_stores(doc.get("data", {}))
+    texts = encode_stores(validate_stores(doc.get("data", {})))
+    del doc
+    check_depths(texts)
+    data = {
+        name: {rid: orjson.Fragment(bytes(text)) for rid, text in records.items()} for name, records in texts.items()
+    }
     return Repository(version=version, data=data)
 
 

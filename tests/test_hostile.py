@@ -98,9 +98,21 @@ DEEP_OBJECT = b'{"a":' * DEPTH + b"1" + b"}" * DEPTH
             "Malformed JSON: depth limit exceeded: line 1 column 5122 (char 5121)",
         ),
         ("/api/sync", DEEP_ARRAY, "Request body must be a JSON object"),
-        ("/api/sync", b'{"stores":' + DEEP_OBJECT + b"}", "Malformed JSON: nesting too deep"),
-        ("/api/sync", b'{"stores":{"s":{"r":' + DEEP_OBJECT + b"}}}", "Malformed JSON: nesting too deep"),
-        ("/api/sync", b'{"stores":{},"extra":' + DEEP_ARRAY + b"}", "Malformed JSON: nesting too deep"),
+        (
+            "/api/sync",
+            b'{"stores":' + DEEP_OBJECT + b"}",
+            "Malformed JSON: record 'a' in store 'a': nesting too deep (limit 512 levels)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{"s":{"r":' + DEEP_OBJECT + b"}}}",
+            "Malformed JSON: record 'r' in store 's': nesting too deep (limit 512 levels)",
+        ),
+        (
+            "/api/sync",
+            b'{"stores":{},"extra":' + DEEP_ARRAY + b"}",
+            "Malformed JSON: nesting too deep (limit 512 levels)",
+        ),
     ],
     ids=["register", "login", "change-password", "push-array", "push-stores", "push-record", "push-ignored-key"],
 )

@@ -56,6 +56,7 @@ from sync.backends.base import (
     entry_json,
     push_entry,
 )
+from sync.depth import parse_repository
 from sync.merge import RawStores, encode_stores, plan_merge
 from sync.models import ChangelogEntry, Record, Store
 from sync.models import Repository as RepositoryRow
@@ -239,8 +240,8 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         return "empty" if row is None else _tag(*row)
 
     def load(self, user_id: str) -> Repository:
-        doc = orjson.loads(self.pull_bytes(user_id))
-        return Repository(version=doc["version"], data=doc["data"])
+        version, data = parse_repository(self.pull_bytes(user_id))
+        return Repository(version=version, data=data)
 
     def changes(self, user_id: str, since: int) -> ChangesPage:
         uid = _user(user_id)

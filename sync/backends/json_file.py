@@ -66,6 +66,7 @@ from sync.backends.base import (
     entry_json,
     push_entry,
 )
+from sync.depth import decode_members, decode_repository, parse_repository
 from sync.merge import MergePlan, RawStores, apply_plan, encode_stores, plan_merge
 from sync.pullcache import PullCache
 
@@ -85,14 +86,6 @@ def _stamp_line() -> bytes:
 def _body_offset(identity: FileIdentity) -> int:
     """Where the pull body starts in a repository file of this identity (0 in a file without a stamp)."""
     return _STAMP_LINE if identity[3] else 0
-
-
-class _RepoFile(msgspec.Struct):
-    version: int
-    data: dict[str, dict[str, msgspec.Raw]]
-
-
-_repo_decoder = msgspec.json.Decoder(_RepoFile)
 
 
 def _line_version(line: bytes) -> int | None:
@@ -184,12 +177,9 @@ class _Pieces:
             if os.preadv(self.fd, [memoryview(text)[1:-1]], start) != end - start:
                 raise _LayoutMismatch("repository file is shorter than its layout says")
             try:
-                yield _piece_decoder.decode(text)
+                yield decode_members(text)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise _LayoutMismatch("repository file does not match its layout") from exc
-
-
-_piece_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class _Committed:
@@ -221,12 +211,11 @@ class _Committed:
             self.stores = {name: _Pieces(self.fd, spans) for name, spans in layout.items()}
         else:
             try:
-                doc = _repo_decoder.decode(os.pread(self.fd, self.identity[1] - offset, offset))
+                self.version, self.stores = decode_repository(os.pread(self.fd, self.identity[1] - offset, offset))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.close()
                 raise StorageError("repository file is not a repository") from exc
-            self.version, self.stores = doc.version, doc.data
-            self.records = sum(len(records) for records in doc.data.values())
+            self.records = sum(len(records) for records in self.stores.values())
         if meta.get("version") == self.version and isinstance(meta.get("totalSyncs"), int):
             self.total_syncs = meta["totalSyncs"]
 
@@ -319,10 +308,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             return Repository(version=0, data={})
         try:
-            doc = orjson.loads(memoryview(raw)[offset:])
-            return Repository(version=int(doc["version"]), data=doc["data"])
+            version, data = parse_repository(memoryview(raw)[offset:])
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError("repository file is not a repository") from exc
+        return Repository(version=version, data=data)
 
     def _records(self, user_id: str) -> tuple[int, RawStores, FileIdentity | None]:
         """The committed version, every record's text (not parsed) and the identity of the file read."""
@@ -333,10 +322,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         except FileNotFoundError:
             return 0, {}, None
         try:
-            doc = _repo_decoder.decode(memoryview(raw)[_body_offset(identity) :])
+            version, data = decode_repository(memoryview(raw)[_body_offset(identity) :])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StorageError("repository file is not a repository") from exc
-        return doc.version, doc.data, identity
+        return version, data, identity
 
     def _committed_version(self, user_id: str) -> int | None:
         """The repository file's version, read from its first bytes; None when there is none."""

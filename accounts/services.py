@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accounts import ratelimit
 from accounts.backends import TokenRecord, get_token_store
-from accounts.models import USERNAME_MAX_LENGTH, RegistrationGate, Role, User, has_control_characters, username_key
+from accounts.models import RegistrationGate, Role, User, username_fits, username_key, username_refusal
 from accounts.signals import user_created
 from pzls_site.clock import utcnow
 from pzls_site.exceptions import BadRequest, Conflict, Forbidden, NotAuthenticated, NotFound, TooManyRequests
@@ -35,16 +35,14 @@ INVALID_CREDENTIALS = "Invalid username or password"
 
 
 def validate_username(username: object) -> str:
+    """The username of a new account, or BadRequest saying why not (``accounts.models.username_refusal``)."""
     if username is None or username == "":
         raise BadRequest("Username is required")
     if not isinstance(username, str):
         raise BadRequest("Username must be a string")
-    if len(username) > USERNAME_MAX_LENGTH:
-        raise BadRequest(f"Username must be at most {USERNAME_MAX_LENGTH} characters")
-    if has_control_characters(username):
-        raise BadRequest("Username must not contain control characters")
-    if not username.strip():
-        raise BadRequest("Username is required")
+    refusal = username_refusal(username)
+    if refusal is not None:
+        raise BadRequest(refusal)
     return username
 
 
@@ -57,6 +55,10 @@ def validate_password(password: object, *, label: str = "Password") -> str:
         raise BadRequest(f"{label} must be at least {PASSWORD_MIN_LENGTH} characters")
     if len(password) > PASSWORD_MAX_LENGTH:
         raise BadRequest(f"{label} must be at most {PASSWORD_MAX_LENGTH} characters")
+    try:
+        password.encode("utf-8")  # what the hasher does; an unpaired surrogate cannot be
+    except UnicodeEncodeError:
+        raise BadRequest(f"{label} must be valid Unicode text (no unpaired surrogates)") from None
     return password
 
 
@@ -155,8 +157,8 @@ def user_login(*, username: object, password: object, client_ip: str) -> tuple[s
     """Check credentials and return (token, user). Rate limited per client address and username."""
     if not isinstance(username, str) or not username or not isinstance(password, str) or not password:
         raise BadRequest("Username and password are required")
-    if len(username) > USERNAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
-        raise NotAuthenticated(INVALID_CREDENTIALS)
+    if not username_fits(username) or len(password) > PASSWORD_MAX_LENGTH:
+        raise NotAuthenticated(INVALID_CREDENTIALS)  # no account can have these
     wait = ratelimit.hit(_client_key(username, client_ip), ratelimit.parse_rate(settings.PZLS_LOGIN_RATE))
     if wait is not None:
         raise TooManyRequests(f"Too many login attempts; try again in {wait} seconds", retry_after=wait)

@@ -667,3 +667,149 @@ def test_admin_delete_without_token_is_401(admin_api, analyst_api):
     analyst_id = str(User.objects.get(username="analyst").pk)
     assert_401(Api().delete(f"/api/admin/users/{analyst_id}"))
     assert user_count() == 2
+
+
+# --- usernames on every database -------------------------------------------------------
+#
+# This module runs on SQLite, PostgreSQL and MariaDB (scripts/test.sh): a name
+# the API accepts must be stored and found again exactly on each, and one that
+# would not fit a column is 400 before anything is written.
+
+KEY_LIMIT = "Username must be at most 255 characters after Unicode normalisation and case folding"
+INVISIBLE = "Username must not contain invisible formatting characters"
+CONTROL = "Username must not contain control characters"
+
+
+@pytest.mark.parametrize(
+    ("name", "login_as"),
+    [
+        ("ß" * 64, "ẞ" * 64),  # folds to 128 characters; the capital sharp s folds the same
+        ("ﬃ" * 64, "ﬃ" * 64),  # ligature: NFKC makes three letters of each, 192 in all
+        ("ﬃ" * 16, "FFI" * 16),
+        ("ǰ" * 64, "ǰ" * 64),  # folds to two code points
+        ("ǰ" * 32, "J\u030c" * 32),
+        ("ﷺ" * 14, "ﷺ" * 14),  # 14 x 18 = 252 characters once normalised: fits
+        ("😀" * 64, "😀" * 64),  # 4-byte UTF-8 (utf8mb4 on MariaDB)
+        ("🧑🏽" * 32, "🧑🏽" * 32),  # emoji with a skin-tone modifier, all astral
+        ("e\u0301" * 32, "é" * 32),  # combining sequences: NFKC composes them
+        ("שָׁלוֹם עולם", "שָׁלוֹם עולם"),  # right-to-left letters and points, no direction marks
+        ("Ωmega\u00a0名前", "ωMEGA 名前"),  # no-break space folds to a space
+    ],
+)
+def test_unicode_usernames_are_stored_as_typed_and_found_folded(api, name, login_as):
+    body = api.register(name, "secret1")
+    assert body["user"]["username"] == name
+    assert User.objects.get().username == name  # the database gave back every code point
+    assert api.get("/api/auth/me").json()["user"]["username"] == name
+    assert login(Api(), name, "secret1").status_code == 200
+    response = login(Api(), login_as, "secret1")
+    assert response.status_code == 200, response.content
+    assert response.json()["user"]["username"] == name
+    assert_error(Api().post("/api/auth/register", {"username": login_as, "password": "secret2"}), 409)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ﷺ" * 64, KEY_LIMIT),  # 64 characters typed, 1152 once normalised
+        ("ﷺ" * 15, KEY_LIMIT),  # 270 once normalised
+        ("ﷺ" * 14 + "a" * 4, KEY_LIMIT),  # 256: one over
+        ("a" * 255 + "ﷺ", "Username must be at most 64 characters"),
+        ("al\x00ice", CONTROL),
+        ("al\x85ice", CONTROL),  # C1 control (NEXT LINE)
+        ("al\x9bice", CONTROL),
+        ("al\u2028ice", CONTROL),  # line separator
+        ("al\u2029ice", CONTROL),  # paragraph separator
+        ("ali\u200bce", INVISIBLE),  # zero-width space
+        ("ali\u200cce", INVISIBLE),  # zero-width non-joiner
+        ("ali\u200dce", INVISIBLE),  # zero-width joiner
+        ("👨\u200d👩\u200d👧", INVISIBLE),  # an emoji family is joined by them
+        ("\u200ealice", INVISIBLE),  # left-to-right mark
+        ("alice\u200f", INVISIBLE),  # right-to-left mark
+        ("\u202eecila", INVISIBLE),  # right-to-left override
+        ("al\u00adice", INVISIBLE),  # soft hyphen
+        ("\ufeffalice", INVISIBLE),  # byte order mark
+        ("\u2060", INVISIBLE),  # word joiner only
+    ],
+)
+def test_a_username_that_would_not_fit_or_hides_characters_is_400_and_creates_nobody(api, name, message):
+    assert_error(api.post("/api/auth/register", {"username": name, "password": "secret1"}), 400, message)
+    assert user_count() == 0
+    # Nothing to find either: login answers as for any unknown name, never 500.
+    assert_error(login(Api(), name, "secret1"), 401, INVALID)
+
+
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"al\\udfffice"', b'"\\ud83d"', b'"\\ud800\\ud800"'])
+def test_a_lone_surrogate_in_json_is_400_and_creates_nobody(api, raw):
+    body = b'{"username": ' + raw + b', "password": "secret1"}'
+    response = api.client.post("/api/auth/register", body, content_type="application/json")
+    assert_error(response, 400)
+    assert user_count() == 0
+    response = api.client.post("/api/auth/login", body, content_type="application/json")
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize("name", ["\ud800", "al\udcffice", "\udfff" * 3])
+def test_a_lone_surrogate_from_the_shell_or_the_admin_site_is_refused_with_a_message(name):
+    # Command-line arguments that are not UTF-8 arrive as lone surrogates (surrogateescape).
+    from accounts.forms import UserAdminCreationForm
+    from accounts.services import user_create
+    from pzls_site.exceptions import BadRequest
+
+    with pytest.raises(BadRequest, match=r"^Username must be valid Unicode text"):
+        user_create(username=name, password="secret1")
+    form = UserAdminCreationForm(
+        data={"username": name, "role": "analyst", "password1": "x1y2z3w4", "password2": "x1y2z3w4"}
+    )
+    assert not form.is_valid()
+    assert form.errors["username"] == ["Username must be valid Unicode text (no unpaired surrogates)"]
+    with pytest.raises(BadRequest, match=r"^Password must be valid Unicode text"):
+        user_create(username="alice", password="secret" + name)
+    assert user_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Straße", "STRASSE"),
+        ("straße", "Strasse"),
+        ("ﬁle", "FILE"),
+        ("é", "e\u0301"),  # composed and decomposed
+        ("①②", "12"),  # compatibility characters
+        ("\uff2b\uff45\uff59", "key"),  # full-width letters
+        ("ΣΊΣΥΦΟΣ", "σίσυφος"),  # final sigma folds like sigma
+    ],
+)
+def test_names_equal_once_normalised_and_folded_collide(api, first, second):
+    api.register(first, "secret1")
+    assert_error(Api().post("/api/auth/register", {"username": second, "password": "other12"}), 409)
+    assert user_count() == 1
+    assert login(Api(), second, "secret1").json()["user"]["username"] == first
+
+
+def test_names_that_differ_after_folding_are_different_users_on_every_database(api):
+    # MySQL's default collations would call these equal (accents, trailing
+    # spaces, ß = ss in some); the username columns compare exactly there too.
+    names = ["alice", "älice", "alice ", " alice", "al\u0131ce", "alíce", "\uff41lice2", "alice2 "]
+    for n, name in enumerate(names):
+        assert Api().post("/api/auth/register", {"username": name, "password": f"secret{n}"}).status_code == 200, name
+    assert user_count() == len(names)
+    for n, name in enumerate(names):
+        response = login(Api(), name, f"secret{n}")
+        assert response.status_code == 200, name
+        assert response.json()["user"]["username"] == name
+
+
+def test_the_longest_names_fit_every_column(api):
+    longest = ["a" * 64, "ẞ" * 64, "ﬃ" * 64, "😀" * 64, "ﷺ" * 14 + "a" * 3]
+    for name in longest:
+        assert Api().post("/api/auth/register", {"username": name, "password": "secret1"}).status_code == 200, name
+    stored = {u.username: u.username_key for u in User.objects.all()}
+    assert set(stored) == set(longest)
+    assert stored["ﷺ" * 14 + "a" * 3] == username_key_of("ﷺ" * 14 + "a" * 3) and len(stored["ﷺ" * 14 + "a" * 3]) == 255
+
+
+def username_key_of(name: str) -> str:
+    from accounts.models import username_key
+
+    return username_key(name)

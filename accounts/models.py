@@ -14,6 +14,7 @@ import uuid
 from typing import Any, ClassVar
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.hashers import check_password, make_password
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -184,6 +185,19 @@ class User(AbstractBaseUser):
         if update_fields is not None and "username" in update_fields:
             kwargs["update_fields"] = {*update_fields, "username_key"}
         super().save(*args, **kwargs)
+
+    def check_password(self, raw_password: str | None) -> bool:
+        """Django's check, except that a hash upgraded on the way (a hasher or
+        its cost changed) is written only while the stored hash is still the
+        one checked: a password changed meanwhile is never put back."""
+        checked = self.password
+
+        def upgrade(raw: str | None) -> None:
+            upgraded = make_password(raw)
+            if type(self)._default_manager.filter(pk=self.pk, password=checked).update(password=upgraded):
+                self.password = upgraded
+
+        return check_password(raw_password, checked, upgrade)
 
     @property
     def is_admin(self) -> bool:

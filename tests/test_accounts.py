@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -813,3 +814,122 @@ def username_key_of(name: str) -> str:
     from accounts.models import username_key
 
     return username_key(name)
+
+
+# --- account changes of one user, one at a time ---------------------------------------
+#
+# A password change checks the current password, then hashes the new one
+# without holding anything; the hook below runs another account change of the
+# same user exactly there, as a request on another worker would, and the
+# change must then be decided on what is stored once it holds the user's lock.
+
+
+def digest_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def meanwhile(action):
+    """Run ``action`` once, after the password change checked the current password and before it writes."""
+    from django.contrib.auth.hashers import make_password as real_make_password
+
+    done: list[bool] = []
+
+    def hook(*args, **kwargs):
+        if not done:
+            done.append(True)
+            action()
+        return real_make_password(*args, **kwargs)
+
+    with mock.patch("accounts.services.make_password", side_effect=hook):
+        yield
+    assert done, "the hook never ran"
+
+
+def test_two_password_changes_with_the_same_current_password_one_wins(admin_api, analyst_api):
+    from accounts import services
+
+    other = login(Api(), "analyst", "analystpass").json()["token"]
+    user = User.objects.get(username="analyst")
+
+    def second_change():
+        services.user_change_password(
+            user=User.objects.get(pk=user.pk),
+            current_password="analystpass",
+            new_password="second-new",
+            keep_digest=digest_of(other),
+        )
+
+    with meanwhile(second_change):
+        loser = change_password(analyst_api, "analystpass", "first-new")
+    assert_error(loser, 403, "Current password is incorrect")
+    # The winner's token and password work; the loser left nothing of its own.
+    assert analyst_api.get("/api/auth/me", token=other).status_code == 200
+    assert_401(analyst_api.get("/api/auth/me"))  # revoked by the winner
+    assert login(Api(), "analyst", "second-new").status_code == 200
+    assert_error(login(Api(), "analyst", "first-new"), 401, INVALID)
+    assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_logout_of_its_token_is_401_and_changes_nothing(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    calling = analyst_api.token
+    assert calling is not None
+    with meanwhile(lambda: services.user_logout(user=user, digest=digest_of(calling))):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 401, "Invalid or expired token")
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_disable_is_403_and_changes_nothing(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    with meanwhile(lambda: services.user_set_access(user=User.objects.get(pk=user.pk), is_active=False)):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 403, "Account disabled")
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert_error(login(Api(), "analyst", "analystpass"), 403, "Account disabled")
+    services.user_set_access(user=user, is_active=True)
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_role_change_keeps_both(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    with meanwhile(lambda: services.user_set_access(user=User.objects.get(pk=user.pk), role="admin")):
+        assert change_password(analyst_api, "analystpass", "newsecret").status_code == 200
+    assert analyst_api.get("/api/auth/me").json()["user"]["role"] == "admin"
+    assert login(Api(), "analyst", "newsecret").status_code == 200
+    assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+
+
+def test_a_login_racing_a_password_change_does_not_sign_in_with_the_old_password(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    real = User.check_password
+    done: list[bool] = []
+
+    def check_then_change(self, raw):
+        ok = real(self, raw)
+        if ok and not done and self.pk == user.pk:
+            done.append(True)
+            services.user_set_password(user=User.objects.get(pk=user.pk), password="reset-by-admin")
+        return ok
+
+    with mock.patch.object(User, "check_password", check_then_change):
+        assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+    assert done
+    assert user_sessions_of(user) == []
+    assert login(Api(), "analyst", "reset-by-admin").status_code == 200
+
+
+def user_sessions_of(user: User) -> list:
+    from accounts import services
+
+    return services.user_sessions(user_id=str(user.pk))

@@ -154,6 +154,23 @@ def _locked_user(user_id: uuid.UUID | str) -> User | None:
         return None
 
 
+def user_require_active(*, user_id: str) -> None:
+    """Raise unless the user still exists (NotAuthenticated, as for their revoked token) and is active (Forbidden).
+
+    For writers that must not outlive a delete or a disable (a push checks
+    this under its repository lock). A plain read: it takes no lock, so a
+    writer holding another lock never waits here for an account change.
+    """
+    try:
+        active = User.objects.filter(pk=user_id).values_list("is_active", flat=True).first()
+    except ValidationError:
+        active = None
+    if active is None:
+        raise NotAuthenticated(INVALID_TOKEN)
+    if not active:
+        raise Forbidden(ACCOUNT_DISABLED)
+
+
 def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
     """Sign a user out everywhere (but the token whose digest is ``keep_digest``)."""
     with transaction.atomic():
@@ -361,9 +378,14 @@ def user_check_access_change(*, user: User, role: str, is_active: bool) -> None:
 def user_delete_with_data(*, user: User, actor: User | None = None) -> None:
     """Delete a user with their tokens, repository and changelog.
 
-    Refuses to delete the acting admin's own account and the last active
-    admin. The tokens and the repository go through the delete signals, so
-    every way of deleting a user cleans up the same.
+    The one service every way of deleting a user goes through (the admin
+    API, the admin site's delete page and bulk action). Refuses to delete
+    the acting admin's own account and the last active admin. The tokens,
+    the repository and its caches go through ``accounts.signals.user_deleted``,
+    sent at once and again once the deletion is committed: a request of the
+    user that was still under way (a push that checked its user before the
+    deletion was committed) cannot leave anything behind, since writers check
+    under their lock that the user still exists.
     """
     if actor is not None and actor.pk == user.pk:
         raise BadRequest("You cannot delete your own account")

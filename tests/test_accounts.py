@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -908,6 +911,17 @@ def test_a_password_change_racing_a_role_change_keeps_both(admin_api, analyst_ap
     assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
 
 
+def test_a_password_change_racing_the_deletion_of_its_user_is_401_and_leaves_nothing(admin_api, analyst_api, data_dir):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    admin = User.objects.get(username="admin")
+    with meanwhile(lambda: services.user_delete_with_data(user=User.objects.get(pk=user.pk), actor=admin)):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 401, "Invalid or expired token")
+    assert traces_of(str(user.pk), data_dir) == []
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
 def test_a_login_racing_a_password_change_does_not_sign_in_with_the_old_password(admin_api, analyst_api):
     from accounts import services
 
@@ -933,3 +947,197 @@ def user_sessions_of(user: User) -> list:
     from accounts import services
 
     return services.user_sessions(user_id=str(user.pk))
+
+
+# --- deleting a user while their requests are under way --------------------------------
+
+
+def traces_of(user_id: str, data_dir: Path) -> list[str]:
+    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table."""
+    from django.apps import apps
+    from django.db import models as m
+
+    forms = {user_id, user_id.replace("-", "")}
+    found = [
+        f"file {p.relative_to(data_dir)}"
+        for p in data_dir.rglob("*")
+        if any(form in p.name for form in forms)
+        or (p.is_file() and any(form.encode() in p.read_bytes() for form in forms))
+    ]
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if isinstance(field, m.UUIDField):
+                rows = model._default_manager.filter(**{field.name: uuid.UUID(user_id)})
+            elif isinstance(field, (m.CharField, m.TextField)):
+                rows = model._default_manager.none()
+                for form in forms:
+                    rows = rows | model._default_manager.filter(**{f"{field.name}__contains": form})
+            else:
+                continue
+            if rows.exists():
+                found.append(f"row of {model._meta.db_table} by {field.name}")
+    return found
+
+
+def big_stores(tag: str, records: int = 400) -> dict:
+    return {"humans": {f"{tag}-{n}": {"name": f"Person {n}", "notes": "n" * 800} for n in range(records)}}
+
+
+def is_file_store() -> bool:
+    from sync.backends import get_repository_store
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    return isinstance(get_repository_store(), JSONFileRepositoryStore)
+
+
+@contextlib.contextmanager
+def once_after(cls: type, name: str, action):
+    """Run ``action`` once, right after ``cls.name`` returns (the interleaving a test forces)."""
+    real = getattr(cls, name)
+    done: list[bool] = []
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not done:
+            done.append(True)
+            action()
+        return result
+
+    with mock.patch.object(cls, name, wrapper):
+        yield
+    assert done, f"{cls.__name__}.{name} was never called"
+
+
+def before_the_push_writes():
+    """Where a push has read its user's repository but not yet locked it for writing, per storage."""
+    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    if is_file_store():
+        return JSONFileRepositoryStore, "_plan"  # planned, before the lock
+    return DatabaseRepositoryStore, "_ensure_row"  # row made, before the transaction locks it
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("existing", [True, False], ids=["with-repository", "first-push"])
+def test_a_push_whose_user_is_deleted_before_it_writes_is_401_and_leaves_nothing(
+    admin_api, analyst_api, data_dir, existing
+):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    uid = str(user.pk)
+    if existing:
+        assert analyst_api.post("/api/sync", {"stores": big_stores("old")}).status_code == 200
+        assert analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").status_code == 200  # a cached copy too
+    admin_api.post("/api/sync", {"stores": {"tags": {"t": {"by": "admin"}}}})
+    admin_pull = admin_api.get("/api/sync").content
+
+    def delete() -> None:
+        services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+
+    cls, name = before_the_push_writes()
+    with once_after(cls, name, delete):
+        response = analyst_api.post("/api/sync", {"stores": big_stores("new")})
+    assert_error(response, 401, "Invalid or expired token")
+    assert response["WWW-Authenticate"] == "Bearer"
+    assert traces_of(uid, data_dir) == []
+    assert admin_api.get("/api/sync").content == admin_pull
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api, analyst_api, data_dir):
+    import sync.backends.database
+    import sync.backends.json_file
+
+    uid = str(User.objects.get(username="analyst").pk)
+    analyst_api.post("/api/sync", {"stores": big_stores("old")})
+    writing, results = threading.Event(), {}
+    module = sync.backends.json_file if is_file_store() else sync.backends.database
+    real_plan = module.plan_merge
+
+    def slow_plan(*args, **kwargs):  # the database store plans under its lock, the file store before it
+        plan = real_plan(*args, **kwargs)
+        writing.set()
+        time.sleep(0.5)  # the delete starts meanwhile and must wait for this push
+        return plan
+
+    def push() -> None:
+        results["push"] = Api().post("/api/sync", {"stores": big_stores("new")}, token=analyst_api.token)
+
+    def delete() -> None:
+        writing.wait(10)
+        results["delete"] = Api().delete(f"/api/admin/users/{uid}", token=admin_api.token)
+
+    if is_file_store():
+        # The file store plans before its lock: hold the lock from inside instead.
+        target, name = sync.backends.json_file.JSONFileRepositoryStore, "_append_changelog"
+        real_append = target._append_changelog
+
+        def slow_append(self, *args, **kwargs):
+            writing.set()
+            time.sleep(0.5)
+            return real_append(self, *args, **kwargs)
+
+        patch = mock.patch.object(target, name, slow_append)
+    else:
+        patch = mock.patch.object(module, "plan_merge", slow_plan)
+    with patch:
+        threads = [threading.Thread(target=push), threading.Thread(target=delete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results["push"].status_code == 200, results["push"].content  # it held the lock first
+    assert results["delete"].status_code == 200, results["delete"].content
+    assert traces_of(uid, data_dir) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_login_whose_user_is_deleted_after_the_password_check_issues_no_token(admin_api, analyst_api, data_dir):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    uid = str(user.pk)
+    analyst_api.post("/api/auth/logout")
+    real = User.check_password
+    done: list[bool] = []
+
+    def check_then_delete(self, raw):
+        ok = real(self, raw)
+        if ok and not done and str(self.pk) == uid:
+            done.append(True)
+            services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+        return ok
+
+    with mock.patch.object(User, "check_password", check_then_delete):
+        assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+    assert done
+    assert traces_of(uid, data_dir) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gzip_pull_whose_user_is_deleted_while_it_reads_keeps_no_copy(admin_api, analyst_api, data_dir):
+    from accounts import services
+    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    uid = str(User.objects.get(username="analyst").pk)
+    stores = big_stores("big", records=600)  # well over the 256 KiB a body must have to be kept
+    assert analyst_api.post("/api/sync", {"stores": stores}).status_code == 200
+
+    def delete() -> None:
+        services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+
+    # After the body is read and before its copies are written.
+    cls, name = (JSONFileRepositoryStore, "pull") if is_file_store() else (DatabaseRepositoryStore, "_read")
+    with once_after(cls, name, delete):
+        response = analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    assert response.status_code == 200  # the body as it was when the pull read it
+    assert (
+        orjson.loads(gzip.decompress(b"".join(response.streaming_content) if response.streaming else response.content))[
+            "data"
+        ]
+        == stores
+    )
+    assert traces_of(uid, data_dir) == []

@@ -11,7 +11,10 @@ must be one a serial order gives:
 - two password changes with the same current password: exactly one 200 and
   one 403, and the winner's token and new password work, nothing of the loser's;
 - a password change racing a logout, a disable, a role change or a delete of
-  the same user: each answer and what is stored afterwards agree with one order.
+  the same user: each answer and what is stored afterwards agree with one order;
+- a user deleted while big pushes (and gzip pulls) of theirs are under way:
+  every push got 200 or 401 ``Invalid or expired token``, and once the delete
+  has answered no file, token or row of the user is left, on either storage.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -333,3 +337,62 @@ def test_a_password_change_racing_the_deletion_of_its_user(site: Site) -> None:
         assert site.login(name, "new-pass").status_code == 401
         assert site.login(name, "old-pass").status_code == 401
         assert site.traces_of(user_id) == []
+
+
+# --- deleting a user while their big pushes run ------------------------------------------
+
+
+def push_until_refused(site: Site, token: str, worker: int, answers: list, acknowledged: threading.Event) -> None:
+    """Push about 1.5 MB of new records at a time (every push writes, and takes a while) until one is refused."""
+    with requests.Session() as session:
+        for n in range(200):
+            stores = {"humans": {f"w{worker}-p{n}-r{r}": {"name": f"P {r}", "notes": "x" * 1000} for r in range(1500)}}
+            response = session.post(
+                site.url + "/api/sync", data=orjson.dumps({"stores": stores}), headers=auth(token), timeout=120
+            )
+            answers.append((response.status_code, error_of(response)))  # list.append is atomic
+            if response.status_code != 200:
+                return
+            acknowledged.set()
+
+
+def pull_gzip_until_refused(site: Site, token: str, answers: list) -> None:
+    """Pull compressed (the pull cache keeps a copy of bodies this large) until refused."""
+    deadline = time.monotonic() + 240
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            response = session.get(
+                site.url + "/api/sync", headers={**auth(token), "Accept-Encoding": "gzip"}, timeout=120
+            )
+            answers.append((response.status_code, error_of(response) if response.status_code != 200 else None))
+            if response.status_code != 200:
+                return
+
+
+def test_deleting_a_user_while_big_pushes_run_leaves_nothing_of_theirs(site: Site) -> None:
+    for round_ in range(3):
+        name, user_id, token = race_setup(site, "pushy", round_)
+        answers: list[tuple[int, Any]] = []
+        pulls: list[tuple[int, Any]] = []
+        acknowledged = threading.Event()
+        threads = [
+            threading.Thread(target=push_until_refused, args=(site, token, worker, answers, acknowledged))
+            for worker in range(6)
+        ]
+        threads.append(threading.Thread(target=pull_gzip_until_refused, args=(site, token, pulls)))
+        for thread in threads:
+            thread.start()
+        assert acknowledged.wait(120), "no push went through before the delete"
+        time.sleep(0.2 * round_)  # a different moment of the pushes each round
+        with requests.Session() as session:
+            response = delete_user(site, session, user_id)()
+        assert response.status_code == 200, response.text
+        for thread in threads:
+            thread.join(300)
+        assert not any(thread.is_alive() for thread in threads)
+        refused = [answer for answer in answers if answer[0] != 200]
+        assert len(refused) == 6  # every pusher ended on its first refusal
+        assert all(answer == (401, INVALID_TOKEN) for answer in refused), refused
+        assert pulls[-1] == (401, INVALID_TOKEN) and all(status == 200 for status, _ in pulls[:-1]), pulls[-3:]
+        assert site.traces_of(user_id) == []
+        assert site.login(name, "old-pass").status_code == 401

@@ -34,7 +34,7 @@ from django.views.decorators.http import require_POST
 from accounts import services
 from accounts.authentication import request_user
 from accounts.forms import UserAdminChangeForm, UserAdminCreationForm, UserPasswordResetForm
-from accounts.models import Role, User
+from accounts.models import Role, User, username_key
 from pzls_site.exceptions import PZLSError
 
 admin.site.site_header = "PZLS administration"
@@ -68,6 +68,17 @@ class UserAdmin(DjangoUserAdmin):
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "role", "password1", "password2")}),)
     actions = ["make_admin", "make_analyst", "disable", "enable", "sign_out_everywhere", "delete_selected"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[User], search_term: str
+    ) -> tuple[QuerySet[User], bool]:
+        # Regardless of case on every database, as usernames are unique: on
+        # MySQL the username columns compare in binary (ExactCharField), so a
+        # search by the folded key, not LIKE on the name.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(username_key__contains=username_key(term)), False
 
     # --- actions ---------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class LoginView(APIView):
 class LogoutView(APIView):
     @extend_schema(summary="Revoke this token", request=None, responses={200: ok("Success"), **errors(*PROTECTED)})
     def post(self, request: Request) -> Response:
-        services.token_revoke(digest=request_token_digest(request))
+        services.user_logout(user=request_user(request), digest=request_token_digest(request))
         return Response({"success": True})
 
 

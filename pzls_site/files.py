@@ -261,20 +261,41 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
     ``fcntl.flock`` excludes other processes. Threads of one process queue on
     a plain thread lock first, so they do not each hold an open descriptor
     while waiting in the kernel.
+
+    The holder may remove the lock file as its very last step (a deleted
+    user's lock goes with their data): whoever was waiting on the removed
+    file finds, once it holds it, that the path no longer names it, and
+    locks the file that is there now (creating it) instead.
     """
     key = str(lock_path)
     with _thread_locks_guard:
         tlock = _thread_locks.setdefault(key, threading.Lock())
     with tlock:
-        fd = _open_lock_file(lock_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            fd = _open_lock_file(lock_path)
             try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _names(lock_path, fd):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is (still) the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 # --- the cache of parsed files ---------------------------------------------------------

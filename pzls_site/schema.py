@@ -14,6 +14,7 @@ page of HTML.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -26,14 +27,32 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import USERNAME_MAX_LENGTH
+from accounts.models import USERNAME_KEY_MAX_LENGTH, USERNAME_MAX_LENGTH, USERNAME_REFUSED_CATEGORIES
 from pzls_site.json import ORJSONRenderer
 from sync.merge import RECORD_ID_MAX, STORE_NAME_MAX
 
 BEARER = "bearerAuth"
 _INT64_MAX = 2**63 - 1
 _TIMESTAMP = {"type": "string", "format": "date-time", "example": "2026-05-17T10:04:05.123Z"}
-_NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
+
+
+def _username_pattern() -> str:
+    """No character of the categories a username may not hold (``accounts.models``).
+
+    Written as ``\\uXXXX`` ranges of the Basic Multilingual Plane, which an
+    ECMA regex without the ``u`` flag and Python's both read; the few such
+    characters beyond it are refused all the same (the description says so).
+    """
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x10000):
+        if 0xD800 <= cp <= 0xDFFF or unicodedata.category(chr(cp)) not in USERNAME_REFUSED_CATEGORIES:
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    refused = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+    return f"^[^{refused}]*$"
 
 
 def ref(name: str) -> dict[str, str]:
@@ -88,8 +107,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": USERNAME_MAX_LENGTH,
-                "pattern": _NO_CONTROL,
-                "description": "Unique case-insensitively, stored as typed; not only spaces.",
+                "pattern": _username_pattern(),
+                "description": (
+                    "Unique case-insensitively (after NFKC and case folding), stored as typed; not only spaces; "
+                    "no control, line or paragraph separator or invisible formatting character (Unicode "
+                    f"categories Cc, Zl, Zp, Cf); at most {USERNAME_KEY_MAX_LENGTH} characters once normalised "
+                    "and folded."
+                ),
             },
             "password": {"type": "string", "minLength": 6, "maxLength": 4096},
         }

@@ -117,6 +117,11 @@ else:
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(_SQLITE_OPTIONS)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    # MySQL/MariaDB: talk utf8mb4, so 4-byte characters (emoji) reach the
+    # server intact; the account columns are utf8mb4 themselves whatever the
+    # database's default (accounts.models.ExactCharField).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"

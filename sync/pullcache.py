@@ -12,7 +12,13 @@ Every repository store keeps its copies in one directory, ``<location>/pullcache
 A tag names one body for good (it changes with every change of the body), so
 a copy never goes stale. One clean-up rule: keeping a body for a user removes
 that user's copies of every other tag, and ``forget`` removes all of a
-user's copies when their repository goes. Bodies under ``min_bytes`` are never
+user's copies and their lock file when their repository goes. A writer,
+once its copy is in place, asks the store for the repository's current tag;
+when the body it kept is no longer current (a push, or the repository
+deleted while it was being read) it forgets the user's copies itself. Since
+``forget`` runs after the repository is gone, either it sees the copy or the
+writer sees the repository gone: a pull racing the deletion of its user
+leaves nothing behind. Bodies under ``min_bytes`` are never
 kept (a file would cost more than it saves); gzip compresses them on the fly.
 Gzip copies are written under the user's lock (``<user>.lock``); writing any
 copy also removes the temporary files a killed writer left for that user. The copies are derived
@@ -27,6 +33,7 @@ import logging
 import os
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from pzls_site.files import PRIVATE_DIR, atomic_write, exclusive_lock, is_temporary, remove_leftover
@@ -69,11 +76,22 @@ def _open(path: Path, tag: str) -> PullSource | None:
 
 
 class PullCache:
-    """The pull bodies kept in ``directory``; ``min_bytes=None`` keeps none."""
+    """The pull bodies kept in ``directory``; ``min_bytes=None`` keeps none.
 
-    def __init__(self, directory: Path, *, min_bytes: int | None = SMALL_BODY) -> None:
+    ``current_tag(user_id)`` is the store's tag of the user's repository now
+    (``pull_tag``); without it a kept body is never checked against it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        min_bytes: int | None = SMALL_BODY,
+        current_tag: Callable[[str], str] | None = None,
+    ) -> None:
         self.directory = directory
         self.min_bytes = min_bytes
+        self.current_tag = current_tag
 
     def _path(self, user_id: str, tag: str, suffix: str) -> Path | None:
         """Where a body of this user and tag is kept; None when no file may be named so or caching is off."""
@@ -132,9 +150,16 @@ class PullCache:
         return self.directory / f"{user_id}.lock"
 
     def _replace(self, user_id: str, tag: str, path: Path, data: bytes | list[bytes], *, exclusive: bool) -> None:
-        """Write one copy (``exclusive``: under the user's lock); then the user's copies of every other tag go."""
+        """Write one copy (``exclusive``: under the user's lock); then the user's copies of every other tag go.
+
+        If the body is no longer the repository's current one, every copy
+        goes instead, this one included, and the lock file with them.
+        """
         atomic_write(path, data, durable=False, exclusive=exclusive)
-        self._remove(user_id, keep=tag)
+        if self.current_tag is not None and self.current_tag(user_id) != tag:
+            self.forget(user_id)
+        else:
+            self._remove(user_id, keep=tag)
 
     def _remove(self, user_id: str, *, keep: str | None) -> None:
         """Remove the user's copies of every tag but ``keep``, and the temporary files no writer holds."""
@@ -154,7 +179,11 @@ class PullCache:
                 remove_leftover(Path(entry.path))
 
     def forget(self, user_id: str) -> None:
-        """Remove every copy of a user, their leftovers and their lock file (their repository is gone)."""
+        """Remove every copy of a user, their leftovers and their lock file (their repository is gone).
+
+        The lock only spares a second compression; one removed while held
+        is re-opened by whoever waits (see ``pzls_site.files.exclusive_lock``).
+        """
         self._remove(user_id, keep=None)
         if _FILE_SAFE.match(user_id):
             with contextlib.suppress(FileNotFoundError):

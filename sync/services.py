@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from accounts.services import user_require_active
 from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, MalformedJSON
 from pzls_site.json import is_blank
@@ -57,14 +58,22 @@ def repository_push(*, user_id: str, body: bytes | bytearray) -> PushResult:
     """Validate a push body (JSON bytes) and merge it, all or nothing.
 
     The body's shape is checked here; its records as the store merges them
-    (``sync.merge.plan_merge``), before anything is written.
+    (``sync.merge.plan_merge``), before anything is written. A push whose
+    user was deleted meanwhile is 401 ``Invalid or expired token`` (as their
+    revoked token is from then on), one whose user was disabled 403.
     """
     if is_blank(body):
         raise BadRequest("No data provided")
     try:
         push = decode_push(body)
         return get_repository_store().push(
-            user_id, push.stores, client_version=push.client_version, timestamp=iso(utcnow())
+            user_id,
+            push.stores,
+            client_version=push.client_version,
+            timestamp=iso(utcnow()),
+            # Asked under the repository lock: a user deleted (or disabled) since
+            # the request was authenticated gets 401 (403) and nothing is written.
+            allowed=lambda: user_require_active(user_id=user_id),
         )
     except MalformedBody as exc:
         raise MalformedJSON(str(exc)) from None

@@ -6,7 +6,11 @@ the concurrency tests wait for each other's locks as worker processes do).
 
 ``PZLS_TEST_STORAGE=database`` switches the whole suite to the ``database``
 storage on PostgreSQL (``PZLS_TEST_DATABASE_URL``, default the local server's
-``postgres`` database, which only serves to create the test database).
+``postgres`` database, which only serves to create the test database), or on
+MySQL/MariaDB when that URL is ``mysql://`` (e.g.
+``mysql://root@127.0.0.1:3306/test``): the test database is then created
+utf8mb4 with a case- and accent-insensitive collation, the default users
+meet, so the suite shows the account columns compare exactly all the same.
 pytest-django creates a test database with a name unique to this run and
 drops it at the end, so several runs on one server never meet.
 """
@@ -52,6 +56,9 @@ if PZLS_TEST_STORAGE == "database":
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["ENGINE"] = "tests.postgresql"
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+        DATABASES["default"]["OPTIONS"] = {**DATABASES["default"].get("OPTIONS", {}), "charset": "utf8mb4"}
+        DATABASES["default"]["TEST"].update(CHARSET="utf8mb4", COLLATION="utf8mb4_unicode_ci")
     PZLS_TOKEN_STORE, PZLS_SYNC_STORE = store_settings("database", PZLS_DATA_DIR)  # noqa: F405
 elif PZLS_TEST_STORAGE != "files":
     raise ImproperlyConfigured(f"PZLS_TEST_STORAGE must be files or database, not {PZLS_TEST_STORAGE!r}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -811,3 +814,473 @@ def test_admin_delete_without_token_is_401(admin_api, analyst_api):
     analyst_id = str(User.objects.get(username="analyst").pk)
     assert_401(Api().delete(f"/api/admin/users/{analyst_id}"))
     assert user_count() == 2
+
+
+# --- usernames on every database -------------------------------------------------------
+#
+# This module runs on SQLite, PostgreSQL and MariaDB (scripts/test.sh): a name
+# the API accepts must be stored and found again exactly on each, and one that
+# would not fit a column is 400 before anything is written.
+
+KEY_LIMIT = "Username must be at most 255 characters after Unicode normalisation and case folding"
+INVISIBLE = "Username must not contain invisible formatting characters"
+CONTROL = "Username must not contain control characters"
+
+
+@pytest.mark.parametrize(
+    ("name", "login_as"),
+    [
+        ("ß" * 64, "ẞ" * 64),  # folds to 128 characters; the capital sharp s folds the same
+        ("ﬃ" * 64, "ﬃ" * 64),  # ligature: NFKC makes three letters of each, 192 in all
+        ("ﬃ" * 16, "FFI" * 16),
+        ("ǰ" * 64, "ǰ" * 64),  # folds to two code points
+        ("ǰ" * 32, "J\u030c" * 32),
+        ("ﷺ" * 14, "ﷺ" * 14),  # 14 x 18 = 252 characters once normalised: fits
+        ("😀" * 64, "😀" * 64),  # 4-byte UTF-8 (utf8mb4 on MariaDB)
+        ("🧑🏽" * 32, "🧑🏽" * 32),  # emoji with a skin-tone modifier, all astral
+        ("e\u0301" * 32, "é" * 32),  # combining sequences: NFKC composes them
+        ("שָׁלוֹם עולם", "שָׁלוֹם עולם"),  # right-to-left letters and points, no direction marks
+        ("Ωmega\u00a0名前", "ωMEGA 名前"),  # no-break space folds to a space
+    ],
+)
+def test_unicode_usernames_are_stored_as_typed_and_found_folded(api, name, login_as):
+    body = api.register(name, "secret1")
+    assert body["user"]["username"] == name
+    assert User.objects.get().username == name  # the database gave back every code point
+    assert api.get("/api/auth/me").json()["user"]["username"] == name
+    assert login(Api(), name, "secret1").status_code == 200
+    response = login(Api(), login_as, "secret1")
+    assert response.status_code == 200, response.content
+    assert response.json()["user"]["username"] == name
+    assert_error(Api().post("/api/auth/register", {"username": login_as, "password": "secret2"}), 409)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ﷺ" * 64, KEY_LIMIT),  # 64 characters typed, 1152 once normalised
+        ("ﷺ" * 15, KEY_LIMIT),  # 270 once normalised
+        ("ﷺ" * 14 + "a" * 4, KEY_LIMIT),  # 256: one over
+        ("a" * 255 + "ﷺ", "Username must be at most 64 characters"),
+        ("al\x00ice", CONTROL),
+        ("al\x85ice", CONTROL),  # C1 control (NEXT LINE)
+        ("al\x9bice", CONTROL),
+        ("al\u2028ice", CONTROL),  # line separator
+        ("al\u2029ice", CONTROL),  # paragraph separator
+        ("ali\u200bce", INVISIBLE),  # zero-width space
+        ("ali\u200cce", INVISIBLE),  # zero-width non-joiner
+        ("ali\u200dce", INVISIBLE),  # zero-width joiner
+        ("👨\u200d👩\u200d👧", INVISIBLE),  # an emoji family is joined by them
+        ("\u200ealice", INVISIBLE),  # left-to-right mark
+        ("alice\u200f", INVISIBLE),  # right-to-left mark
+        ("\u202eecila", INVISIBLE),  # right-to-left override
+        ("al\u00adice", INVISIBLE),  # soft hyphen
+        ("\ufeffalice", INVISIBLE),  # byte order mark
+        ("\u2060", INVISIBLE),  # word joiner only
+    ],
+)
+def test_a_username_that_would_not_fit_or_hides_characters_is_400_and_creates_nobody(api, name, message):
+    assert_error(api.post("/api/auth/register", {"username": name, "password": "secret1"}), 400, message)
+    assert user_count() == 0
+    # Nothing to find either: login answers as for any unknown name, never 500.
+    assert_error(login(Api(), name, "secret1"), 401, INVALID)
+
+
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"al\\udfffice"', b'"\\ud83d"', b'"\\ud800\\ud800"'])
+def test_a_lone_surrogate_in_json_is_400_and_creates_nobody(api, raw):
+    body = b'{"username": ' + raw + b', "password": "secret1"}'
+    response = api.client.post("/api/auth/register", body, content_type="application/json")
+    assert_error(response, 400)
+    assert user_count() == 0
+    response = api.client.post("/api/auth/login", body, content_type="application/json")
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize("name", ["\ud800", "al\udcffice", "\udfff" * 3])
+def test_a_lone_surrogate_from_the_shell_or_the_admin_site_is_refused_with_a_message(name):
+    # Command-line arguments that are not UTF-8 arrive as lone surrogates (surrogateescape).
+    from accounts.forms import UserAdminCreationForm
+    from accounts.services import user_create
+    from pzls_site.exceptions import BadRequest
+
+    with pytest.raises(BadRequest, match=r"^Username must be valid Unicode text"):
+        user_create(username=name, password="secret1")
+    form = UserAdminCreationForm(
+        data={"username": name, "role": "analyst", "password1": "x1y2z3w4", "password2": "x1y2z3w4"}
+    )
+    assert not form.is_valid()
+    assert form.errors["username"] == ["Username must be valid Unicode text (no unpaired surrogates)"]
+    with pytest.raises(BadRequest, match=r"^Password must be valid Unicode text"):
+        user_create(username="alice", password="secret" + name)
+    assert user_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Straße", "STRASSE"),
+        ("straße", "Strasse"),
+        ("ﬁle", "FILE"),
+        ("é", "e\u0301"),  # composed and decomposed
+        ("①②", "12"),  # compatibility characters
+        ("\uff2b\uff45\uff59", "key"),  # full-width letters
+        ("ΣΊΣΥΦΟΣ", "σίσυφος"),  # final sigma folds like sigma
+    ],
+)
+def test_names_equal_once_normalised_and_folded_collide(api, first, second):
+    api.register(first, "secret1")
+    assert_error(Api().post("/api/auth/register", {"username": second, "password": "other12"}), 409)
+    assert user_count() == 1
+    assert login(Api(), second, "secret1").json()["user"]["username"] == first
+
+
+def test_names_that_differ_after_folding_are_different_users_on_every_database(api):
+    # MySQL's default collations would call these equal (accents, trailing
+    # spaces, ß = ss in some); the username columns compare exactly there too.
+    names = ["alice", "älice", "alice ", " alice", "al\u0131ce", "alíce", "\uff41lice2", "alice2 "]
+    for n, name in enumerate(names):
+        assert Api().post("/api/auth/register", {"username": name, "password": f"secret{n}"}).status_code == 200, name
+    assert user_count() == len(names)
+    for n, name in enumerate(names):
+        response = login(Api(), name, f"secret{n}")
+        assert response.status_code == 200, name
+        assert response.json()["user"]["username"] == name
+
+
+def test_the_longest_names_fit_every_column(api):
+    longest = ["a" * 64, "ẞ" * 64, "ﬃ" * 64, "😀" * 64, "ﷺ" * 14 + "a" * 3]
+    for name in longest:
+        assert Api().post("/api/auth/register", {"username": name, "password": "secret1"}).status_code == 200, name
+    stored = {u.username: u.username_key for u in User.objects.all()}
+    assert set(stored) == set(longest)
+    assert stored["ﷺ" * 14 + "a" * 3] == username_key_of("ﷺ" * 14 + "a" * 3) and len(stored["ﷺ" * 14 + "a" * 3]) == 255
+
+
+def username_key_of(name: str) -> str:
+    from accounts.models import username_key
+
+    return username_key(name)
+
+
+# --- account changes of one user, one at a time ---------------------------------------
+#
+# A password change checks the current password, then hashes the new one
+# without holding anything; the hook below runs another account change of the
+# same user exactly there, as a request on another worker would, and the
+# change must then be decided on what is stored once it holds the user's lock.
+
+
+def digest_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def meanwhile(action):
+    """Run ``action`` once, after the password change checked the current password and before it writes."""
+    from django.contrib.auth.hashers import make_password as real_make_password
+
+    done: list[bool] = []
+
+    def hook(*args, **kwargs):
+        if not done:
+            done.append(True)
+            action()
+        return real_make_password(*args, **kwargs)
+
+    with mock.patch("accounts.services.make_password", side_effect=hook):
+        yield
+    assert done, "the hook never ran"
+
+
+def test_two_password_changes_with_the_same_current_password_one_wins(admin_api, analyst_api):
+    from accounts import services
+
+    other = login(Api(), "analyst", "analystpass").json()["token"]
+    user = User.objects.get(username="analyst")
+
+    def second_change():
+        services.user_change_password(
+            user=User.objects.get(pk=user.pk),
+            current_password="analystpass",
+            new_password="second-new",
+            keep_digest=digest_of(other),
+        )
+
+    with meanwhile(second_change):
+        loser = change_password(analyst_api, "analystpass", "first-new")
+    assert_error(loser, 403, "Current password is incorrect")
+    # The winner's token and password work; the loser left nothing of its own.
+    assert analyst_api.get("/api/auth/me", token=other).status_code == 200
+    assert_401(analyst_api.get("/api/auth/me"))  # revoked by the winner
+    assert login(Api(), "analyst", "second-new").status_code == 200
+    assert_error(login(Api(), "analyst", "first-new"), 401, INVALID)
+    assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_logout_of_its_token_is_401_and_changes_nothing(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    calling = analyst_api.token
+    assert calling is not None
+    with meanwhile(lambda: services.user_logout(user=user, digest=digest_of(calling))):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 401, "Invalid or expired token")
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_disable_is_403_and_changes_nothing(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    with meanwhile(lambda: services.user_set_access(user=User.objects.get(pk=user.pk), is_active=False)):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 403, "Account disabled")
+    assert_401(analyst_api.get("/api/auth/me"))
+    assert_error(login(Api(), "analyst", "analystpass"), 403, "Account disabled")
+    services.user_set_access(user=user, is_active=True)
+    assert login(Api(), "analyst", "analystpass").status_code == 200
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
+def test_a_password_change_racing_a_role_change_keeps_both(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    with meanwhile(lambda: services.user_set_access(user=User.objects.get(pk=user.pk), role="admin")):
+        assert change_password(analyst_api, "analystpass", "newsecret").status_code == 200
+    assert analyst_api.get("/api/auth/me").json()["user"]["role"] == "admin"
+    assert login(Api(), "analyst", "newsecret").status_code == 200
+    assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+
+
+def test_a_password_change_racing_the_deletion_of_its_user_is_401_and_leaves_nothing(admin_api, analyst_api, data_dir):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    admin = User.objects.get(username="admin")
+    with meanwhile(lambda: services.user_delete_with_data(user=User.objects.get(pk=user.pk), actor=admin)):
+        assert_error(change_password(analyst_api, "analystpass", "newsecret"), 401, "Invalid or expired token")
+    assert traces_of(str(user.pk), data_dir) == []
+    assert_error(login(Api(), "analyst", "newsecret"), 401, INVALID)
+
+
+def test_a_login_racing_a_password_change_does_not_sign_in_with_the_old_password(admin_api, analyst_api):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    real = User.check_password
+    done: list[bool] = []
+
+    def check_then_change(self, raw):
+        ok = real(self, raw)
+        if ok and not done and self.pk == user.pk:
+            done.append(True)
+            services.user_set_password(user=User.objects.get(pk=user.pk), password="reset-by-admin")
+        return ok
+
+    with mock.patch.object(User, "check_password", check_then_change):
+        assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+    assert done
+    assert user_sessions_of(user) == []
+    assert login(Api(), "analyst", "reset-by-admin").status_code == 200
+
+
+def user_sessions_of(user: User) -> list:
+    from accounts import services
+
+    return services.user_sessions(user_id=str(user.pk))
+
+
+# --- deleting a user while their requests are under way --------------------------------
+
+
+def traces_of(user_id: str, data_dir: Path) -> list[str]:
+    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table."""
+    from django.apps import apps
+    from django.db import models as m
+
+    forms = {user_id, user_id.replace("-", "")}
+    found = [
+        f"file {p.relative_to(data_dir)}"
+        for p in data_dir.rglob("*")
+        if any(form in p.name for form in forms)
+        or (p.is_file() and any(form.encode() in p.read_bytes() for form in forms))
+    ]
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if isinstance(field, m.UUIDField):
+                rows = model._default_manager.filter(**{field.name: uuid.UUID(user_id)})
+            elif isinstance(field, (m.CharField, m.TextField)):
+                rows = model._default_manager.none()
+                for form in forms:
+                    rows = rows | model._default_manager.filter(**{f"{field.name}__contains": form})
+            else:
+                continue
+            if rows.exists():
+                found.append(f"row of {model._meta.db_table} by {field.name}")
+    return found
+
+
+def big_stores(tag: str, records: int = 400) -> dict:
+    return {"humans": {f"{tag}-{n}": {"name": f"Person {n}", "notes": "n" * 800} for n in range(records)}}
+
+
+def is_file_store() -> bool:
+    from sync.backends import get_repository_store
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    return isinstance(get_repository_store(), JSONFileRepositoryStore)
+
+
+@contextlib.contextmanager
+def once_after(cls: type, name: str, action):
+    """Run ``action`` once, right after ``cls.name`` returns (the interleaving a test forces)."""
+    real = getattr(cls, name)
+    done: list[bool] = []
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not done:
+            done.append(True)
+            action()
+        return result
+
+    with mock.patch.object(cls, name, wrapper):
+        yield
+    assert done, f"{cls.__name__}.{name} was never called"
+
+
+def before_the_push_writes():
+    """Where a push has read its user's repository but not yet locked it for writing, per storage."""
+    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    if is_file_store():
+        return JSONFileRepositoryStore, "_plan"  # planned, before the lock
+    return DatabaseRepositoryStore, "_ensure_row"  # row made, before the transaction locks it
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("existing", [True, False], ids=["with-repository", "first-push"])
+def test_a_push_whose_user_is_deleted_before_it_writes_is_401_and_leaves_nothing(
+    admin_api, analyst_api, data_dir, existing
+):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    uid = str(user.pk)
+    if existing:
+        assert analyst_api.post("/api/sync", {"stores": big_stores("old")}).status_code == 200
+        assert analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").status_code == 200  # a cached copy too
+    admin_api.post("/api/sync", {"stores": {"tags": {"t": {"by": "admin"}}}})
+    admin_pull = admin_api.get("/api/sync").content
+
+    def delete() -> None:
+        services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+
+    cls, name = before_the_push_writes()
+    with once_after(cls, name, delete):
+        response = analyst_api.post("/api/sync", {"stores": big_stores("new")})
+    assert_error(response, 401, "Invalid or expired token")
+    assert response["WWW-Authenticate"] == "Bearer"
+    assert traces_of(uid, data_dir) == []
+    assert admin_api.get("/api/sync").content == admin_pull
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api, analyst_api, data_dir):
+    import sync.backends.database
+    import sync.backends.json_file
+
+    uid = str(User.objects.get(username="analyst").pk)
+    analyst_api.post("/api/sync", {"stores": big_stores("old")})
+    writing, results = threading.Event(), {}
+    module = sync.backends.json_file if is_file_store() else sync.backends.database
+    real_plan = module.plan_merge
+
+    def slow_plan(*args, **kwargs):  # the database store plans under its lock, the file store before it
+        plan = real_plan(*args, **kwargs)
+        writing.set()
+        time.sleep(0.5)  # the delete starts meanwhile and must wait for this push
+        return plan
+
+    def push() -> None:
+        results["push"] = Api().post("/api/sync", {"stores": big_stores("new")}, token=analyst_api.token)
+
+    def delete() -> None:
+        writing.wait(10)
+        results["delete"] = Api().delete(f"/api/admin/users/{uid}", token=admin_api.token)
+
+    if is_file_store():
+        # The file store plans before its lock: hold the lock from inside instead.
+        target, name = sync.backends.json_file.JSONFileRepositoryStore, "_append_changelog"
+        real_append = target._append_changelog
+
+        def slow_append(self, *args, **kwargs):
+            writing.set()
+            time.sleep(0.5)
+            return real_append(self, *args, **kwargs)
+
+        patch = mock.patch.object(target, name, slow_append)
+    else:
+        patch = mock.patch.object(module, "plan_merge", slow_plan)
+    with patch:
+        threads = [threading.Thread(target=push), threading.Thread(target=delete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results["push"].status_code == 200, results["push"].content  # it held the lock first
+    assert results["delete"].status_code == 200, results["delete"].content
+    assert traces_of(uid, data_dir) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_login_whose_user_is_deleted_after_the_password_check_issues_no_token(admin_api, analyst_api, data_dir):
+    from accounts import services
+
+    user = User.objects.get(username="analyst")
+    uid = str(user.pk)
+    analyst_api.post("/api/auth/logout")
+    real = User.check_password
+    done: list[bool] = []
+
+    def check_then_delete(self, raw):
+        ok = real(self, raw)
+        if ok and not done and str(self.pk) == uid:
+            done.append(True)
+            services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+        return ok
+
+    with mock.patch.object(User, "check_password", check_then_delete):
+        assert_error(login(Api(), "analyst", "analystpass"), 401, INVALID)
+    assert done
+    assert traces_of(uid, data_dir) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gzip_pull_whose_user_is_deleted_while_it_reads_keeps_no_copy(admin_api, analyst_api, data_dir):
+    from accounts import services
+    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.json_file import JSONFileRepositoryStore
+
+    uid = str(User.objects.get(username="analyst").pk)
+    stores = big_stores("big", records=600)  # well over the 256 KiB a body must have to be kept
+    assert analyst_api.post("/api/sync", {"stores": stores}).status_code == 200
+
+    def delete() -> None:
+        services.user_delete_with_data(user=User.objects.get(pk=uid), actor=User.objects.get(username="admin"))
+
+    # After the body is read and before its copies are written.
+    cls, name = (JSONFileRepositoryStore, "pull") if is_file_store() else (DatabaseRepositoryStore, "_read")
+    with once_after(cls, name, delete):
+        response = analyst_api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
+    assert response.status_code == 200  # the body as it was when the pull read it
+    assert (
+        orjson.loads(gzip.decompress(b"".join(response.streaming_content) if response.streaming else response.content))[
+            "data"
+        ]
+        == stores
+    )
+    assert traces_of(uid, data_dir) == []

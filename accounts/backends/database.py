@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import QuerySet
 
 from accounts.backends.base import BaseTokenStore, TokenRecord
@@ -19,6 +19,8 @@ from accounts.models import Token
 from pzls_site.backends import database_errors
 
 _FIELDS = ("digest", "user_id", "created", "last_used", "expires")
+# Expired rows purged per token issued (``purge_tokens`` takes any number).
+_PURGE_BATCH = 1000
 
 
 def _record(row: tuple) -> TokenRecord:
@@ -41,9 +43,17 @@ class DatabaseTokenStore(BaseTokenStore):
         return Token.objects.using(self.using)
 
     def add(self, record: TokenRecord) -> None:
-        with database_errors("write tokens"):
+        with database_errors("write tokens"), transaction.atomic(using=self.using):
             # Measured on the issuing clock, the service's, like every other time here.
-            self._tokens().filter(expires__lte=record.created).delete()
+            expired = self._tokens().filter(expires__lte=record.created)
+            if connections[self.using].features.has_select_for_update_skip_locked:
+                # A token is issued inside its user's account transaction: rows
+                # another one is revoking right now are left to the next purge,
+                # so two transactions never wait on each other's rows.
+                locked = expired.select_for_update(skip_locked=True).values_list("pk", flat=True)
+                doomed = list(locked[:_PURGE_BATCH])
+                expired = self._tokens().filter(pk__in=doomed)
+            expired.delete()
             self._tokens().create(
                 digest=record.digest,
                 user_id=record.user_id,

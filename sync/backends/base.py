@@ -10,7 +10,7 @@ and ``sync.merge``; a store receives validated data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -159,11 +159,26 @@ class BaseRepositoryStore:
         """The parsed repository (version 0 and no stores when the user has none)."""
         raise NotImplementedError
 
-    def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
+    def push(
+        self,
+        user_id: str,
+        stores: RawStores,
+        *,
+        client_version: int | None,
+        timestamp: str,
+        allowed: Callable[[], None] | None = None,
+    ) -> PushResult:
         """Merge validated ``stores`` (records as JSON text, see ``sync.merge``) by its rules.
 
         If anything changed, raise the version by one and log it. Returns the
         (possibly unchanged) version and the counts. Durable on return.
+
+        ``allowed``, when given, is called while the store holds the user's
+        lock (the one ``delete`` takes), before anything is written: whatever
+        it raises comes out of ``push``, and then nothing of the push is
+        written and no file or row of the user is left that was not there
+        before. The service passes a check that the user still exists and
+        is active, so a push never outlives the deletion of its user.
         """
         raise NotImplementedError
 
@@ -180,7 +195,10 @@ class BaseRepositoryStore:
         raise NotImplementedError
 
     def delete(self, user_id: str) -> None:
-        """Remove the user's repository and changelog entirely."""
+        """Remove the user's repository, changelog and every file or row kept for them (caches, locks), entirely.
+
+        Waits for a push of the user that holds the lock; idempotent.
+        """
         raise NotImplementedError
 
     def changelog(self, user_id: str) -> list[dict[str, Any]]:

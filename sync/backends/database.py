@@ -31,7 +31,7 @@ import io
 import logging
 import operator
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -144,6 +144,14 @@ class _Changed(Exception):
     """A push landed while a pull was being read."""
 
 
+class _Refused(Exception):
+    """A push's ``allowed`` refused it under the lock (``reason`` is what it raised)."""
+
+    def __init__(self, reason: Exception) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
 class DatabaseRepositoryStore(BaseRepositoryStore):
     """Repositories as rows of the database ``DATABASE_URL`` names.
 
@@ -156,7 +164,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         self, *, location: str | Path, using: str = DEFAULT_DB_ALIAS, cache_min_bytes: int | None = SMALL_BODY
     ) -> None:
         self.using = using
-        self.pull_cache = PullCache(Path(location) / "pullcache", min_bytes=cache_min_bytes)
+        self.pull_cache = PullCache(Path(location) / "pullcache", min_bytes=cache_min_bytes, current_tag=self.pull_tag)
 
     @property
     def _connection(self) -> Any:
@@ -307,12 +315,30 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         if not rows.filter(user_id=uid).exists():
             rows.bulk_create([RepositoryRow(user_id=uid, generation=secrets.randbits(62))], ignore_conflicts=True)
 
-    def _locked(self, uid: str) -> RepositoryRow:
-        """The user's repository row (see ``_ensure_row``), locked until the transaction ends."""
+    def _locked(self, uid: str, allowed: Callable[[], None] | None = None) -> RepositoryRow:
+        """The user's repository row (see ``_ensure_row``), locked until the transaction ends.
+
+        ``allowed`` is asked once the lock is held (whatever it raises comes
+        out wrapped in ``_Refused``), so it answers for the moment of the
+        write: ``delete`` takes the same lock.
+        """
         repo = RepositoryRow.objects.using(self.using).select_for_update().filter(user_id=uid).first()
+        if allowed is not None:
+            try:
+                allowed()
+            except Exception as exc:
+                raise _Refused(exc) from exc
         if repo is None:  # deleted between _ensure_row and here: the user is going away
             raise StorageError("repository deleted during a write")
         return repo
+
+    def _drop_if_unused(self, uid: str) -> None:
+        """Remove the user's repository row if nothing was ever written to it (one ``_ensure_row``
+        made for a push that was then refused): a refused user keeps no row."""
+        with database_errors("write repository"):
+            RepositoryRow.objects.using(self.using).filter(
+                user_id=uid, version=0, store_count=0, total_syncs=0
+            ).delete()
 
     def _stored_digests(self, store: Store, keys: list[str]) -> dict[str, str]:
         """key -> digest of the stored records among ``keys``."""
@@ -387,14 +413,37 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 )
                 start = end
 
-    def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
+    def push(
+        self,
+        user_id: str,
+        stores: RawStores,
+        *,
+        client_version: int | None,
+        timestamp: str,
+        allowed: Callable[[], None] | None = None,
+    ) -> PushResult:
         uid = _user(user_id)
         if uid is None:
             raise StorageError(f"not a user id: {user_id!r}")
         with database_errors("write repository"):
             self._ensure_row(uid)
+        try:
+            return self._push(uid, stores, client_version=client_version, timestamp=timestamp, allowed=allowed)
+        except _Refused as refused:
+            self._drop_if_unused(uid)
+            raise refused.reason from None
+
+    def _push(
+        self,
+        uid: str,
+        stores: RawStores,
+        *,
+        client_version: int | None,
+        timestamp: str,
+        allowed: Callable[[], None] | None,
+    ) -> PushResult:
         with database_errors("write repository"), transaction.atomic(using=self.using):
-            repo = self._locked(uid)
+            repo = self._locked(uid, allowed)
             existing = {
                 s.name: s for s in Store.objects.using(self.using).filter(repository=repo, name__in=list(stores))
             }

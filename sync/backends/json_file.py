@@ -17,7 +17,9 @@ Per user (``<id>`` is the user's UUID):
   stale. It also names the exact file it was written for (inode, size,
   mtime, stamp) and where that file's pieces of 512 records lie.
 - ``repo_<id>.lock``: the lock every writer of this user holds. Holding it,
-  a writer also removes the temporary files a killed writer of this user left.
+  a writer also removes the temporary files a killed writer of this user left;
+  the lock file goes when the writer leaves no repository file (a deleted user
+  leaves no file).
 
 A push never parses records into Python objects: the repository file is
 read into record texts (``msgspec.Raw`` views of the file's bytes), a piece
@@ -33,7 +35,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -260,7 +262,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def __init__(self, *, location: str | Path) -> None:
         self.directory = Path(location)
-        self.pull_cache = PullCache(self.directory / "pullcache")
+        self.pull_cache = PullCache(self.directory / "pullcache", current_tag=self.pull_tag)
 
     # --- paths -------------------------------------------------------------
 
@@ -274,6 +276,21 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             "lock": f"repo_{user_id}.lock",
         }
         return self.directory / names[kind]
+
+    @contextlib.contextmanager
+    def _locked(self, user_id: str) -> Iterator[None]:
+        """Hold the user's lock, first removing the temporary files a killed writer of this
+        user left. Leaving with no repository file (deleted, or a first push
+        refused), the lock file is removed too, as the last step under it."""
+        lock = self._path(user_id, "lock")
+        with exclusive_lock(lock):
+            self._remove_leftovers(user_id)
+            try:
+                yield
+            finally:
+                if not self._path(user_id, "repo").exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        lock.unlink()
 
     # --- reading -----------------------------------------------------------
 
@@ -405,8 +422,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         return meta if isinstance(meta, dict) else None
 
     def _rebuild_summary(self, user_id: str) -> RepositorySummary:
-        with exclusive_lock(self._path(user_id, "lock")):
+        with self._locked(user_id):
             version, data, identity = self._records(user_id)
+            if identity is None:  # deleted meanwhile: no sidecar for a repository that is gone
+                return EMPTY_SUMMARY
             total, last = 0, None
             for _, line in self._committed_lines_newest_first(user_id, version):
                 if last is None:
@@ -467,20 +486,30 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     # --- writing -----------------------------------------------------------
 
-    def push(self, user_id: str, stores: RawStores, *, client_version: int | None, timestamp: str) -> PushResult:
+    def push(
+        self,
+        user_id: str,
+        stores: RawStores,
+        *,
+        client_version: int | None,
+        timestamp: str,
+        allowed: Callable[[], None] | None = None,
+    ) -> PushResult:
         # Merge (which validates the records) before taking the lock: a push
         # that is refused or changes nothing touches no file, and writers hold
         # the lock only to write. A push that landed in between is seen by
         # the file's identity, and the merge is done again on top of it. The
         # stored repository is read a piece at a time (see _Committed), once
-        # to plan and once to write, from the same open file.
+        # to plan and once to write, from the same open file. ``allowed`` is
+        # asked first under the lock, which ``delete`` holds too.
         path = self._path(user_id, "repo")
         committed, plan = self._plan(user_id, stores)
         try:
             if not plan.changed:
                 return PushResult(version=committed.version, added=0, modified=0)
-            with exclusive_lock(self._path(user_id, "lock")):
-                self._remove_leftovers(user_id)
+            with self._locked(user_id):
+                if allowed is not None:
+                    allowed()
                 if file_identity(path) != committed.identity:
                     committed.close()
                     committed, plan = self._plan(user_id, stores)
@@ -597,8 +626,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
         try:
-            with exclusive_lock(self._path(user_id, "lock")):
-                self._remove_leftovers(user_id)
+            with self._locked(user_id):
                 entries = [entry for entry in changelog if int(entry["version"]) <= repository.version]
                 atomic_write(
                     self._path(user_id, "changelog"),
@@ -627,18 +655,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise StorageError("cannot write repository") from exc
 
     def delete(self, user_id: str) -> None:
-        lock = self._path(user_id, "lock")
-        with exclusive_lock(lock):
-            self._remove_leftovers(user_id)
-            for kind in ("repo", "changelog", "meta"):
-                try:
-                    self._path(user_id, kind).unlink()
-                except FileNotFoundError:
-                    pass
+        # The repository file first: a reader that finds it gone finds no
+        # repository, whatever else is still there. The lock file goes last,
+        # under the lock (see _locked).
         try:
-            lock.unlink()
-        except FileNotFoundError:
-            pass
+            with self._locked(user_id):
+                for kind in ("repo", "changelog", "meta"):
+                    with contextlib.suppress(FileNotFoundError):
+                        self._path(user_id, kind).unlink()
+        except OSError as exc:
+            raise StorageError("cannot delete repository") from exc
         self.pull_cache.forget(user_id)
 
 

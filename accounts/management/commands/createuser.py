@@ -22,7 +22,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username", help="Up to 64 characters, no control characters; unique regardless of case.")
+        parser.add_argument(
+            "username",
+            help="Up to 64 characters, no control or invisible formatting characters; unique regardless of case.",
+        )
         parser.add_argument("--role", choices=Role.values, help="admin or analyst (default: as registration decides).")
         parser.add_argument(
             "--password-stdin",

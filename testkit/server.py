@@ -64,6 +64,7 @@ class LiveServer:
         workers: int = 2,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        log_path: Path | None = None,
     ) -> None:
         if storage == "database" and database_url is None:
             raise ValueError("the database storage needs a database_url")
@@ -73,7 +74,9 @@ class LiveServer:
         self.workers = workers
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        # Beside the data directory unless told; a test that fills the data
+        # directory's disk keeps the log elsewhere.
+        self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -184,6 +187,7 @@ class ServerFactory:
         workers: int = 2,
         env: Mapping[str, str] | None = None,
         data_dir: Path | None = None,
+        log_path: Path | None = None,
         timeout: float = 60,
     ) -> LiveServer:
         """Start a server and wait until it answers.
@@ -191,13 +195,16 @@ class ServerFactory:
         ``storage="database"`` puts it on ``database_url``, or on a throwaway
         database of its own. ``data_dir`` (default a new directory) may be an
         earlier server's, to restart on its data; ``env`` adds or overrides
-        settings (``PZLS_LOGIN_RATE``, ...).
+        settings (``PZLS_LOGIN_RATE``, ...). ``log_path`` is where the server's
+        output goes (default beside the data directory).
         """
         if storage == "database" and database_url is None:
             database_url = self.database()
         if data_dir is None:
             data_dir = self.root / f"server-{len(self.servers) + 1}" / "data"
-        server = LiveServer(data_dir, storage=storage, database_url=database_url, workers=workers, env=env)
+        server = LiveServer(
+            data_dir, storage=storage, database_url=database_url, workers=workers, env=env, log_path=log_path
+        )
         self.servers.append(server)
         return server.start(timeout=timeout)
 

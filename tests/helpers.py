@@ -1,4 +1,4 @@
-"""What the test modules share: the in-process API client, assertions, and the rules for what may skip.
+"""What the test modules share: the in-process API client, assertions, small disks, and the rules for what may skip.
 
 Fixtures are in conftest.py; test modules import from here (and from
 ``testkit``), never from conftest or from one another.
@@ -7,6 +7,7 @@ Fixtures are in conftest.py; test modules import from here (and from
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import os
@@ -171,6 +172,53 @@ def snapshot(data_dir: Path) -> dict[str, Any]:
                 rows = [row for row in rows if row[0] not in VOLATILE_TABLES]
             state[f"table {table}"] = sorted(map(repr, rows))
     return state
+
+
+# --- small disks ---------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small, real file system at ``path`` for the ``with`` block: a tmpfs of ``size``, mounted as root.
+
+    For tests of full and read-only disks; where mounting is not allowed, see ``unavailable``.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        _mount("-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or str(exc)
+        unavailable(f"cannot mount a tmpfs at {path} (needs root): {detail!r}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file in ``directory`` until the file system has no byte left; returns it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for block in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+    return filler
+
+
+def read_only(path: Path, on: bool = True) -> None:
+    """Remount the tmpfs at ``path`` read-only (which stops root too, unlike permission bits), or back."""
+    _mount("-o", f"remount,{'ro' if on else 'rw'}", str(path))
 
 
 # --- live servers and the browser -------------------------------------------------------------

@@ -31,11 +31,12 @@ from pzls_site.files import atomic_write, prepare_data_dir, remove_leftover
 from sync.backends.base import Repository
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.merge import encode_stores
-from tests.conftest import Api, data_dir_settings
-from tests.helpers import assert_error
-from tests.tmpfs import fill, read_only, tmpfs
+from testkit.server import ROOT
+from tests.helpers import Api, assert_error, data_dir_settings, fill, read_only, tmpfs
 
-ROOT = Path(__file__).resolve().parent.parent
+# Promises of the files storage's files: never part of the database-storage run.
+pytestmark = pytest.mark.files_only
+
 U = "44444444-4444-4444-8444-444444444444"
 V = "55555555-5555-4555-8555-555555555555"
 TS = "2026-05-17T10:04:05.123Z"
@@ -71,10 +72,6 @@ def new_stamp_line(content: bytes) -> bytes:
     """``content`` with another stamp, as another writer would have written it."""
     assert content.startswith(b'{"stamp":"')
     return content[:10] + os.urandom(16).hex().encode() + content[42:]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
 # --- no cache serves a replaced file (same inode, same size, same mtime) ----------------

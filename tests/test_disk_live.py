@@ -13,16 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import orjson
 import pytest
 import requests
 
-from tests.liveserver import LiveServer
-from tests.postgresql.throwaway import throwaway_database
-from tests.tmpfs import fill, tmpfs
+from testkit.client import Client
+from testkit.server import LiveServer
+from tests.helpers import LiveServers, fill, tmpfs
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.live
 
 LEFTOVERS = [
     ".tokens.json.tmp",
@@ -33,10 +33,8 @@ LEFTOVERS = [
     "secret_key.tmp4242",
     "pullcache/.66666666-6666-4666-8666-666666666666.1-2-3.json.gz.tmp",
 ]
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+# Big pushes on a busy two-core machine take longer than a client's default 30 s.
+TIMEOUT = 120
 
 
 def big(prefix: str, count: int = 1000) -> dict:
@@ -44,25 +42,11 @@ def big(prefix: str, count: int = 1000) -> dict:
     return {"humans": {f"{prefix}{n}": {"name": f"Person {n}", "notes": "x" * 300} for n in range(count)}}
 
 
-class Client:
-    def __init__(self, server: LiveServer) -> None:
-        self.url = server.url
-        self.session = requests.Session()
-
-    def post(self, path: str, body: object, token: str | None = None) -> requests.Response:
-        headers = auth(token) if token else {"Content-Type": "application/json"}
-        return self.session.post(self.url + path, data=orjson.dumps(body), headers=headers, timeout=120)
-
-    def get(self, path: str, token: str | None = None, **headers: str) -> requests.Response:
-        return self.session.get(self.url + path, headers={**(auth(token) if token else {}), **headers}, timeout=60)
-
-    def register(self, username: str, password: str = "secret1") -> tuple[str, str]:
-        response = self.post("/api/auth/register", {"username": username, "password": password})
-        assert response.status_code == 200, response.text
-        return response.json()["token"], response.json()["user"]["id"]
+def client_of(server: LiveServer, token: str | None = None) -> Client:
+    return Client(server.url, token, timeout=TIMEOUT)
 
 
-def start_in_a_shared_looking_directory(data_dir: Path, **kwargs: object) -> LiveServer:
+def start_in_a_shared_looking_directory(factory: LiveServers, data_dir: Path, **kwargs: Any) -> LiveServer:
     """The data directory made 0755 with a 0644 file and crash leftovers, and the server started with umask 022."""
     old = os.umask(0o022)
     try:
@@ -73,7 +57,7 @@ def start_in_a_shared_looking_directory(data_dir: Path, **kwargs: object) -> Liv
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(b"left by an operator or a killed process")
             os.chmod(path, 0o644)
-        return LiveServer(data_dir, **kwargs).start()  # type: ignore[arg-type]
+        return factory.start(data_dir=data_dir, **kwargs)
     finally:
         os.umask(old)
 
@@ -97,39 +81,38 @@ def assert_private(data_dir: Path) -> list[str]:
     return names
 
 
-def busy_run(client: Client) -> dict[str, str]:
+def busy_run(server: LiveServer) -> dict[str, Client]:
     """What clients do all day: accounts, big pushes, plain, gzip and conditional pulls, changes, status."""
-    tokens = {}
+    clients = {}
     for name in ("admin", "ann", "bob"):
-        tokens[name], _ = client.register(name)
+        clients[name] = client_of(server)
+        clients[name].register(name)
     for round_ in range(2):
-        for name, token in tokens.items():
-            response = client.post("/api/sync", {"clientVersion": round_, "stores": big(f"{name}{round_}-")}, token)
-            assert response.status_code == 200, response.text
-            plain = client.get("/api/sync", token)
-            packed = client.get("/api/sync", token, **{"Accept-Encoding": "gzip"})
+        for name, client in clients.items():
+            client.push(big(f"{name}{round_}-"), round_)  # answered 200
+            plain = client.get("/api/sync")
+            packed = client.get("/api/sync", headers={"Accept-Encoding": "gzip"})
             assert packed.headers["Content-Encoding"] == "gzip" and packed.content == plain.content
-            again = client.get("/api/sync", token, **{"If-None-Match": plain.headers["ETag"]})
+            again = client.get("/api/sync", headers={"If-None-Match": plain.headers["ETag"]})
             assert again.status_code == 304
-            assert client.get("/api/sync/changes?since=0", token).json()["currentVersion"] == round_ + 1
-            assert client.get("/api/sync/status", token).json()["account"]["records"] == 1000 * (round_ + 1)
-    login = client.post("/api/auth/login", {"username": "ann", "password": "secret1"})
-    assert login.status_code == 200
-    changed = client.post(
-        "/api/auth/change-password", {"currentPassword": "secret1", "newPassword": "secret2"}, login.json()["token"]
-    )
+            assert client.changes(since=0)["currentVersion"] == round_ + 1
+            assert client.status()["account"]["records"] == 1000 * (round_ + 1)
+    login = client_of(server)
+    login.login("ann")  # answered 200
+    changed = login.post("/api/auth/change-password", {"currentPassword": "secret1", "newPassword": "secret2"})
     assert changed.status_code == 200, changed.text
-    assert client.post("/api/auth/logout", {}, tokens["bob"]).status_code == 200
-    assert client.get("/api/admin/users", tokens["admin"]).status_code == 200
-    return tokens
+    clients["bob"].logout()  # answered 200
+    assert clients["admin"].get("/api/admin/users").status_code == 200
+    return clients
 
 
-def kill_a_push_mid_write(server: LiveServer, client: Client, token: str, user_id: str) -> Path:
-    """SIGKILL every worker while a large push writes its repository file; returns the file it left."""
+def kill_a_push_mid_write(server: LiveServer, client: Client, user_id: str) -> Path:
+    """SIGKILL every worker while a large push of ``client`` writes its repository file; returns the file it left."""
     temporary = server.data_dir / f".repo_{user_id}.json.tmp"
+    pusher_client = client_of(server, client.token)
     for attempt in range(6):
         body = {"stores": big(f"killed{attempt}-", 40000)}
-        pusher = threading.Thread(target=lambda b=body: _swallow(client.post, "/api/sync", b, token))
+        pusher = threading.Thread(target=_swallow, args=(pusher_client, body))
         pusher.start()
         deadline = time.monotonic() + 120
         while not temporary.exists() and pusher.is_alive() and time.monotonic() < deadline:
@@ -143,18 +126,20 @@ def kill_a_push_mid_write(server: LiveServer, client: Client, token: str, user_i
     pytest.fail("no push could be caught writing its repository file")
 
 
-def _swallow(call, *args) -> None:
+def _swallow(client: Client, body: dict) -> None:
+    """Push ``body``; the connection dying under it is what the caller wants."""
     try:
-        call(*args)
+        client.post("/api/sync", body)
     except requests.RequestException:
         pass
 
 
 def wait_for_workers(server: LiveServer) -> None:
+    health = client_of(server)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(server.url + "/api/auth/health", timeout=5).status_code == 200:
+            if health.get("/api/auth/health", timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -162,20 +147,23 @@ def wait_for_workers(server: LiveServer) -> None:
     pytest.fail("the workers did not come back")
 
 
-def test_files_storage_every_file_is_private_and_crash_leftovers_go(tmp_path: Path) -> None:
+@pytest.mark.files_only
+def test_files_storage_every_file_is_private_and_crash_leftovers_go(
+    live_server_factory: LiveServers, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "server" / "data"
-    server = start_in_a_shared_looking_directory(data_dir, workers=3, env={"PZLS_LOGIN_RATE": "1000/minute"})
+    server = start_in_a_shared_looking_directory(
+        live_server_factory, data_dir, workers=3, env={"PZLS_LOGIN_RATE": "1000/minute"}
+    )
     try:
         assert [name for name in LEFTOVERS if (data_dir / name).exists()] == []  # removed at start
-        client = Client(server)
-        tokens = busy_run(client)
-        token = tokens["admin"]
-        user_id = client.get("/api/auth/me", token).json()["user"]["id"]
-        left = kill_a_push_mid_write(server, client, token, user_id)
+        admin = busy_run(server)["admin"]
+        user_id = admin.me()["user"]["id"]
+        left = kill_a_push_mid_write(server, admin, user_id)
         wait_for_workers(server)
         assert left.exists()  # the master forks new workers; no start has run
-        version = client.get("/api/sync/changes?since=0", token).json()["currentVersion"]
-        response = client.post("/api/sync", {"clientVersion": version, "stores": {"tags": {"t1": {}}}}, token)
+        version = admin.changes(since=0)["currentVersion"]
+        response = admin.post("/api/sync", {"clientVersion": version, "stores": {"tags": {"t1": {}}}})
         assert response.status_code == 200, response.text
         assert not left.exists()  # the user's next push removed it
         assert [n for n in os.listdir(data_dir) if n.endswith(".tmp")] == []
@@ -189,31 +177,40 @@ def test_files_storage_every_file_is_private_and_crash_leftovers_go(tmp_path: Pa
     assert "notes.txt" in names  # the operator's file is kept, made private
 
 
-def test_database_storage_the_data_directory_is_private_too(tmp_path: Path) -> None:
-    with throwaway_database() as url:
-        env = {"PZLS_STORAGE": "database", "DATABASE_URL": url, "PZLS_LOGIN_RATE": "1000/minute"}
-        server = start_in_a_shared_looking_directory(tmp_path / "server" / "data", workers=2, env=env)
-        try:
-            assert [name for name in LEFTOVERS if (server.data_dir / name).exists()] == []
-            busy_run(Client(server))
-            names = assert_private(server.data_dir)
-        finally:
-            server.stop()
+@pytest.mark.postgres
+def test_database_storage_the_data_directory_is_private_too(live_server_factory: LiveServers, tmp_path: Path) -> None:
+    server = start_in_a_shared_looking_directory(
+        live_server_factory,
+        tmp_path / "server" / "data",
+        storage="database",  # on a throwaway PostgreSQL database of the factory's
+        workers=2,
+        env={"PZLS_LOGIN_RATE": "1000/minute"},
+    )
+    try:
+        assert [name for name in LEFTOVERS if (server.data_dir / name).exists()] == []
+        busy_run(server)
+        names = assert_private(server.data_dir)
+    finally:
+        server.stop()
     assert "secret_key" in names and "db.sqlite3" not in names
     cached = [n for n in names if n.startswith("pullcache/")]
     assert [n for n in cached if n.endswith(".json")] and [n for n in cached if n.endswith(".json.gz")]
 
 
 @pytest.fixture
-def server_on_a_small_disk(tmp_path: Path) -> Iterator[LiveServer]:
+def server_on_a_small_disk(live_server_factory: LiveServers, tmp_path: Path) -> Iterator[LiveServer]:
     with tmpfs(tmp_path / "disk", "48m") as mount:
-        server = LiveServer(mount / "data", workers=2, env={"PZLS_LOGIN_RATE": "1000/minute"})
-        server.log_path = tmp_path / "server.log"
-        server.start()
+        # The log stays off the small disk: filling it must not silence the server.
+        server = live_server_factory.start(
+            data_dir=mount / "data",
+            log_path=tmp_path / "server.log",
+            workers=2,
+            env={"PZLS_LOGIN_RATE": "1000/minute"},
+        )
         try:
             yield server
         finally:
-            server.stop()
+            server.stop()  # before the file system goes
 
 
 def pzls_files(data_dir: Path) -> dict[str, bytes]:
@@ -225,32 +222,34 @@ def pzls_files(data_dir: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.files_only
 def test_on_a_full_disk_pushes_and_logins_fail_clearly_change_nothing_and_work_again(
     server_on_a_small_disk: LiveServer,
 ) -> None:
     server = server_on_a_small_disk
-    client = Client(server)
-    token, _ = client.register("alice")
-    assert client.post("/api/sync", {"clientVersion": 0, "stores": big("a")}, token).status_code == 200
-    pulled = client.get("/api/sync", token).content
+    client = client_of(server)
+    anonymous = client_of(server)  # health and logins, without a token
+    client.register("alice")
+    client.push(big("a"), 0)  # answered 200
+    pulled = client.get("/api/sync").content
     filler = fill(server.data_dir.parent)
     before = pzls_files(server.data_dir)
 
-    health = client.get("/api/auth/health")
+    health = anonymous.get("/api/auth/health")
     assert (health.status_code, health.json()) == (503, {"status": "unavailable", "error": "Data directory is full"})
     for stores in (big("b"), {"humans": {"a1": {"name": "Renamed"}}}):
-        response = client.post("/api/sync", {"clientVersion": 1, "stores": stores}, token)
+        response = client.post("/api/sync", {"clientVersion": 1, "stores": stores})
         assert (response.status_code, response.json()) == (507, {"error": "Not enough disk space on the server"})
     for _ in range(3):
-        login = client.post("/api/auth/login", {"username": "alice", "password": "secret1"})
+        login = anonymous.post("/api/auth/login", {"username": "alice", "password": "secret1"})
         assert (login.status_code, login.json()) == (507, {"error": "Not enough disk space on the server"})
     assert pzls_files(server.data_dir) == before
-    assert client.get("/api/sync", token).content == pulled
-    packed = client.get("/api/sync", token, **{"Accept-Encoding": "gzip"})  # compressed on the fly
+    assert client.get("/api/sync").content == pulled
+    packed = client.get("/api/sync", headers={"Accept-Encoding": "gzip"})  # compressed on the fly
     assert packed.headers["Content-Encoding"] == "gzip" and packed.content == pulled  # requests decompresses
 
     filler.unlink()
-    assert client.get("/api/auth/health").status_code == 200
-    response = client.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {"name": "Renamed"}}}}, token)
+    assert anonymous.get("/api/auth/health").status_code == 200
+    response = client.post("/api/sync", {"clientVersion": 1, "stores": {"humans": {"a1": {"name": "Renamed"}}}})
     assert response.status_code == 200 and response.json()["version"] == 2
-    assert client.post("/api/auth/login", {"username": "alice", "password": "secret1"}).status_code == 200
+    assert anonymous.post("/api/auth/login", {"username": "alice", "password": "secret1"}).status_code == 200

@@ -610,11 +610,14 @@ _PG_SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_sig
 # Every role the session's user is, or may become (SET ROLE works in a
 # read-only transaction, even from set_config('role', ...) inside a SELECT),
 # that is a superuser, has REPLICATION (replication slots outlive a read-only
-# transaction) or is one of _PG_SERVER_ROLES. The user's own row comes first.
+# transaction) or CREATEROLE (it may grant itself _PG_SERVER_ROLES, and with
+# writes allowed run programs on the server), or is one of _PG_SERVER_ROLES.
+# The user's own row comes first.
 _PG_POWERS_SQL = """
-SELECT r.rolname, r.rolname = current_user, r.rolsuper, r.rolreplication
+SELECT r.rolname, r.rolname = current_user, r.rolsuper, r.rolreplication, r.rolcreaterole
 FROM pg_roles r
-WHERE pg_has_role(current_user, r.oid, 'MEMBER') AND (r.rolsuper OR r.rolreplication OR r.rolname = ANY(%s))
+WHERE pg_has_role(current_user, r.oid, 'MEMBER')
+  AND (r.rolsuper OR r.rolreplication OR r.rolcreaterole OR r.rolname = ANY(%s))
 ORDER BY r.rolname = current_user DESC, r.rolname
 """
 
@@ -623,13 +626,15 @@ def pg_powers(held: Sequence[Sequence[Any]]) -> list[str]:
     """Why a PostgreSQL user is refused, from the rows of ``_PG_POWERS_SQL``; empty when it is not."""
     reasons: list[str] = []
     members: list[str] = []
-    for name, is_self, superuser, replication in held:
+    for name, is_self, superuser, replication, createrole in held:
         if is_self and superuser:
             return ["is a superuser"]  # and so a member of every role
         if superuser:
             reasons.append(f'can become the superuser "{name}"')
-        elif replication:
-            reasons.append("has REPLICATION" if is_self else f'can become "{name}", which has REPLICATION')
+            continue
+        for held_power, label in ((replication, "REPLICATION"), (createrole, "CREATEROLE")):
+            if held_power:
+                reasons.append(f"has {label}" if is_self else f'can become "{name}", which has {label}')
         if name in _PG_SERVER_ROLES:
             members.append(name)
     if members:

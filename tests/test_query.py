@@ -795,6 +795,17 @@ def test_postgres_replication_is_refused(admin_api: Any, pg_accounts: Accounts) 
     )
 
 
+def test_postgres_createrole_is_refused(admin_api: Any, pg_accounts: Accounts) -> None:
+    # CREATEROLE may grant itself pg_execute_server_program, and with writes allowed run programs on the server.
+    user, url = pg_accounts.pg_login("CREATEROLE")
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(user, "has CREATEROLE")
+    group = pg_accounts.role("CREATEROLE")
+    user, url = pg_accounts.pg_login(member_of=(group,))
+    assert query(admin_api, url, "SELECT 1").json()["error"] == refused(
+        user, f'can become "{group}", which has CREATEROLE'
+    )
+
+
 def test_postgres_refusal_names_every_reason(admin_api: Any, pg_accounts: Accounts) -> None:
     superuser = pg_accounts.role("SUPERUSER")
     user, url = pg_accounts.pg_login(member_of=(superuser, "pg_signal_backend", "pg_read_server_files"))

@@ -466,21 +466,27 @@ def test_mysql_connect_problems(code: int, message: str, problem: str) -> None:
     [
         ([], []),
         # A superuser is a member of every role: only that is said.
-        ([("postgres", True, True, False), ("pg_read_server_files", False, False, False)], ["is a superuser"]),
-        ([("admins", False, True, False)], ['can become the superuser "admins"']),
-        ([("alice", True, False, True)], ["has REPLICATION"]),
-        ([("replicas", False, False, True)], ['can become "replicas", which has REPLICATION']),
         (
-            [("pg_read_server_files", False, False, False), ("pg_signal_backend", False, False, False)],
+            [("postgres", True, True, False, False), ("pg_read_server_files", False, False, False, False)],
+            ["is a superuser"],
+        ),
+        ([("admins", False, True, False, False)], ['can become the superuser "admins"']),
+        ([("alice", True, False, True, False)], ["has REPLICATION"]),
+        ([("replicas", False, False, True, False)], ['can become "replicas", which has REPLICATION']),
+        ([("alice", True, False, False, True)], ["has CREATEROLE"]),
+        ([("managers", False, False, False, True)], ['can become "managers", which has CREATEROLE']),
+        ([("alice", True, False, True, True)], ["has REPLICATION", "has CREATEROLE"]),
+        (
+            [("pg_read_server_files", False, False, False, False), ("pg_signal_backend", False, False, False, False)],
             ["is a member of pg_read_server_files, pg_signal_backend"],
         ),
         (
-            [("alice", True, False, True), ("pg_execute_server_program", False, False, False)],
+            [("alice", True, False, True, False), ("pg_execute_server_program", False, False, False, False)],
             ["has REPLICATION", "is a member of pg_execute_server_program"],
         ),
     ],
 )
-def test_postgres_powers(held: list[tuple[str, bool, bool, bool]], reasons: list[str]) -> None:
+def test_postgres_powers(held: list[tuple[str, bool, bool, bool, bool]], reasons: list[str]) -> None:
     assert runner.pg_powers(held) == reasons
 
 

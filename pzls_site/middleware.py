@@ -75,6 +75,11 @@ class ApiBoundaryMiddleware:
                 body = read_body(request.META["wsgi.input"], limit)
             except BodyTooLarge as exc:
                 return json_error(413, exc.message)
+            except Exception:
+                # The server's chunked reader (gunicorn's ParseException
+                # subclasses, OSError for a cut-off body) refuses a bad chunk
+                # size or a missing CRLF: the body cannot be read.
+                return json_error(400, "Malformed chunked request body")
             request.META["CONTENT_LENGTH"] = str(len(body))
             request._stream = io.BytesIO(body)  # what Django reads the body from
             return None

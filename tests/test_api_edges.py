@@ -13,6 +13,7 @@ server is asked too, since gunicorn decodes paths (``%2F``) its own way.
 from __future__ import annotations
 
 import http.client
+import socket
 
 import orjson
 import pytest
@@ -311,3 +312,21 @@ def test_live_admin_login_without_a_csrf_token_is_403(live):
     status, _, body = raw_request(live, "POST", "/admin/login/", {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403
     assert b"CSRF" in body
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("chunks", [b"zz\r\n{}\r\n0\r\n\r\n", b"-1\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"])
+def test_a_malformed_chunked_body_is_a_json_400(live: LiveServer, live_token: str, chunks: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", live.port), timeout=30) as conn:
+        conn.sendall(
+            b"POST /api/sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + live_token.encode() + b"\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n" + chunks
+        )
+        answer = b""
+        while part := conn.recv(65536):
+            answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert b"application/json" in head.lower()
+    assert b'"error": "Malformed chunked request body"' in body or b'"error":"Malformed chunked request body"' in body

@@ -47,7 +47,6 @@ done this way:
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -70,7 +69,7 @@ from MySQLdb.converters import conversions as mysql_conversions
 from query.connstring import ENGINE_LABELS, MYSQL, POSTGRESQL, ConnectionSpec
 from query.exceptions import QueryFailed, QueryForbidden, QueryTimeout
 from query.statements import Statement
-from query.values import RowsJSON
+from query.values import RowsJSON, json_text
 
 logger = logging.getLogger("pzls.query")
 
@@ -379,6 +378,12 @@ def _pg_text(value: str | None, cursor: Any) -> str | None:
     return value
 
 
+def _pg_json(value: str | None, cursor: Any) -> Any:
+    # The server's text, checked and handed on whole (query.values.json_text):
+    # psycopg2's own caster parses it with Python's json, which stops near 1000 levels.
+    return value if value is None else json_text(value)
+
+
 def _pg_timestamp(value: str | None, cursor: Any) -> str | None:
     # "2024-02-29 13:14:15.5" -> "2024-02-29T13:14:15.5"; infinity and BC stay as the server wrote them.
     if value is None or value[-1] == "y" or value.endswith(" BC"):
@@ -395,14 +400,14 @@ def _pg_timestamptz(value: str | None, cursor: Any) -> str | None:
 
 
 def _pg_types() -> list[Any]:
-    """Type casters for the date, time, interval, numeric and range types: the server's text.
+    """Type casters for the date, time, interval, numeric, range and JSON types: the server's text.
 
     With DateStyle=ISO, IntervalStyle=iso_8601 and TimeZone=UTC that text
     already is ISO 8601, exact to the server's precision, and it also holds
     what Python's types cannot: 'infinity' (psycopg2 would answer
     9999-12-31), BC dates, months in an interval (a timedelta turns "1 mon"
     into 30 days), NaN numerics. It is also faster than building Python
-    objects only to print them again.
+    objects only to print them again. JSON stays text too (``_pg_json``).
     """
     casters = [
         ((1082,), (1182,), "DATE", _pg_text),
@@ -414,6 +419,7 @@ def _pg_types() -> list[Any]:
         ((1700,), (1231,), "NUMERIC", _pg_text),
         ((3904, 3926, 3906, 3908, 3910, 3912), (3905, 3927, 3907, 3909, 3911, 3913), "RANGE", _pg_text),
         ((4451, 4536, 4532, 4533, 4534, 4535), (6150, 6157, 6151, 6152, 6153, 6155), "MULTIRANGE", _pg_text),
+        ((114, 3802), (199, 3807), "JSON", _pg_json),
     ]
     types = []
     for oids, array_oids, name, caster in casters:
@@ -661,7 +667,8 @@ def _mysql_bit(value: bytes | str) -> int:
 
 
 def _mysql_json(value: bytes | str) -> Any:
-    return json.loads(value)
+    # MySQL's JSON type (MariaDB's JSON is text): handed on whole, as PostgreSQL's json.
+    return json_text(_mysql_text(value))
 
 
 _MYSQL_CONV = dict(mysql_conversions)

@@ -12,7 +12,18 @@ JavaScript client reads every value without losing precision:
   ``...Z``; durations as ISO 8601 (``P1DT2H3M4.5S``) (for values a driver
   hands over as Python objects);
 - binary as standard base64; UUIDs and network addresses as strings;
-- JSON values, arrays and sets as their items, each converted by these rules.
+- arrays and sets as their items, each converted by these rules.
+
+JSON the server sends as text (PostgreSQL ``json`` and ``jsonb``, MySQL
+``JSON``) is turned by :func:`json_text` into the bytes orjson writes for the
+parsed value with its items converted by these rules (so integers beyond
+2^53 - 1 as strings, numbers beyond a double as null), handed on as an
+``orjson.Fragment`` and spliced into the answer as it is, at any depth:
+orjson reads 1024 levels and writes 254, Python's json and any recursive
+conversion stop near 1000, and text beyond what orjson does is rewritten
+token by token instead, without recursion. That way also keeps what Python
+values cannot hold: repeated keys (PostgreSQL ``json`` keeps them) and a
+lone surrogate's escape.
 
 The runner has the drivers hand over dates, times, intervals and decimals as
 the server's own ISO 8601 / decimal text instead (exact, and it can hold
@@ -28,7 +39,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -36,7 +49,10 @@ from typing import Any
 
 import orjson
 
+from pzls_site.jsonscan import pieces
+
 MAX_SAFE_INTEGER = 2**53 - 1
+_MAX_SAFE_DIGITS = str(MAX_SAFE_INTEGER)
 
 
 def _integer(value: int) -> int | str:
@@ -119,7 +135,7 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
 def json_safe(value: Any) -> Any:
     """One value, converted by the rules in the module docstring."""
     kind = type(value)
-    if value is None or kind is str or kind is bool:
+    if value is None or kind is str or kind is bool or kind is orjson.Fragment:
         return value
     if kind is int:
         return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
@@ -139,7 +155,129 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-_PASS_THROUGH = frozenset({str, bool, type(None)})
+_PASS_THROUGH = frozenset({str, bool, type(None), orjson.Fragment})
+
+
+# --- JSON text -------------------------------------------------------------
+
+# Text the stdlib parser checks in one call has at most this many brackets;
+# deeper text is checked piece by piece (pzls_site.jsonscan.pieces), each
+# piece nesting at most this deep: well inside orjson's 1024 levels and
+# Python's recursion limit.
+_PIECE_LEVELS = 200
+# Without a run of 16 digits, every integer in a JSON text is safe: orjson's
+# parser reads it exactly (it reads integers past 64 bits as floats).
+_LONG_DIGITS = re.compile(r"[0-9]{16}")
+# A JSON string, escapes included; split() keeps it as one item.
+_STRING = re.compile(r'("(?:[^"\\]++|\\.)*+")', re.DOTALL)
+# Outside strings, the numbers json_safe may write otherwise: -0, integers of
+# 16 digits or more, numbers with a fraction or an exponent. A safe integer
+# is not even matched: a search for the first character is what costs least.
+_NUMBER = re.compile(
+    r"[-0-9](?:(?<=-)0(?![.eE0-9])|[0-9]{15,}+(?![.eE])|[0-9]*+(?:\.[0-9]++(?:[eE][+-]?+[0-9]++)?+|[eE][+-]?+[0-9]++))"
+)
+
+
+def _ignore(text: str) -> None:
+    return None
+
+
+def _refuse(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _python_parses(text: str | bytes) -> bool:
+    # orjson refuses some valid JSON: a lone surrogate's escape ("\ud800"), a
+    # number beyond a double (1e400). Python's parser takes both; only its
+    # NaN and Infinity are not JSON. Numbers are not even converted: Python
+    # refuses integers of more than 4300 digits, which JSON allows.
+    try:
+        json.loads(text, parse_int=_ignore, parse_float=_ignore, parse_constant=_refuse)
+        return True
+    except (ValueError, RecursionError):
+        return False
+
+
+def _parses(piece: bytes) -> bool:
+    try:
+        orjson.loads(piece)
+        return True
+    except orjson.JSONDecodeError:
+        return _python_parses(piece)
+
+
+def is_json(text: str) -> bool:
+    """Whether ``text`` is one JSON value (RFC 8259), at any depth, checked without recursion."""
+    try:
+        orjson.loads(text)
+        return True
+    except orjson.JSONDecodeError:
+        pass
+    if text.count("[") + text.count("{") <= _PIECE_LEVELS:
+        return _python_parses(text)
+    cut = pieces(text.encode(), _PIECE_LEVELS)
+    return cut is not None and all(map(_parses, cut))
+
+
+def _number(match: re.Match[str]) -> str:
+    """A number of a JSON text, as ``json_safe`` turns out its value and orjson writes that."""
+    token = match.group()
+    if "." in token or "e" in token or "E" in token:
+        number = float(token)
+        return orjson.dumps(number).decode() if math.isfinite(number) else "null"
+    digits = token.lstrip("-")
+    if len(digits) < len(_MAX_SAFE_DIGITS) or (len(digits) == len(_MAX_SAFE_DIGITS) and digits <= _MAX_SAFE_DIGITS):
+        return "0" if token == "-0" else token
+    # A JSON integer already is its decimal text: no int(), which stops at 4300 digits.
+    return f'"{token}"'
+
+
+def _string(token: str) -> str:
+    """A string of a JSON text as orjson writes it, or as it is if orjson cannot write it (a lone surrogate)."""
+    if "\\" not in token:
+        return token  # orjson would write the same
+    try:
+        return orjson.dumps(json.loads(token)).decode()
+    except orjson.JSONEncodeError:
+        return token
+
+
+def _compact(text: str) -> str:
+    """Valid JSON ``text`` as ``json_text`` answers it, read token by token at C speed, without recursion."""
+    parts = _STRING.split(text)  # the strings at odd places, the text between them at even ones
+    # The text between strings, as one: NUL, which valid JSON never holds
+    # unescaped, marks where each string was. Its whitespace is JSON's own
+    # (valid JSON has no other there) and goes.
+    between = "".join("\0".join(parts[0::2]).split())
+    parts[0::2] = _NUMBER.sub(_number, between).split("\0")
+    parts[1::2] = map(_string, parts[1::2])
+    return "".join(parts)
+
+
+def json_text(text: str) -> orjson.Fragment | str:
+    """A JSON value the server sent as text, as a piece of the answer (see the module docstring).
+
+    The same bytes as parsing the text with Python and writing ``json_safe``
+    of it with orjson, for text of any depth. Most text takes one orjson
+    parse and write; text deeper than orjson goes, or with integers it
+    cannot read exactly, is checked (:func:`is_json`) and rewritten token
+    by token, keeping what cannot be parsed into Python without loss:
+    repeated keys and a lone surrogate's escape. Text that is not JSON (no
+    real server sends it) is answered as the string it is: spliced in, it
+    would break the answer around it.
+
+    The fragment must stay near the top of what orjson writes (orjson 3.13
+    corrupts memory writing a Fragment more than about 72 levels down): in
+    a row it is 3 levels down, in a PostgreSQL array at most 9.
+    """
+    if not _LONG_DIGITS.search(text):
+        try:
+            return orjson.Fragment(orjson.dumps(orjson.loads(text)))
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            pass  # deeper than orjson reads or writes, not JSON, or JSON orjson cannot read
+    if not is_json(text):
+        return text
+    return orjson.Fragment(_compact(text))
 
 
 def rows_as_objects(fields: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:

@@ -23,13 +23,14 @@ and :func:`parse_repository` keeps a record it cannot parse as its text (an
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any
 
 import msgspec
 import orjson
 import simdjson
+
+from pzls_site.jsonscan import CLOSE, OPEN, SKIP
 
 MAX_DEPTH = 512
 
@@ -41,10 +42,6 @@ SIMDJSON_DEPTH = 1024
 # long as the thread; a larger text gets a parser of its own for the once.
 _SHARED_PARSER_MAX = 1 << 20
 
-# Everything up to the next bracket outside a string: text, and whole strings.
-_SKIP = re.compile(rb'(?s)[^"\[\]{}]*+(?:"(?:[^"\\]++|\\.)*+"[^"\[\]{}]*+)*+')
-_OPEN = frozenset(b"[{")
-_CLOSE = frozenset(b"]}")
 _SPACE = frozenset(b" \t\n\r")
 
 _local = threading.local()
@@ -84,7 +81,7 @@ def _deepest_path(view: memoryview, limit: int) -> list[int] | None:
     Reads the text bracket by bracket, strings skipped whole, without
     recursion; the structure of valid JSON is all it relies on.
     """
-    skip = _SKIP.match
+    skip = SKIP.match
     stack: list[int] = []
     pos, end = 0, len(view)
     while True:
@@ -92,11 +89,11 @@ def _deepest_path(view: memoryview, limit: int) -> list[int] | None:
         if pos >= end:
             return None
         char = view[pos]
-        if char in _OPEN:
+        if char in OPEN:
             stack.append(pos)
             if len(stack) > limit:
                 return stack
-        elif char in _CLOSE:
+        elif char in CLOSE:
             if stack:
                 stack.pop()
         else:  # a string that never ends: nothing after it is structure
@@ -253,7 +250,7 @@ RawStores = dict[str, dict[str, msgspec.Raw]]
 def _skeleton(text: bytes | bytearray | memoryview, level: int) -> tuple[bytes, list[memoryview]]:
     """``text`` with each container at ``level`` replaced by ``[n]``, and those containers' texts (n is the index)."""
     view = memoryview(text).cast("B")
-    skip = _SKIP.match
+    skip = SKIP.match
     parts: list[bytes | memoryview] = []
     spans: list[memoryview] = []
     depth = pos = start = copied = 0
@@ -263,11 +260,11 @@ def _skeleton(text: bytes | bytearray | memoryview, level: int) -> tuple[bytes, 
         if pos >= end:
             break
         char = view[pos]
-        if char in _OPEN:
+        if char in OPEN:
             depth += 1
             if depth == level:
                 start = pos
-        elif char in _CLOSE:
+        elif char in CLOSE:
             if depth == level:
                 parts += (view[copied:start], b"[%d]" % len(spans))
                 spans.append(view[start : pos + 1])

@@ -370,6 +370,133 @@ def test_mariadb_values(admin_api: Any, my: Server) -> None:
     assert body["fields"] == list(body["rows"][0])
 
 
+# --- values nested deeper than any parser or encoder goes ------------------
+
+DEEP = "DEEP"
+
+
+def deep_answer(response: Any, text: str, count: int = 1) -> dict[str, Any]:
+    """The answer, with each of the ``count`` copies of the JSON ``text`` in it read as the string DEEP.
+
+    The answer holds ``text`` byte for byte (compact, as the server's value
+    turns out under the rules of PROTOCOL.md §5); the rest of it is read as
+    usual. The test client's ``json()`` stops at Python's recursion limit.
+    """
+    assert response.status_code == 200, response.content[:300]
+    content = response.content
+    assert content.count(text.encode()) == count
+    body = orjson.loads(content.replace(text.encode(), orjson.dumps(DEEP)))
+    assert body["success"] is True
+    assert isinstance(body.pop("elapsedMs"), int)
+    return body
+
+
+def nested(depth: int, inner: str = "") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["json", "jsonb"])
+# 253: with the rows array and the row around it, past the 254 levels orjson
+# writes; 300: past them alone; 1100: past the 1024 orjson reads and Python's
+# recursion limit (the stdlib json psycopg2 parses with); 5000 and 10000:
+# PostgreSQL's own limit is near 15000.
+@pytest.mark.parametrize("depth", [253, 300, 1100, 5000, 10000])
+def test_postgres_json_comes_back_whole_at_any_depth(admin_api: Any, pg: Server, kind: str, depth: int) -> None:
+    sql = f"SELECT 1 AS n, (repeat('[', {depth}) || repeat(']', {depth}))::{kind} AS j"
+    body = deep_answer(query(admin_api, pg.url, sql), nested(depth))
+    assert body == {
+        "success": True,
+        "rows": [{"n": 1, "j": DEEP}],
+        "rowCount": 1,
+        "fields": ["n", "j"],
+        "truncated": False,
+    }
+
+
+@pytest.mark.postgres
+def test_deep_json_keeps_the_rules_of_json_safe_values(admin_api: Any, pg: Server) -> None:
+    # Deep inside, as in a shallow value: integers past 2^53 - 1 as strings,
+    # numbers past a double as null, -0 as 0, floats as numbers, strings as
+    # orjson writes them (brackets and quotes in them are text), whitespace
+    # dropped. Only what a Python value cannot hold stays as the server wrote
+    # it: a lone surrogate's escape, repeated keys.
+    inner = r'12345678901234567890, 1e400, -0, 1.5, 2E3, "x \" [ {", "\u00e9", "\u00e9\ud800", {"k" : "v", "k": "w"}, true, null'
+    sql = f"SELECT ('{{\"a\": ' || repeat('[ ', 2000) || $${inner}$$ || repeat(' ]', 2000) || '}}')::json AS j"
+    expected = (
+        '{"a":'
+        + nested(
+            2000, r'"12345678901234567890",null,0,1.5,2000.0,"x \" [ {","é","\u00e9\ud800",{"k":"v","k":"w"},true,null'
+        )
+        + "}"
+    )
+    body = deep_answer(query(admin_api, pg.url, sql), expected)
+    assert body["rows"] == [{"j": DEEP}]
+    # jsonb keeps one of each key and writes 1e400 as the integer it is (and takes no lone surrogate).
+    sql = sql.replace("::json", "::jsonb").replace(r"\ud800", "")
+    expected = (
+        '{"a":'
+        + nested(2000, '"12345678901234567890","1' + "0" * 400 + '",0,1.5,2000,"x \\" [ {","é","é",{"k":"w"},true,null')
+        + "}"
+    )
+    assert deep_answer(query(admin_api, pg.url, sql), expected)["rows"] == [{"j": DEEP}]
+
+
+@pytest.mark.postgres
+def test_shallow_json_is_compact_and_follows_the_same_rules(admin_api: Any, pg: Server) -> None:
+    sql = r"""SELECT '{"a" : [ 1, 12345678901234567890, 1e400, -0 ], "s": "\u00e9\ud800"}'::json AS j,
+                     '[ 1,  2 ]'::json AS compact"""
+    response = query(admin_api, pg.url, sql)
+    assert response.status_code == 200, response.content
+    # The lone surrogate's escape is sent as the server wrote it (orjson cannot write it as a character).
+    assert (
+        b'"rows":[{"j":{"a":[1,"12345678901234567890",null,0],"s":"\\u00e9\\ud800"},"compact":[1,2]}]'
+        in response.content
+    )
+    assert assert_ok(response)["rows"] == [
+        {"j": {"a": [1, "12345678901234567890", None, 0], "s": "é\ud800"}, "compact": [1, 2]}
+    ]
+
+
+@pytest.mark.postgres
+def test_arrays_of_deep_json_and_the_deepest_arrays(admin_api: Any, pg: Server) -> None:
+    sql = """SELECT ARRAY[(repeat('[', 3000) || repeat(']', 3000))::json, '{"b": 2}', NULL] AS js,
+                     ARRAY[(repeat('[', 3000) || repeat(']', 3000))::jsonb] AS jsb,
+                     '{{{{{{1}}}}}}'::int[] AS six_dims"""
+    body = deep_answer(query(admin_api, pg.url, sql), nested(3000), count=2)
+    assert body["rows"] == [{"js": [DEEP, {"b": 2}, None], "jsb": [DEEP], "six_dims": [[[[[[1]]]]]]}]
+
+
+@pytest.mark.postgres
+def test_byte_cap_counts_deep_values_exactly(admin_api: Any, pg: Server) -> None:
+    # Each row is {"n":1,"j":[[...]]}: 12 bytes and 4000 of brackets (n < 10); three rows and two commas make 12040 bytes.
+    sql = "SELECT n, (repeat('[', 2000) || repeat(']', 2000))::jsonb AS j FROM generate_series(1, 10) AS n ORDER BY n"
+    for cap, kept in [(12040, 3), (12039, 2)]:
+        with override_settings(PZLS_QUERY_MAX_BYTES=cap):
+            response = query(admin_api, pg.url, sql)
+        body = deep_answer(response, nested(2000), count=kept)
+        assert (body["rows"], body["rowCount"], body["truncated"]) == (
+            [{"n": n, "j": DEEP} for n in range(1, kept + 1)],
+            kept,
+            True,
+        )
+        rows = response.content[response.content.index(b'"rows":') + 7 : response.content.index(b',"rowCount"')]
+        assert len(rows) == 2 + kept * 4012 + kept - 1
+
+
+@pytest.mark.mariadb
+def test_mariadb_deep_json(admin_api: Any, my: Server) -> None:
+    # MariaDB's JSON functions read at most 31 levels ("Limit of 32 ... is
+    # reached"): deeper, they answer NULL, with a warning.
+    sql = "SELECT JSON_EXTRACT(CONCAT(REPEAT('[', {depth}), REPEAT(']', {depth})), '$') AS j"
+    assert assert_ok(query(admin_api, my.url, sql.format(depth=31)))["rows"] == [{"j": nested(31)}]
+    assert assert_ok(query(admin_api, my.url, sql.format(depth=3000)))["rows"] == [{"j": None}]
+    # A JSON column (LONGTEXT checked by JSON_VALID) holds 31 levels, a text column any depth; both are text.
+    table = my.table("j JSON, t LONGTEXT", f"('{nested(31)}', '{nested(3000)}')")
+    body = assert_ok(query(admin_api, my.url, f"SELECT j, t FROM {table}"))
+    assert body["rows"] == [{"j": nested(31), "t": nested(3000)}]
+
+
 # --- role policy ---------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import json
+import random
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -13,11 +15,13 @@ from decimal import Decimal
 import MySQLdb
 import orjson
 import pytest
+from MySQLdb.constants import FIELD_TYPE
 
+from pzls_site.jsonscan import pieces
 from query import hosts, runner
 from query.connstring import ConnectionStringError, parse_connection_string
 from query.statements import StatementError, single_statement
-from query.values import RowsJSON, duration_iso, json_safe, rows_as_objects
+from query.values import RowsJSON, duration_iso, is_json, json_safe, json_text, rows_as_objects
 
 # --- connection strings --------------------------------------------------
 
@@ -289,6 +293,180 @@ def test_rows_as_objects_keeps_column_order() -> None:
     rows = rows_as_objects(["b", "a"], [(1, Decimal("2.0")), (None, None)])
     assert rows == [{"b": 1, "a": "2.0"}, {"b": None, "a": None}]
     assert list(rows[0]) == ["b", "a"]
+
+
+# --- JSON text from the server ---------------------------------------------
+
+
+def nested(depth: int, inner: str = "") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "text, written",
+    [
+        ('{"a" : [ 1 , 2.5, null ],\n\t"b": "x" }', '{"a":[1,2.5,null],"b":"x"}'),
+        ("9007199254740991", "9007199254740991"),
+        ("-9007199254740991", "-9007199254740991"),
+        ("9007199254740992", '"9007199254740992"'),
+        ("[-9007199254740992, 12345678901234567890]", '["-9007199254740992","12345678901234567890"]'),
+        ("123456789012345678901234567890", '"123456789012345678901234567890"'),  # orjson reads it as a float
+        ("[1e400, -1E400, 1e-400, 1e5, 2E3, 1.5e300]", "[null,null,0.0,100000.0,2000.0,1.5e+300]"),
+        ("[1e-400, 1e5, 2E3, 1.5e300]", "[0.0,100000.0,2000.0,1.5e+300]"),
+        ("[-0, -0.0, 0, 10, -0.5, -0e1]", "[0,-0.0,0,10,-0.5,-0.0]"),
+        ("[1.50, 2.0, 0.1000000000000000055511151231257827]", "[1.5,2.0,0.1]"),
+        ("[1.50, 2.0]", "[1.5,2.0]"),
+        ("1" * 400 + ".5", "null"),
+        (
+            r'["\u00e9", "a \" [ { 12345678901234567890 1e400 -0", "\\", "\/", "\u0001", "\t\u2028", "ü"]',
+            '["é","a \\" [ { 12345678901234567890 1e400 -0","\\\\","/","\\u0001","\\t\u2028","ü"]',
+        ),
+        ('{"k": {"l": []}, "m": {}}', '{"k":{"l":[]},"m":{}}'),
+        ('"text"', '"text"'),
+        ("true", "true"),
+    ],
+)
+def test_json_text_is_the_json_safe_value_at_any_depth(text: str, written: str) -> None:
+    # The bytes orjson writes for json_safe of the parsed text, as the runner
+    # answered before; the same inside 300 levels, past what orjson writes.
+    assert written == orjson.dumps(json_safe(json.loads(text))).decode()
+    for wrap in (0, 300):
+        value = json_text(nested(wrap, text))
+        assert isinstance(value, orjson.Fragment)
+        assert orjson.dumps(value).decode() == nested(wrap, written)
+
+
+def test_json_text_integers_past_what_python_reads() -> None:
+    # More than the 4300 digits int() reads: still a JSON integer, answered as its digits.
+    for wrap in (0, 300):
+        assert orjson.dumps(json_text(nested(wrap, "9" * 5000))) == nested(wrap, '"' + "9" * 5000 + '"').encode()
+
+
+def test_json_text_keeps_what_python_values_cannot_hold() -> None:
+    # A lone surrogate's escape, which orjson cannot write, stays as the server wrote it.
+    for wrap in (0, 300):
+        value = json_text(nested(wrap, r'["\u00e9\ud800", "\ud800 \" "]'))
+        assert orjson.dumps(value).decode() == nested(wrap, r'["\u00e9\ud800","\ud800 \" "]')
+    # Repeated keys: a dict keeps one (the last value, where the first was); text deeper than orjson goes, all.
+    assert orjson.dumps(json_text('{"k": 1, "j": 0, "k": 2}')) == b'{"k":2,"j":0}'
+    assert orjson.dumps(json_text(nested(300, '{"k": 1, "k": 2}'))) == nested(300, '{"k":1,"k":2}').encode()
+
+
+def test_json_text_at_any_depth() -> None:
+    text = '{"a": ' + nested(50_000, ' 12345678901234567890, 1e400, "]", {"k": [ -0 ]} ') + "}"
+    written = '{"a":' + nested(50_000, '"12345678901234567890",null,"]",{"k":[0]}') + "}"
+    value = json_text(text)
+    assert isinstance(value, orjson.Fragment)
+    assert orjson.dumps([{"j": value}]) == b'[{"j":' + written.encode() + b"}]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "[1,]",
+        "[1",
+        "[]]",
+        "[1 2]",  # removing the space would make it [12]
+        "tru e",
+        '{"a" 1}',
+        '"open',
+        '"control \x01"',
+        r'"\x"',
+        "NaN",
+        "[Infinity]",
+        "01",
+        "[1] [2]",
+        nested(3000, "1,"),  # wrong only deep inside
+        nested(3000)[:-1],
+        nested(3000)[:-1] + "}",
+        nested(2999, '{"a": 1') + "]" * 2999,
+    ],
+)
+def test_text_that_is_not_json_is_answered_as_a_string(text: str) -> None:
+    assert not is_json(text)
+    assert json_text(text) == text
+
+
+def test_mysql_json_column_at_any_depth() -> None:
+    # mysqlclient hands the converter the column's bytes (MySQL's JSON type; MariaDB's is text).
+    assert runner._MYSQL_CONV[FIELD_TYPE.JSON] is runner._mysql_json
+    value = runner._mysql_json(nested(5000, "18446744073709551615").encode())
+    assert orjson.dumps(value) == nested(5000, '"18446744073709551615"').encode()
+    assert orjson.dumps(runner._mysql_json(b'{"a": [1, 2]}')) == b'{"a":[1,2]}'
+
+
+def test_rows_json_counts_deep_json_exactly() -> None:
+    deep = json_text(nested(3000))
+    rows = [(1, deep), (2, json_text("[1, 2]")), (3, deep)]
+    row_size = len(b'{"n":1,"j":}') + 6000
+    out = RowsJSON(["n", "j"], max_rows=10, max_bytes=10**9)
+    out.add(rows)
+    assert (
+        out.json()
+        == b'[{"n":1,"j":' + nested(3000).encode() + b'},{"n":2,"j":[1,2]},{"n":3,"j":' + nested(3000).encode() + b"}]"
+    )
+    assert out.size == len(out.json())
+    # {"n":2,"j":[1,2]} is 17 bytes; a comma before each row but the first.
+    for cap, kept in [
+        (1 + row_size, 0),
+        (2 + row_size, 1),
+        (2 + row_size + 1 + 17, 2),
+        (2 + row_size + 1 + 17 + row_size, 2),
+        (2 + row_size + 1 + 17 + 1 + row_size, 3),
+    ]:
+        for batch in (1, 3):
+            out = RowsJSON(["n", "j"], max_rows=10, max_bytes=cap)
+            for start in range(0, 3, batch):
+                out.add(rows[start : start + batch])
+            assert (out.count, out.truncated, out.size) == (kept, kept < 3, len(out.json()))
+    # A PostgreSQL json[]: fragments one level further down.
+    assert orjson.dumps(rows_as_objects(["a"], [([deep, None],)])) == b'[{"a":[' + nested(3000).encode() + b",null]}]"
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _reference_is_json(text: str) -> bool:
+    try:
+        json.loads(text, parse_constant=_not_json)
+    except ValueError:
+        return False
+    return True
+
+
+def test_pieces_check_exactly_what_a_parser_checks() -> None:
+    # Random short texts, valid and not, cut at small depths: the text is JSON
+    # exactly when every piece is, each piece nests at most that deep, and
+    # each cut leaves one byte ("0") for the container it took out.
+    tokens = ["[", "]", "{", "}", ",", ":", "1", "-0", '"a"', '"[{"', '"\\"]"', '"', " ", "true", "[]", "{}", '"k":']
+    rng = random.Random(20260501)
+    seen = {True: 0, False: 0}
+    for _ in range(20_000):
+        text = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 14)))
+        valid = _reference_is_json(text)
+        seen[valid] += 1
+        for levels in (1, 2, 3):
+            cut = pieces(text.encode(), levels)
+            assert (cut is not None and all(_reference_is_json(piece.decode()) for piece in cut)) == valid, (
+                text,
+                levels,
+                cut,
+            )
+            if cut is not None and valid:
+                assert sum(map(len, cut)) == len(text.encode()) + len(cut) - 1
+                assert all(json_depth(json.loads(piece)) <= levels for piece in cut), (text, levels, cut)
+    assert seen[True] > 500 and seen[False] > 500
+
+
+def json_depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(json_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(json_depth, value), default=0)
+    return 0
 
 
 # --- rows as JSON under the caps ------------------------------------------

@@ -1,6 +1,6 @@
 """Seeded, realistic Pazator repositories for the benchmark sections.
 
-People and organisations imitate ``../shared/fixtures/resolve/input_5000.json``:
+People and organisations imitate ``tests/fixtures/resolve/input_5000.json``:
 70 % humans (``PZI000123`` keys) and 30 % others (``OTH-<uuid>``), names from
 first/middle/last name pools, birth dates from 1940 to 2005, 30
 nationalities, 500 workplaces, 0 to 4 (rarely 5 or 6) of 50 tags, notes of

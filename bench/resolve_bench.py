@@ -1,7 +1,7 @@
 """Resolve benchmark: ``GET /api/resolve?threshold=0.6`` over HTTP on seeded realistic repositories.
 
 The repositories are ``bench.datasets.people``: seeded imitations of
-``../shared/fixtures/resolve/input_5000.json`` with realistic near-duplicates.
+``tests/fixtures/resolve/input_5000.json`` with realistic near-duplicates.
 
 Each size is pushed into a fresh account of one live server (in batches, to
 stay under the body limit), then resolved several times; the table gives the

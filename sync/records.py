@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal
+from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal, refs_json
 
 CREATE, UPDATE, DELETE = "c", "u", "d"
 ACTION_NAMES = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
@@ -167,32 +167,25 @@ def plan_push(
         "version": version,
         "timestamp": timestamp,
         "clientVersion": client_version,
-        "added": plan.added,
-        "modified": plan.modified,
+        "added": refs_json(plan.new_ids),
+        "modified": refs_json(plan.modified_ids),
         "action": "push",
     }
     change_set = ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)
-    return PushOutcome(change_set, version, len(plan.added), len(plan.modified), skipped)
+    return PushOutcome(change_set, version, plan.added_count, plan.modified_count, skipped)
 
 
 def _push_writes(snapshot: Snapshot, incoming: RawStores, plan: MergePlan) -> list[StoreWrite]:
     """The store writes of a merge plan: added records at version 1, modified ones one above theirs."""
-    added: dict[str, list[str]] = {}
-    for ref in plan.added:
-        added.setdefault(ref.store, []).append(ref.id)
-    modified: dict[str, list[str]] = {}
-    for ref in plan.modified:
-        modified.setdefault(ref.store, []).append(ref.id)
     writes: list[StoreWrite] = []
-    for name in incoming:
-        new_ids, changed_ids = added.get(name, []), modified.get(name, [])
+    for name, records in incoming.items():
+        new_ids, changed_ids = plan.new_ids.get(name, []), plan.modified_ids.get(name, [])
         if not new_ids and not changed_ids:
             continue
-        records = incoming[name]
         write = StoreWrite(name)
         if new_ids:
             write.ids.extend(new_ids)
-            write.texts.extend([records[rid] for rid in new_ids])
+            write.texts.extend(records.values() if len(new_ids) == len(records) else map(records.__getitem__, new_ids))
             write.versions.extend([1] * len(new_ids))
             write.actions.extend([CREATE] * len(new_ids))
         if changed_ids:

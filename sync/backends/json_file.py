@@ -184,6 +184,8 @@ class _StoreIndex(msgspec.Struct, array_like=True):
     positions: list[int]
     starts: list[int]
     ends: list[int]
+    # The length of each member's ``"id":`` (its text starts there).
+    heads: list[int]
     tomb_ids: list[str]
     tomb_versions: list[int]
     tomb_seqs: list[int]
@@ -257,6 +259,7 @@ class _Rows:
         "body_rows",
         "dead",
         "ends",
+        "heads",
         "ids",
         "live",
         "mem",
@@ -279,6 +282,7 @@ class _Rows:
         self.positions = array("q")
         self.starts = array("q")
         self.ends = array("q")
+        self.heads = array("H")
         self.body_rows = 0
         self.dead: set[int] = set()
         self.mem: dict[int, msgspec.Raw] = {}
@@ -297,6 +301,7 @@ class _Rows:
         rows.positions = array("q", index.positions)
         rows.starts = array("q", index.starts)
         rows.ends = array("q", index.ends)
+        rows.heads = array("H", index.heads)
         rows.body_rows = rows.live = len(index.ids)
         rows.members = sum(index.ends) - sum(index.starts)
         rows.tombs = {
@@ -356,7 +361,7 @@ class _State:
         if kept is not None:
             return kept
         assert self.fd is not None
-        start = rows.starts[row] + _key_length(rows.ids[row]) + 1
+        start = rows.starts[row] + rows.heads[row]
         end = rows.ends[row]
         text = os.pread(self.fd, end - start, start)
         if len(text) != end - start:
@@ -442,6 +447,7 @@ class _State:
                     rows.positions.append(position)
                     rows.starts.append(-1)
                     rows.ends.append(-1)
+                    rows.heads.append(0)
                     rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.members += _key_length(record_id) + 1 + len(text)
                     rows.live += 1
@@ -466,8 +472,9 @@ class _State:
         rows.versions.extend(write.versions)
         rows.seqs.extend([seq] * count)
         rows.positions.extend(range(position + 1, position + count + 1))
-        rows.starts.extend([-1] * count)
-        rows.ends.extend([-1] * count)
+        rows.starts.extend(array("q", [-1]) * count)
+        rows.ends.extend(array("q", [-1]) * count)
+        rows.heads.extend(array("H", [0]) * count)
         texts = [msgspec.Raw(bytes(t)) for t in write.texts] if keep_texts else write.texts  # type: ignore[arg-type]
         rows.mem.update(zip(range(first, first + count), texts, strict=True))  # type: ignore[arg-type]
         rows.members += _heads_total(write.ids) + sum(map(len, texts))  # type: ignore[arg-type]
@@ -490,7 +497,7 @@ class _State:
             first_store = False
             yield opening
             offset += len(opening)
-            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [])
+            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [], [])
             first = True
             for kind, a, b in _runs(rows):
                 if kind == "span":
@@ -507,6 +514,7 @@ class _State:
                         delta = offset - start
                         written.starts.extend([s + delta for s in rows.starts[a : b + 1]])
                         written.ends.extend([e + delta for e in rows.ends[a : b + 1]])
+                        written.heads.extend(rows.heads[a : b + 1])
                         _copy_meta(written, rows, a, b)
                     offset += len(chunk)
                 else:
@@ -519,7 +527,9 @@ class _State:
                     members = memoryview(_encoder.encode(dict(zip(ids, texts, strict=True))))[1:-1]
                     yield members
                     if layout is not None:
-                        lengths = list(map(operator.add, _member_heads(ids), map(len, texts)))
+                        member_heads = _member_heads(ids)
+                        written.heads.extend(member_heads)
+                        lengths = list(map(operator.add, member_heads, map(len, texts)))
                         starts = list(accumulate(map(operator.add, lengths[:-1], repeat(1)), initial=offset))
                         written.starts.extend(starts)
                         written.ends.extend(map(operator.add, starts, lengths))
@@ -615,10 +625,50 @@ def _pread_all(fd: int, start: int, size: int) -> bytes:
 
 
 class _Pieces:
-    """A stored store's live texts, piece by piece (for ``plan_merge``), iterable again and again."""
+    """A stored store's live texts, piece by piece, iterable again and again; ``compare`` for ``plan_merge``."""
 
     def __init__(self, state: _State, rows: _Rows) -> None:
         self.state, self.rows = state, rows
+
+    def compare(self, records: Mapping[str, msgspec.Raw]) -> tuple[list[str], dict[str, msgspec.Raw]]:
+        """The pushed ids the store lacks, and the stored texts of those whose text differs.
+
+        Stored texts are compared where they lie in the snapshot, a piece of
+        rows read at a time, without decoding the store.
+        """
+        rows, state = self.rows, self.state
+        row_of, mem, body_rows = rows.row_of, rows.mem, rows.body_rows
+        new_ids: list[str] = []
+        changed: dict[str, msgspec.Raw] = {}
+        pieces: dict[int, list[tuple[str, int, msgspec.Raw]]] = {}
+        for record_id, raw in records.items():
+            row = row_of.get(record_id)
+            if row is None:
+                new_ids.append(record_id)
+                continue
+            kept = mem.get(row)
+            if kept is not None:
+                if kept != raw:
+                    changed[record_id] = kept
+            elif rows.ends[row] - rows.starts[row] - rows.heads[row] != len(raw):
+                changed[record_id] = msgspec.Raw(bytes(state.text(rows, row)))
+            else:
+                piece = pieces.get(row // _RECORDS_PER_PIECE)
+                if piece is None:
+                    piece = pieces[row // _RECORDS_PER_PIECE] = []
+                piece.append((record_id, row, raw))
+        starts, ends, heads = rows.starts, rows.ends, rows.heads
+        assert state.fd is not None or not pieces
+        for number, members in pieces.items():
+            first = number * _RECORDS_PER_PIECE
+            last = min(first + _RECORDS_PER_PIECE, body_rows) - 1
+            base = starts[first]
+            view = memoryview(_pread_all(state.fd, base, ends[last] - base))  # type: ignore[arg-type]
+            for record_id, row, raw in members:
+                text = view[starts[row] + heads[row] - base : ends[row] - base]
+                if text != raw:
+                    changed[record_id] = msgspec.Raw(bytes(text))
+        return new_ids, changed
 
     def __iter__(self) -> Iterator[Mapping[str, msgspec.Raw]]:
         rows, state = self.rows, self.state
@@ -1226,6 +1276,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 state.stores[name] = _Rows.from_index(written)
                 continue
             rows.starts, rows.ends = array("q", written.starts), array("q", written.ends)
+            rows.heads = array("H", written.heads)
             rows.mem.clear()
             rows.body_rows = len(rows.ids)
         state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
@@ -1260,6 +1311,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 rows.positions.append(position)
                 rows.starts.append(-1)
                 rows.ends.append(-1)
+                rows.heads.append(0)
                 rows.mem[len(rows.ids) - 1] = text
                 rows.live += 1
                 state.order_positions.append(position)
@@ -1350,6 +1402,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                             rows.positions.append(position)
                             rows.starts.append(-1)
                             rows.ends.append(-1)
+                            rows.heads.append(0)
                             rows.mem[len(rows.ids) - 1] = text
                             rows.live += 1
                             state.order_positions.append(position)

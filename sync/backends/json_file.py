@@ -103,6 +103,9 @@ _RECORDS_PER_PIECE = 512
 # A change set goes to the journal unless the journal would pass this share of the snapshot (or this floor).
 _JOURNAL_SHARE = 8
 _JOURNAL_FLOOR = 1 << 20
+# Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
+_NEARBY = 64 * 1024
+_RUN_MAX = 4 << 20
 # Repository states kept per worker.
 _STATES = 8
 
@@ -367,6 +370,31 @@ class _State:
         if len(text) != end - start:
             raise StorageError("repository file is shorter than its index says")
         return text
+
+    def read_texts(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """The texts of these (store, row)s, the snapshot's read in runs of nearby bytes, not one call each."""
+        out: dict[tuple[str, int], bytes] = {}
+        spans: list[tuple[int, int, str, int]] = []
+        for name, row in wanted:
+            rows = self.stores[name]
+            kept = rows.mem.get(row)
+            if kept is not None:
+                out[name, row] = bytes(kept)
+            else:
+                spans.append((rows.starts[row] + rows.heads[row], rows.ends[row], name, row))
+        spans.sort()
+        i = 0
+        while i < len(spans):
+            j, first, last = i, spans[i][0], spans[i][1]
+            while j + 1 < len(spans) and spans[j + 1][0] - last < _NEARBY and spans[j + 1][1] - first < _RUN_MAX:
+                j += 1
+                last = max(last, spans[j][1])
+            assert self.fd is not None
+            block = memoryview(_pread_all(self.fd, first, last - first))
+            for start, end, name, row in spans[i : j + 1]:
+                out[name, row] = bytes(block[start - first : end - first])
+            i = j + 1
+        return out
 
     def pieces(self, rows: _Rows) -> _Pieces:
         return _Pieces(self, rows)
@@ -1021,7 +1049,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def cursor(self, user_id: str, *, after: int, limit: int, store: str | None, deleted: bool) -> CursorPage:
         with self._state(user_id, locked=False) as state:
-            entries: list[CursorEntry] = []
+            picked: list[tuple[str, str, int, int, int, int]] = []  # store, id, version, seq, position, row
             at = bisect.bisect_right(state.order_positions, after)
             positions, stores, ids = state.order_positions, state.order_stores, state.order_ids
             has_more = False
@@ -1034,15 +1062,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 row = rows.row_of.get(record_id)
                 if row is None and not deleted:
                     continue
-                if len(entries) >= limit:
+                if len(picked) >= limit:
                     has_more = True
                     break
                 if row is not None:
-                    text = bytes(state.text(rows, row))
-                    entries.append(CursorEntry(name, record_id, rows.versions[row], rows.seqs[row], positions[i], text))
+                    picked.append((name, record_id, rows.versions[row], rows.seqs[row], positions[i], row))
                 else:
                     version, seq, _ = rows.tombs[record_id]
-                    entries.append(CursorEntry(name, record_id, version, seq, positions[i], None))
+                    picked.append((name, record_id, version, seq, positions[i], -1))
+            texts = state.read_texts([(name, row) for name, _, _, _, _, row in picked if row >= 0])
+            entries = [
+                CursorEntry(name, rid, version, seq, position, texts[name, row] if row >= 0 else None)
+                for name, rid, version, seq, position, row in picked
+            ]
             return CursorPage(entries, has_more, state.version, state.position, state.epoch)
 
     def store_counts(self, user_id: str) -> tuple[int, list[tuple[str, int]]]:
@@ -1147,9 +1179,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     self._cut_changelog(user_id, *appended)
             state.identity = None
             raise
-        state.pending_audit = None
+        # Until the batch is in the log the state keeps it, so a failed insert is made again on next use.
+        state.pending_audit = batch.as_json() if batch is not None else None
         if batch is not None:
             audit.insert(batch)
+            state.pending_audit = None
 
     def _recover_audit(self, user_id: str, state: _State) -> None:
         """Put the last commit's audit batch in the log if it is not there (a writer killed after committing)."""

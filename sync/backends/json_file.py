@@ -9,13 +9,15 @@ Per user (``<id>`` is the user's UUID):
   (sendfile). A file without the stamp line, or without its index (written
   by an earlier release), is read the same and rewritten with both on first
   use: every record version 1, last changed at N.
-- ``repo_<id>.idx``, the snapshot's **index**, naming the snapshot's stamp:
-  a header line (epoch, version, last position, the counts ``status``
-  shows), then per store the ids in pull order with each record's version,
-  seq, position and the byte range of its member in the snapshot, the
-  store's tombstones, and the change order. Written (durably) before the
-  snapshot it names; an index that names another stamp is not this
-  snapshot's and is ignored.
+- ``repo_<id>.<stamp>.idx``, the snapshot's **index**, one per snapshot,
+  named by its stamp: a header line (epoch, version, last position, the
+  counts ``status`` shows), then per store the ids in pull order with each
+  record's version, seq, position and the byte range of its member in the
+  snapshot, the store's tombstones, and the change order. A new snapshot's
+  index is written (durably) before the snapshot takes the name, and the old
+  index goes after: a crash in between leaves the old pair whole. Record
+  versions and tombstones live only here and in the journal: the index is
+  data, not a cache.
 - ``repo_<id>.journal``, the **journal**: change sets committed after the
   snapshot, one line each, after a line naming the snapshot's stamp they
   follow. A change set is committed when its line is fsynced; a torn last
@@ -790,7 +792,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise ValueError(f"not a user id: {user_id!r}")
         names = {
             "repo": f"repo_{user_id}.json",
-            "index": f"repo_{user_id}.idx",
             "journal": f"repo_{user_id}.journal",
             "changelog": f"changelog_{user_id}.jsonl",
             "meta": f"repo_{user_id}.meta.json",
@@ -798,13 +799,33 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         }
         return self.directory / names[kind]
 
+    def _index_path(self, user_id: str, stamp: str) -> Path:
+        """The index of the snapshot with this stamp: each snapshot has its own, so the one in use is never
+        overwritten before its snapshot is (a crash in between leaves the old pair whole)."""
+        return self._path(user_id, "repo").with_name(f"repo_{user_id}.{stamp}.idx")
+
+    def _remove_indexes(self, user_id: str, *, keep: str | None) -> None:
+        """Remove the user's indexes but ``keep``'s, and their temporary files (under the user's lock)."""
+        prefix, dot_prefix = f"repo_{user_id}.", f".repo_{user_id}."
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".idx") and name != f"{prefix}{keep}.idx":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif name.startswith(dot_prefix) and name.endswith(".idx.tmp"):
+                remove_leftover(Path(entry.path))
+
     @contextlib.contextmanager
     def _flock(self, user_id: str) -> Iterator[None]:
         """Hold the user's lock, first removing the temporary files a killed writer left; leaving with no
         snapshot (deleted, or a first commit refused), the lock file goes too, as the last step under it."""
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
-            for kind in ("repo", "index", "journal", "meta", "changelog"):
+            for kind in ("repo", "journal", "meta", "changelog"):
                 remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
             try:
                 yield
@@ -898,7 +919,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if not stamp:
             return None, None
         try:
-            raw = self._path(user_id, "index").read_bytes()
+            raw = self._index_path(user_id, stamp).read_bytes()
         except FileNotFoundError:
             return None, None
         newline = raw.find(b"\n")
@@ -1281,7 +1302,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 pendingAudit=pending,
             )
             atomic_write(
-                self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
+                self._index_path(user_id, stamp),
+                [_encoder.encode(header), b"\n", _encoder.encode(body)],
+                exclusive=True,
             )
 
         def chunks() -> Iterator[bytes | memoryview]:
@@ -1294,6 +1317,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             with contextlib.suppress(FileNotFoundError):
                 self._path(user_id, "journal").unlink()
+            self._remove_indexes(user_id, keep=stamp)
             fd = os.open(self._path(user_id, "repo"), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             state.identity = None
@@ -1488,9 +1512,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         try:
             with self._flock(user_id):
-                for kind in ("repo", "index", "journal", "changelog", "meta"):
+                for kind in ("repo", "journal", "changelog", "meta"):
                     with contextlib.suppress(FileNotFoundError):
                         self._path(user_id, kind).unlink()
+                self._remove_indexes(user_id, keep=None)
                 self._forget_state(user_id)
         except OSError as exc:
             raise StorageError("cannot delete repository") from exc

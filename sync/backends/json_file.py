@@ -108,8 +108,10 @@ _JOURNAL_FLOOR = 1 << 20
 # Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
 _NEARBY = 64 * 1024
 _RUN_MAX = 4 << 20
-# Repository states kept per worker.
+# Repository states kept per worker: at most this many, holding at most this many rows and tombstones
+# in all (about 28 MB per 100,000 records) beside the one in use.
 _STATES = 8
+_STATE_ROWS = 150_000
 
 _encoder = msgspec.json.Encoder()
 
@@ -342,6 +344,11 @@ class _State:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    @property
+    def size(self) -> int:
+        """Rows and tombstones held, a measure of the memory the state takes."""
+        return sum(len(rows.ids) + len(rows.tombs) for rows in self.stores.values())
 
     @property
     def records(self) -> int:
@@ -842,7 +849,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if state is None:
                 state = self._states[user_id] = _State()
             self._states.move_to_end(user_id)
-            while len(self._states) > _STATES:
+            while len(self._states) > 1 and (
+                len(self._states) > _STATES or sum(kept.size for kept in self._states.values()) > _STATE_ROWS
+            ):
                 _, old = self._states.popitem(last=False)
                 with old.lock:
                     old.close()

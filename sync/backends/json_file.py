@@ -339,6 +339,8 @@ class _State:
         self.last_sync: str | None = None
         self.pending_audit: dict[str, Any] | None = None
         self.lock = threading.RLock()
+        # ``size`` as of the end of the last use (read without the lock, by the cache's bound).
+        self.held = 0
 
     def close(self) -> None:
         if self.fd is not None:
@@ -849,13 +851,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if state is None:
                 state = self._states[user_id] = _State()
             self._states.move_to_end(user_id)
+            evicted = []
             while len(self._states) > 1 and (
-                len(self._states) > _STATES or sum(kept.size for kept in self._states.values()) > _STATE_ROWS
+                len(self._states) > _STATES or sum(kept.held for kept in self._states.values()) > _STATE_ROWS
             ):
-                _, old = self._states.popitem(last=False)
-                with old.lock:
-                    old.close()
-            return state
+                evicted.append(self._states.popitem(last=False)[1])
+        for old in evicted:  # outside the guard: its holder may be waiting for the guard
+            with old.lock:
+                old.close()
+                old.identity = None
+        return state
 
     def _forget_state(self, user_id: str) -> None:
         with self._guard:
@@ -1011,10 +1016,15 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     if locked:  # a commit that failed may have left the state half applied
                         state.identity = None
                     raise
+                finally:
+                    state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
                 self._refresh(user_id, state, locked=True)
-                yield state
+                try:
+                    yield state
+                finally:
+                    state.held = state.size
 
     # --- the contract: reading -------------------------------------------------------
 

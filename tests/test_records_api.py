@@ -957,6 +957,28 @@ def test_within_a_push_the_cursor_keeps_store_order_then_record_order(admin_api)
     ]  # fmt: skip
 
 
+def test_within_an_ops_batch_the_cursor_keeps_op_order(admin_api):
+    admin_api.push({H: {"old": {}}, "tags": {"t0": {}}})
+    admin_api.ops(
+        [
+            op("create", "x", {}),
+            op("create", "y", {}, store="tags"),
+            op("update", "old", {"n": 1}),
+            op("create", "z", {}, store="cases"),
+            op("update", "t0", {"n": 1}, store="tags"),
+        ]
+    )
+    assert [(e["store"], e["id"]) for e in walk(admin_api, limit=2)[0]] == [
+        (H, "x"), ("tags", "y"), (H, "old"), ("cases", "z"), ("tags", "t0"),
+    ]  # fmt: skip
+
+
+def test_within_a_push_new_and_modified_records_keep_the_push_order(admin_api):
+    admin_api.push({H: {"b": {}, "d": {}}})
+    admin_api.push({H: {"a": {}, "b": {"n": 1}, "c": {}, "d": {"n": 1}}})
+    assert [e["id"] for e in walk(admin_api, limit=3)[0]] == ["a", "b", "c", "d"]
+
+
 def test_cursor_pages(admin_api):
     admin_api.push({H: {f"h{i}": {"i": i} for i in range(7)}})
     first = admin_api.cursor(limit=3)
@@ -1393,7 +1415,7 @@ ENDPOINTS = [
 
 
 def call(api: Api, method: str, path: str, **extra: Any) -> Any:
-    body = orjson.dumps({"operations": [GOOD]} if path.endswith("/ops") else {"v": 9})
+    body = orjson.dumps({"operations": [GOOD]} if path.rstrip("/").endswith("/ops") else {"v": 9})
     if method in ("post", "put"):
         return getattr(api.client, method)(path, body, content_type="application/json", **extra)
     return getattr(api.client, method)(path, content_type="application/json", **extra)

@@ -1201,6 +1201,13 @@ def test_pull_order_new_ids_at_the_end_and_a_revived_one_too(admin_api):
     assert list(admin_api.pull()["data"][H]) == ["b", "c", "d", "a"]
 
 
+def test_a_record_deleted_and_created_again_in_one_batch_goes_to_the_end_of_its_store(admin_api):
+    admin_api.push({H: {"a": {}, "b": {}}})
+    body = admin_api.ops([op("delete", "a"), op("create", "a", {"again": 1})])
+    assert body["results"] == [ok_result("delete", "a", 2), ok_result("create", "a", 3)]
+    assert list(admin_api.pull()["data"][H]) == ["b", "a"]
+
+
 def test_a_conditional_pull_sees_ops_and_per_record_writes(admin_api):
     admin_api.push({H: {"a": {}}})
     for write in (

@@ -532,7 +532,7 @@ def test_record_sync_follows_the_model() -> None:
     run_state_machine_as_test(
         RecordSync,
         settings=settings(
-            max_examples=40,
+            max_examples=30,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

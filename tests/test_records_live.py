@@ -195,6 +195,8 @@ def test_racing_updates_with_expected_versions_lose_nothing_and_skip_no_version(
             record = rng.choice(RACED)
             if number % 4 == 1:  # read through the cursor
                 seen = {e["id"]: e for e in walk(me, store="notes", limit=2)[0]}
+                # From the start until hasMore is false: every record there is, at least once (§7.4).
+                assert sorted(seen) == RACED, f"a walk of the cursor from the start missed records: {sorted(seen)}"
                 version = seen[record]["version"]
             else:
                 read = me.get(record_path("notes", record))

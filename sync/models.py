@@ -46,6 +46,9 @@ class Repository(models.Model):
     # Kept as the changelog wrote it (ISO 8601 with milliseconds and Z), not reparsed.
     # NULL until the first sync: the protocol's lastSync is null then, and "" would be a second "never".
     last_sync = models.CharField(max_length=64, null=True)  # noqa: DJ001
+    # The last position given to a record change, and the name of this history (see sync.records).
+    position = models.BigIntegerField(default=0)
+    epoch = models.CharField(max_length=32, default="")
 
     class Meta:
         verbose_name_plural = "repositories"
@@ -85,10 +88,20 @@ class Record(models.Model):
     item = models.TextField()
     digest = models.CharField(max_length=32)
     seq = models.BigIntegerField()
+    # §7: the record's version, the repository version of its last change, its
+    # place in the change order, and whether it is a tombstone (``item`` empty).
+    version = models.BigIntegerField(default=1)
+    changed = models.BigIntegerField(default=0)
+    position = models.BigIntegerField(default=0)
+    deleted = models.BooleanField(default=False)
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="+", null=True, db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["store", "key"], name="sync_record_store_key")]
-        indexes = [models.Index(fields=["store", "seq"], name="sync_record_store_seq")]
+        indexes = [
+            models.Index(fields=["store", "seq"], name="sync_record_store_seq"),
+            models.Index(fields=["repository", "position"], name="sync_record_repository_position"),
+        ]
 
     def __str__(self) -> str:
         return self.key
@@ -109,3 +122,53 @@ class ChangelogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"version {self.version}"
+
+
+class AuditBatch(models.Model):
+    """Entries of the audit log (PROTOCOL.md §8.5), a batch per committed change set or account event.
+
+    A batch holds ``count`` entries with seqs ``seq`` to ``end - 1``: a
+    change set's one per record, in a compact ``payload`` (see
+    ``sync.audit``) that expands on read, so a first push of 100,000 records
+    writes one row. ``seq`` is server-wide: batches are numbered under the
+    ``AuditCounter`` row's lock, held to the end of the transaction, so
+    seqs rise in commit order and a reader paging with ``since`` never
+    skips one that commits later. A change set's batch is named by the
+    user, the repository's epoch and the version it made (unique), so
+    writing it twice (a recovery racing the writer) keeps one.
+    """
+
+    seq = models.BigIntegerField(unique=True)
+    end = models.BigIntegerField(db_index=True)
+    timestamp = models.CharField(max_length=64)
+    user_id = models.CharField(max_length=64)
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=32)
+    # For an account event: the account acted on, and the address (null for a command).
+    target_user_id = models.CharField(max_length=64, null=True)  # noqa: DJ001
+    target_username = models.CharField(max_length=150, null=True)  # noqa: DJ001
+    ip = models.CharField(max_length=64, null=True)  # noqa: DJ001
+    epoch = models.CharField(max_length=32, null=True)  # noqa: DJ001
+    repository_version = models.BigIntegerField(null=True)
+    payload = models.TextField(default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "epoch", "repository_version"], name="sync_auditbatch_change_set"
+            )
+        ]
+        indexes = [models.Index(fields=["user_id", "end"], name="sync_auditbatch_user_end")]
+        verbose_name_plural = "audit batches"
+
+    def __str__(self) -> str:
+        return f"audit {self.seq}..{self.end - 1}"
+
+
+class AuditCounter(models.Model):
+    """The one row whose lock orders audit batches: ``next`` is the next seq to give."""
+
+    next = models.BigIntegerField(default=1)
+
+    def __str__(self) -> str:
+        return f"next audit seq {self.next}"

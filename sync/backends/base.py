@@ -1,22 +1,27 @@
-"""The repository store contract.
+"""The repository store contract: a few storage primitives, no rules.
 
 Each user (by id string) has one repository: a version counter, named stores
-of records, and a changelog with one entry per effective push. A store
-serialises pushes of one user across threads and processes, makes a push
-durable before returning, and never exposes half of a push. Pull order is
-first-insertion order. Rules about what a valid push is live in the service
-and ``sync.merge``; a store receives validated data.
+of records (each with a version, a seq and a position, see ``sync.records``),
+tombstones, and a changelog with one entry per committed change set. The
+service plans every change (``sync.records``) against a ``Snapshot`` that
+the store reads, and hands the store one ``ChangeSet`` to commit under the
+user's lock, as Django's session and cache backends leave their logic to the
+base and keep a backend to a few primitives. A store serialises the commits
+of one user across threads and processes, makes a commit durable (change set,
+changelog entry, audit entries) before returning, never exposes half of one,
+and assigns positions in commit order. Pull order is first-insertion order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
-from sync.merge import MergePlan, RawStores
+from sync.records import ChangeSet, Snapshot
 
 if TYPE_CHECKING:
     from sync.pullcache import PullCache
@@ -38,18 +43,6 @@ def entry_json(entry: Mapping[str, Any]) -> bytes:
     """
     ordered = {"version": entry["version"], **{k: v for k, v in entry.items() if k != "version"}}
     return _entry_encoder.encode(ordered)
-
-
-def push_entry(*, version: int, timestamp: str, client_version: int | None, plan: MergePlan) -> dict[str, Any]:
-    """The changelog entry of a push that changed something (``plan``), as every store logs it."""
-    return {
-        "version": version,
-        "timestamp": timestamp,
-        "clientVersion": client_version,
-        "added": plan.added,
-        "modified": plan.modified,
-        "action": "push",
-    }
 
 
 @dataclass(frozen=True)
@@ -86,6 +79,43 @@ class PushResult:
     version: int
     added: int
     modified: int
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class CursorEntry:
+    """One entity of a cursor page: a live record (``text``) or a tombstone (``text`` None)."""
+
+    store: str
+    id: str
+    version: int
+    seq: int
+    position: int
+    text: bytes | None
+
+
+@dataclass(frozen=True)
+class CursorPage:
+    """Entities with positions after the one asked, in position order, and where the repository stands."""
+
+    entries: list[CursorEntry]
+    has_more: bool
+    version: int
+    position: int
+    epoch: str
+
+
+@dataclass
+class RecordDump:
+    """A repository with its record states, as backups carry it and ``replace`` takes it.
+
+    ``stores`` maps each store to (id, text, version, seq) rows in pull
+    order; ``tombstones`` each store to (id, version, seq) rows.
+    """
+
+    version: int
+    stores: dict[str, list[tuple[str, msgspec.Raw, int, int]]]
+    tombstones: dict[str, list[tuple[str, int, int]]]
 
 
 @dataclass(frozen=True)
@@ -133,6 +163,14 @@ EMPTY_SUMMARY = RepositorySummary(
 )
 
 
+class WriteSnapshot(Snapshot):
+    """The snapshot a store gives under the user's lock: current until the lock goes; ``commit`` once."""
+
+    def commit(self, change_set: ChangeSet) -> None:
+        """Commit ``change_set`` (its version is this snapshot's + 1): durable on return, all or nothing."""
+        raise NotImplementedError
+
+
 class BaseRepositoryStore:
     """Interface every repository store implements.
 
@@ -143,64 +181,80 @@ class BaseRepositoryStore:
 
     pull_cache: PullCache
 
-    def pull_bytes(self, user_id: str) -> bytes:
-        """The body of ``GET /api/sync``: ``{"version": N, "data": {...}}`` as compact JSON."""
-        raise NotImplementedError
+    # --- reading ---------------------------------------------------------------------
 
     def pull(self, user_id: str) -> PullSource:
-        """The pull body with its tag, as one consistent read (see PullSource)."""
+        """The body of ``GET /api/sync`` (``{"version": N, "data": {...}}``, compact) with its tag, read consistently."""
         raise NotImplementedError
 
     def pull_tag(self, user_id: str) -> str:
         """A short string that changes whenever the pull body changes (an HTTP ETag), cheaply."""
         raise NotImplementedError
 
+    def pull_bytes(self, user_id: str) -> bytes:
+        return self.pull(user_id).read()
+
     def load(self, user_id: str) -> Repository:
         """The parsed repository (version 0 and no stores when the user has none)."""
+        from sync.depth import parse_repository
+
+        version, data = parse_repository(self.pull_bytes(user_id))
+        return Repository(version=version, data=data)
+
+    def reading(self, user_id: str) -> AbstractContextManager[Snapshot]:
+        """A snapshot of the repository for planning without the lock (it may be overtaken meanwhile)."""
         raise NotImplementedError
 
-    def push(
-        self,
-        user_id: str,
-        stores: RawStores,
-        *,
-        client_version: int | None,
-        timestamp: str,
-        allowed: Callable[[], None] | None = None,
-    ) -> PushResult:
-        """Merge validated ``stores`` (records as JSON text, see ``sync.merge``) by its rules.
+    def locked(self, user_id: str, allowed: Callable[[], None] | None = None) -> AbstractContextManager[WriteSnapshot]:
+        """Hold the user's lock (the one ``delete`` takes) and give the current snapshot, to plan and commit.
 
-        If anything changed, raise the version by one and log it. Returns the
-        (possibly unchanged) version and the counts. Durable on return.
-
-        ``allowed``, when given, is called while the store holds the user's
-        lock (the one ``delete`` takes), before anything is written: whatever
-        it raises comes out of ``push``, and then nothing of the push is
-        written and no file or row of the user is left that was not there
-        before. The service passes a check that the user still exists and
-        is active, so a push never outlives the deletion of its user.
+        ``allowed``, when given, is called first under the lock, before
+        anything is written or created: whatever it raises comes out, and
+        then no file or row of the user is left that was not there before.
         """
+        raise NotImplementedError
+
+    def cursor(self, user_id: str, *, after: int, limit: int, store: str | None, deleted: bool) -> CursorPage:
+        """Up to ``limit`` entities with positions above ``after``, oldest change first (tombstones if ``deleted``)."""
+        raise NotImplementedError
+
+    def store_counts(self, user_id: str) -> tuple[int, list[tuple[str, int]]]:
+        """The repository version and each store's live records, in pull order."""
         raise NotImplementedError
 
     def changes(self, user_id: str, since: int) -> ChangesPage:
         """Changelog entries with version > ``since``: how many, and the newest CHANGES_PAGE of them in ascending order."""
         raise NotImplementedError
 
+    def changelog(self, user_id: str) -> list[dict[str, Any]]:
+        """Every committed changelog entry of the user, oldest first (backups need all, not a page)."""
+        raise NotImplementedError
+
     def summary(self, user_id: str) -> RepositorySummary:
         """Version, store and record counts, size and sync history, cheaply (no full parse)."""
         raise NotImplementedError
 
-    def replace(self, user_id: str, repository: Repository, changelog: Iterable[dict[str, Any]]) -> None:
-        """Make ``repository`` and ``changelog`` the user's, replacing whatever was there (imports)."""
+    def dump(self, user_id: str) -> RecordDump:
+        """Every record and tombstone with its state (backups)."""
+        raise NotImplementedError
+
+    # --- writing ---------------------------------------------------------------------
+
+    def replace(self, user_id: str, dump: RecordDump, changelog: Iterable[dict[str, Any]]) -> None:
+        """Make ``dump`` and ``changelog`` the user's repository, replacing whatever was there, as a new history
+        (a new epoch: cursors issued before restart from the beginning). Imports and restores."""
+        raise NotImplementedError
+
+    def purge(self, user_id: str, *, through_seq: int) -> int:
+        """Remove the tombstones deleted at repository version ``through_seq`` or earlier; how many went.
+
+        No version changes: a purge is not a change of any record.
+        """
         raise NotImplementedError
 
     def delete(self, user_id: str) -> None:
         """Remove the user's repository, changelog and every file or row kept for them (caches, locks), entirely.
 
-        Waits for a push of the user that holds the lock; idempotent.
+        Waits for a commit of the user that holds the lock; idempotent.
         """
-        raise NotImplementedError
-
-    def changelog(self, user_id: str) -> list[dict[str, Any]]:
-        """Every committed changelog entry of the user, oldest first (backups need all, not a page)."""
         raise NotImplementedError

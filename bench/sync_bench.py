@@ -104,15 +104,15 @@ GOALS = [
     Goal("GET /api/sync/stores", "stores", None, 0.010, None),
     Goal("first pull after a change (an op of one record)", "pull after op", None, None, "2x files"),
     Goal("audit entries after a first push (GET /api/sync/ops)", "audit", None, 1, 1, "entries"),
-    Goal("changes", "changes", 100000, 0.010, None),
-    Goal("status", "status", 100000, 0.010, None),
-    Goal("auth/me", "me", 100000, 0.010, None),
     Goal("first push", "first push", 20000, 0.050, 0.25),
     Goal("peak RSS/worker", "memory", 20000, 80 * MIB, None, "bytes"),
     Goal("first push", "first push", 100000, 0.25, None),
     Goal("re-push 1%", "re-push 1%", 100000, 0.25, None),
     Goal("re-push 0%", "re-push 0%", 100000, 0.12, None),
     Goal("full pull", "pull", 100000, 0.060, None),
+    Goal("changes", "changes", 100000, 0.010, None),
+    Goal("status", "status", 100000, 0.010, None),
+    Goal("auth/me", "me", 100000, 0.010, None),
     Goal("peak RSS/worker", "memory", 100000, 160 * MIB, None, "bytes"),
 ]
 

@@ -336,7 +336,9 @@ def audit_entries(client: Client, page: int = 1000) -> tuple[int, int]:
 
 
 def _guarded(out: dict[str, Any], notes: list[str], keys: list[str], measure: Callable[[], None]) -> None:
-    """Run ``measure`` (which writes ``keys`` into ``out``); if it fails, note why and mark what it left unmeasured.
+    """Run ``measure`` (which writes each of ``keys`` into ``out`` once its answers pass their checks).
+
+    If it fails, note why and mark what it left unmeasured.
 
     The record-level endpoints are new: one that misbehaves should cost its
     own rows, not the rest of a run of several minutes.
@@ -376,21 +378,23 @@ def measure_records(
                     raise CheckFailed(f"{key}: not a full page of {PAGE}")
             out[key] = _timed_get(client, path, fast)
         walks: list[list[bytes]] = []
-        out["walk"] = median_seconds(lambda: walks.append(walk(client, "")), runs)
+        seconds = median_seconds(lambda: walks.append(walk(client, "")), runs)
         for pages in walks:
             _check_walk(pages, total)
+        out["walk"] = seconds
 
     def writes() -> None:
         for key, count in (("ops 1", 1), ("ops 100", 100)):
             for _ in range(warm):
                 _apply(client, edits.ops(count)[0], count)
             before = _version(client)
-            out[key], answers = _timed_sends(
+            seconds, answers = _timed_sends(
                 client, "POST", [("/api/sync/ops", edits.ops(count)[0]) for _ in range(fast)]
             )
             for answer in answers:
                 _check_ops(ok(answer), count)
             _check_versions(client, before, fast, key)
+            out[key] = seconds
 
     def puts() -> None:
         for _ in range(warm):
@@ -398,12 +402,13 @@ def measure_records(
             ok(client.request("PUT", path, data=data))
         before = _version(client)
         sends = [edits.put() for _ in range(fast)]
-        out["put"], answers = _timed_sends(client, "PUT", sends)
+        seconds, answers = _timed_sends(client, "PUT", sends)
         for (path, _), answer in zip(sends, answers, strict=True):
             body = ok(answer)
             if body.get("version", 0) < 2 or not path.endswith("/" + quote(body.get("id", ""), safe="")):
                 raise CheckFailed(f"PUT {path} answered {str(body)[:300]}")
         _check_versions(client, before, fast, "PUT")
+        out["put"] = seconds
 
     def incremental() -> None:
         position = _top_field(walk(client, "")[-1], "nextCursor")  # now: where the first timed walk starts
@@ -425,8 +430,9 @@ def measure_records(
             _apply(client, body, 100)
             return ids
 
-        out["incremental"] = median_seconds_after(change, lambda ids: done.append((ids, walk(client, position))), fast)
+        seconds = median_seconds_after(change, lambda ids: done.append((ids, walk(client, position))), fast)
         settle()
+        out["incremental"] = seconds
 
     _measure_groups(
         out,

@@ -69,7 +69,9 @@ class PendingBatch:
             epoch=doc["epoch"],
             version=doc["version"],
             count=doc["count"],
-            payload=bytes(doc["payload"]) if isinstance(doc["payload"], msgspec.Raw) else _encoder.encode(doc["payload"]),
+            payload=bytes(doc["payload"])
+            if isinstance(doc["payload"], msgspec.Raw)
+            else _encoder.encode(doc["payload"]),
         )
 
 
@@ -77,9 +79,7 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
     """The audit batch of ``change_set`` (None when it names no one to log: a command's restore)."""
     if change_set.audit is None:
         return None
-    payload = _encoder.encode(
-        [(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids]
-    )
+    payload = _encoder.encode([(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids])
     return PendingBatch(
         user_id=user_id,
         username=change_set.audit.username,
@@ -141,9 +141,7 @@ def _insert(batch: PendingBatch, alias: str) -> None:
 def recorded(user_id: str, epoch: str, version: int, *, using: str | None = None) -> bool:
     """Whether the batch of this user's change set (by epoch and version) is in the log."""
     alias = using or router.db_for_read(AuditBatch)
-    return (
-        AuditBatch.objects.using(alias).filter(user_id=user_id, epoch=epoch, repository_version=version).exists()
-    )
+    return AuditBatch.objects.using(alias).filter(user_id=user_id, epoch=epoch, repository_version=version).exists()
 
 
 def event(
@@ -210,7 +208,14 @@ def _expand(batch: AuditBatch, since: int) -> Iterator[dict[str, Any]]:
     }
     if batch.action != "records":
         if batch.seq > since:
-            yield {"seq": batch.seq, **common, "action": batch.action, "store": None, "entity_id": None, "version": None}
+            yield {
+                "seq": batch.seq,
+                **common,
+                "action": batch.action,
+                "store": None,
+                "entity_id": None,
+                "version": None,
+            }
         return
     seq = batch.seq
     for store, ids, versions, actions in _decoder.decode(batch.payload):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
+import orjson
 
 from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal
 
@@ -156,8 +157,7 @@ def plan_push(
         dead = snapshot.tombstoned(name, records.keys())
         if dead:
             skipped += len(dead)
-            records = {rid: text for rid, text in records.items() if rid not in dead}
-        filtered[name] = records
+        filtered[name] = {rid: text for rid, text in records.items() if rid not in dead} if dead else records
     plan = plan_merge(snapshot.stored_for(filtered), filtered)
     if not plan.changed:
         return PushOutcome(None, snapshot.version, 0, 0, skipped)
@@ -292,14 +292,16 @@ def _net_kind(live_before: bool, live_after: bool) -> str:
     return DELETE
 
 
-def _conflict(base: dict[str, Any], action: str, server_version: int, text: bytes | msgspec.Raw | None) -> dict[str, Any]:
+def _conflict(
+    base: dict[str, Any], action: str, server_version: int, text: bytes | msgspec.Raw | None
+) -> dict[str, Any]:
     return {
         "ok": False,
         "conflict": True,
         **base,
         "action": action,
         "serverVersion": server_version,
-        "serverData": None if text is None else msgspec.Raw(text),
+        "serverData": None if text is None else orjson.Fragment(bytes(text)),
     }
 
 

@@ -87,7 +87,7 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
         timestamp=change_set.timestamp,
         epoch=epoch,
         version=change_set.version,
-        count=change_set.count(),
+        count=count,
         payload=payload,
     )
 

@@ -630,12 +630,12 @@ def _limit_text(limit: float, unit: str) -> str:
 Results = dict[str, dict[int, dict[str, Any]] | None]  # storage -> size -> figures (None: storage unavailable)
 
 
-def _goal_cells(goal: Goal, storage: str, size: int, results: Results) -> list[str]:
+def _goal_cells(goal: Goal, storage: str, size: int, results: Results, absent: Mapping[str, str]) -> list[str]:
     """The figure, the limit and whether it is met, of ``goal`` on ``storage``."""
     limit = goal.files if storage == "files" else goal.database
     measured = results.get(storage)
     figures = measured.get(size) if measured is not None else None
-    value = "unavailable" if measured is None else figures.get(goal.key) if figures is not None else None
+    value = absent.get(storage, "-") if measured is None else figures.get(goal.key) if figures is not None else None
     if goal.unit == "entries":
         limit, limit_text = (size, f"= {size:,}") if limit else (None, "-")
     elif limit == "2x files":
@@ -658,7 +658,9 @@ def _goal_cells(goal: Goal, storage: str, size: int, results: Results) -> list[s
     return [text, limit_text, "yes" if value < limit else "NO"]
 
 
-def goals_table(results: Results, storages: Sequence[str], sizes: list[int], runs: int) -> Table:
+def goals_table(
+    results: Results, storages: Sequence[str], sizes: list[int], runs: int, absent: Mapping[str, str]
+) -> Table:
     """Every figure issue 14 sets a target for, beside its target, for each storage."""
     columns = ["issue 14", "records"]
     for storage in storages:
@@ -672,7 +674,7 @@ def goals_table(results: Results, storages: Sequence[str], sizes: list[int], run
         size = goal.size or max(sizes)
         cells = [goal.label, f"{size:,}"]
         for storage in storages:
-            cells += _goal_cells(goal, storage, size, results)
+            cells += _goal_cells(goal, storage, size, results, absent)
         table.add(*cells)
     table.notes.append(
         "ops and PUT: every run changes records no run changed before; incremental walk: from the end of the "
@@ -783,16 +785,23 @@ def _run(args: Any, servers: ServerFactory, sizes: list[int], runs: int) -> list
     )
     tables: list[Table] = []
     results: Results = {}
+    absent: dict[str, str] = {}  # storage -> why it has no figures
     for storage in storages:
+        results[storage] = None
         try:
             server = servers.start(storage=storage, env=env)
         except DatabaseUnavailable as exc:
-            results[storage] = None
+            absent[storage] = "unavailable"
             comparison.notes.append(f"{storage}: not measured, {exc}")
             continue
-        table, results[storage] = _measure_storage(server, storage, sizes, runs, comparison)
+        try:
+            table, results[storage] = _measure_storage(server, storage, sizes, runs, comparison)
+            tables.append(table)
+        except Exception as exc:
+            # A storage that breaks (a fault while it is being built) leaves the other's figures standing.
+            absent[storage] = FAILED
+            comparison.notes.append(f"{storage}: failed, {type(exc).__name__}: {str(exc)[:300]}")
         server.stop()  # one server at a time on the machine
-        tables.append(table)
 
     seconds = 15 if args.quick else 60
     load = Table(
@@ -812,8 +821,13 @@ def _run(args: Any, servers: ServerFactory, sizes: list[int], runs: int) -> list
         if results[storage] is None:
             continue
         load_server = servers.start(storage=storage, env=env)
-        result = asyncio.run(load_test(load_server, clients=50, seconds=seconds, records=1000))
-        load_server.stop()
+        try:
+            result = asyncio.run(load_test(load_server, clients=50, seconds=seconds, records=1000))
+        except Exception as exc:
+            load.notes.append(f"{storage}: failed, {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        finally:
+            load_server.stop()
         load.add(
             storage,
             f"{result['requests']:,}",
@@ -826,4 +840,4 @@ def _run(args: Any, servers: ServerFactory, sizes: list[int], runs: int) -> list
         )
         if result["errors"]:
             load.notes.append(f"{storage}, first errors: {result['errors'][:3]}")
-    return [*tables, goals_table(results, storages, sizes, runs), comparison, load]
+    return [*tables, goals_table(results, storages, sizes, runs, absent), comparison, load]

@@ -9,13 +9,15 @@ Per user (``<id>`` is the user's UUID):
   (sendfile). A file without the stamp line, or without its index (written
   by an earlier release), is read the same and rewritten with both on first
   use: every record version 1, last changed at N.
-- ``repo_<id>.idx``, the snapshot's **index**, naming the snapshot's stamp:
-  a header line (epoch, version, last position, the counts ``status``
-  shows), then per store the ids in pull order with each record's version,
-  seq, position and the byte range of its member in the snapshot, the
-  store's tombstones, and the change order. Written (durably) before the
-  snapshot it names; an index that names another stamp is not this
-  snapshot's and is ignored.
+- ``repo_<id>.<stamp>.idx``, the snapshot's **index**, one per snapshot,
+  named by its stamp: a header line (epoch, version, last position, the
+  counts ``status`` shows), then per store the ids in pull order with each
+  record's version, seq, position and the byte range of its member in the
+  snapshot, the store's tombstones, and the change order. A new snapshot's
+  index is written (durably) before the snapshot takes the name, and the old
+  index goes after: a crash in between leaves the old pair whole. Record
+  versions and tombstones live only here and in the journal: the index is
+  data, not a cache.
 - ``repo_<id>.journal``, the **journal**: change sets committed after the
   snapshot, one line each, after a line naming the snapshot's stamp they
   follow. A change set is committed when its line is fsynced; a torn last
@@ -106,8 +108,10 @@ _JOURNAL_FLOOR = 1 << 20
 # Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
 _NEARBY = 64 * 1024
 _RUN_MAX = 4 << 20
-# Repository states kept per worker.
+# Repository states kept per worker: at most this many, holding at most this many rows and tombstones
+# in all (about 28 MB per 100,000 records) beside the one in use.
 _STATES = 8
+_STATE_ROWS = 150_000
 
 _encoder = msgspec.json.Encoder()
 
@@ -205,7 +209,6 @@ class _Header(msgspec.Struct):
     totalSyncs: int
     lastSync: str | None
     dataSize: int
-    pendingAudit: dict[str, Any] | None = None
 
 
 class _Body(msgspec.Struct, array_like=True):
@@ -244,6 +247,14 @@ class _JournalHead(msgspec.Struct):
 
 
 _journal_decoder = msgspec.json.Decoder(_JournalLine)
+
+
+class _JournalSummary(msgspec.Struct):
+    version: int
+    summary: tuple[int, int, int, str | None, int]
+
+
+_journal_summary_decoder = msgspec.json.Decoder(_JournalSummary)
 _NULL = msgspec.Raw(b"null")
 
 
@@ -335,11 +346,18 @@ class _State:
         self.last_sync: str | None = None
         self.pending_audit: dict[str, Any] | None = None
         self.lock = threading.RLock()
+        # ``size`` as of the end of the last use (read without the lock, by the cache's bound).
+        self.held = 0
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    @property
+    def size(self) -> int:
+        """Rows and tombstones held, a measure of the memory the state takes."""
+        return sum(len(rows.ids) + len(rows.tombs) for rows in self.stores.values())
 
     @property
     def records(self) -> int:
@@ -790,7 +808,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise ValueError(f"not a user id: {user_id!r}")
         names = {
             "repo": f"repo_{user_id}.json",
-            "index": f"repo_{user_id}.idx",
             "journal": f"repo_{user_id}.journal",
             "changelog": f"changelog_{user_id}.jsonl",
             "meta": f"repo_{user_id}.meta.json",
@@ -798,13 +815,33 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         }
         return self.directory / names[kind]
 
+    def _index_path(self, user_id: str, stamp: str) -> Path:
+        """The index of the snapshot with this stamp: each snapshot has its own, so the one in use is never
+        overwritten before its snapshot is (a crash in between leaves the old pair whole)."""
+        return self._path(user_id, "repo").with_name(f"repo_{user_id}.{stamp}.idx")
+
+    def _remove_indexes(self, user_id: str, *, keep: str | None) -> None:
+        """Remove the user's indexes but ``keep``'s, and their temporary files (under the user's lock)."""
+        prefix, dot_prefix = f"repo_{user_id}.", f".repo_{user_id}."
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".idx") and name != f"{prefix}{keep}.idx":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif name.startswith(dot_prefix) and name.endswith(".idx.tmp"):
+                remove_leftover(Path(entry.path))
+
     @contextlib.contextmanager
     def _flock(self, user_id: str) -> Iterator[None]:
         """Hold the user's lock, first removing the temporary files a killed writer left; leaving with no
         snapshot (deleted, or a first commit refused), the lock file goes too, as the last step under it."""
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
-            for kind in ("repo", "index", "journal", "meta", "changelog"):
+            for kind in ("repo", "journal", "meta", "changelog"):
                 remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
             try:
                 yield
@@ -821,11 +858,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if state is None:
                 state = self._states[user_id] = _State()
             self._states.move_to_end(user_id)
-            while len(self._states) > _STATES:
-                _, old = self._states.popitem(last=False)
-                with old.lock:
-                    old.close()
-            return state
+            evicted = []
+            while len(self._states) > 1 and (
+                len(self._states) > _STATES or sum(kept.held for kept in self._states.values()) > _STATE_ROWS
+            ):
+                evicted.append(self._states.popitem(last=False)[1])
+        for old in evicted:  # outside the guard: its holder may be waiting for the guard
+            with old.lock:
+                old.close()
+                old.identity = None
+        return state
 
     def _forget_state(self, user_id: str) -> None:
         with self._guard:
@@ -847,6 +889,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return
         if identity != state.identity:
             if not self._load(user_id, state):
+                if not self._earlier_release(user_id, identity):
+                    logger.error("the snapshot of user %s has no readable index", user_id)
+                    raise StorageError("repository index missing or unreadable")
                 if not locked:
                     raise _NeedsLock()
                 self._upgrade(user_id, state)
@@ -870,7 +915,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return True
         try:
             identity = identity_of(fd)
-            header, body = self._read_index(user_id, identity[3])
+            header, body, pending = self._read_index(user_id, identity[3])
         except BaseException:
             os.close(fd)
             raise
@@ -882,7 +927,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.epoch, state.version, state.snapshot_version = header.epoch, header.version, header.version
         state.position = header.position
         state.total_syncs, state.last_sync = header.totalSyncs, header.lastSync
-        state.pending_audit = header.pendingAudit
+        state.pending_audit = pending
         state.stores = {index.name: _Rows.from_index(index) for index in body.stores}
         names = [index.name for index in body.stores]
         lists = [(index.ids, index.tomb_ids) for index in body.stores]
@@ -894,22 +939,70 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self._replay(user_id, state)
         return True
 
-    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None]:
+    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None, dict[str, Any] | None]:
+        """The index of the snapshot with ``stamp``: its header, its body and the audit batch of the commit
+        that wrote it (lines 1 to 3); Nones when there is none."""
         if not stamp:
-            return None, None
+            return None, None, None
         try:
-            raw = self._path(user_id, "index").read_bytes()
+            raw = self._index_path(user_id, stamp).read_bytes()
         except FileNotFoundError:
-            return None, None
-        newline = raw.find(b"\n")
+            return None, None, None
+        first = raw.find(b"\n")
+        second = raw.find(b"\n", first + 1)
         try:
-            header = _header_decoder.decode(raw[:newline])
-            if header.stamp != stamp:
-                return None, None
-            return header, _body_decoder.decode(memoryview(raw)[newline + 1 :])
+            header = _header_decoder.decode(raw[:first])
+            if header.stamp != stamp or second < 0:
+                return None, None, None
+            body = _body_decoder.decode(memoryview(raw)[first + 1 : second])
+            pending = msgspec.json.decode(memoryview(raw)[second + 1 :], type=dict[str, Any] | None)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            logger.warning("index of user %s cannot be read: rebuilding it", user_id)
-            return None, None
+            logger.error("the index of user %s cannot be read: rebuilding it from the snapshot", user_id)
+            return None, None, None
+        return header, body, pending
+
+    def _header(self, user_id: str, stamp: str) -> _Header | None:
+        """Only the first line of the index of the snapshot with ``stamp`` (the counts): a small read."""
+        if not stamp:
+            return None
+        try:
+            fd = os.open(self._index_path(user_id, stamp), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+        newline = head.find(b"\n")
+        try:
+            header = _header_decoder.decode(head[:newline]) if newline > 0 else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return header if header is not None and header.stamp == stamp else None
+
+    def _journal_summary(self, user_id: str, stamp: str) -> tuple[int, tuple[int, int, int, str | None, int]] | None:
+        """The version and counts of the last commit in the journal that follows the snapshot ``stamp``."""
+        try:
+            fd = os.open(self._path(user_id, "journal"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 256, 0)
+            newline = head.find(b"\n")
+            try:
+                if newline < 0 or msgspec.json.decode(head[:newline], type=_JournalHead).journal != stamp:
+                    return None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            size = os.fstat(fd).st_size
+            for offset, line in _reverse_lines(fd, size):
+                if offset <= newline or offset + len(line) >= size:
+                    continue  # the head line, or a torn last line (never committed)
+                summary = _journal_summary_decoder.decode(line)
+                return summary.version, summary.summary
+            return None
+        finally:
+            os.close(fd)
 
     def _replay(self, user_id: str, state: _State) -> None:
         """Apply the journal lines ``state`` has not seen (the journal must follow the state's snapshot)."""
@@ -981,10 +1074,15 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     if locked:  # a commit that failed may have left the state half applied
                         state.identity = None
                     raise
+                finally:
+                    state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
                 self._refresh(user_id, state, locked=True)
-                yield state
+                try:
+                    yield state
+                finally:
+                    state.held = state.size
 
     # --- the contract: reading -------------------------------------------------------
 
@@ -1099,6 +1197,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return RecordDump(version=state.version, stores=stores, tombstones=tombstones)
 
     def summary(self, user_id: str) -> RepositorySummary:
+        # From the index's first line and the journal's last line, without loading the repository (the
+        # admin's list of users asks for everyone's); a snapshot of an earlier release is loaded (upgraded).
+        identity = file_identity(self._path(user_id, "repo"))
+        if identity is None:
+            return EMPTY_SUMMARY
+        header = self._header(user_id, identity[3])
+        if header is not None:
+            last = self._journal_summary(user_id, identity[3])
+            if last is not None and last[0] > header.version:
+                records, stores, total_syncs, last_sync, data_size = last[1]
+                return RepositorySummary(last[0], stores, records, data_size, total_syncs, last_sync)
+            return RepositorySummary(
+                header.version, header.stores, header.records, header.dataSize, header.totalSyncs, header.lastSync
+            )
         with self._state(user_id, locked=False) as state:
             if state.identity is None:
                 return EMPTY_SUMMARY
@@ -1169,9 +1281,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 self._write_snapshot(user_id, state, pending_audit=batch)
                 committed = True
             else:
+                state.apply(change_set, keep_texts=True)
                 journal = self._append_journal(user_id, state, change_set, batch)
                 committed = True
-                state.apply(change_set, keep_texts=True)
                 state.journal = journal
         except BaseException:
             if not committed:
@@ -1205,12 +1317,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self, user_id: str, state: _State, change_set: ChangeSet, batch: audit.PendingBatch | None
     ) -> tuple[int, int]:
         """Append the change set's line to the journal, fsynced: the commit point. The journal's (inode, size)."""
-        records = state.records
+        # ``state`` has the change set applied already: the line's counts are the repository's after it.
         line = _JournalLine(
             version=change_set.version,
-            position=state.position + change_set.count(),
+            position=state.position,
             timestamp=change_set.timestamp,
-            summary=(records, len(state.stores), state.total_syncs + 1, change_set.timestamp, state.data_size),
+            summary=(state.records, len(state.stores), state.total_syncs, state.last_sync, state.data_size),
             writes=[
                 _JournalWrite(
                     w.store, w.ids, w.versions, "".join(w.actions), [t if t is not None else _NULL for t in w.texts]
@@ -1278,10 +1390,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 totalSyncs=state.total_syncs,
                 lastSync=state.last_sync,
                 dataSize=identity[1] - _STAMP_LINE,
-                pendingAudit=pending,
             )
             atomic_write(
-                self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
+                self._index_path(user_id, stamp),
+                [_encoder.encode(header), b"\n", _encoder.encode(body), b"\n", _encoder.encode(pending)],
+                exclusive=True,
             )
 
         def chunks() -> Iterator[bytes | memoryview]:
@@ -1294,6 +1407,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             with contextlib.suppress(FileNotFoundError):
                 self._path(user_id, "journal").unlink()
+            self._remove_indexes(user_id, keep=stamp)
             fd = os.open(self._path(user_id, "repo"), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             state.identity = None
@@ -1314,6 +1428,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             rows.mem.clear()
             rows.body_rows = len(rows.ids)
         state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
+
+    def _earlier_release(self, user_id: str, identity: FileIdentity) -> bool:
+        """Whether a snapshot without its index was written by an earlier release (then it is upgraded).
+
+        Earlier releases wrote no index and no journal, and a stamped file with
+        a sidecar (``.meta.json``). A snapshot of this release that lost its
+        index (by hand) is refused instead: versions and tombstones live there.
+        """
+        if not identity[3] or self._path(user_id, "meta").exists():
+            return True
+        if self._path(user_id, "journal").exists():
+            return False
+        prefix = f"repo_{user_id}."
+        return not any(e.name.startswith(prefix) and e.name.endswith(".idx") for e in os.scandir(self.directory))
 
     def _upgrade(self, user_id: str, state: _State) -> None:
         """Give a snapshot written by an earlier release (no index) its index, under the user's lock."""
@@ -1488,9 +1616,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         try:
             with self._flock(user_id):
-                for kind in ("repo", "index", "journal", "changelog", "meta"):
+                for kind in ("repo", "journal", "changelog", "meta"):
                     with contextlib.suppress(FileNotFoundError):
                         self._path(user_id, kind).unlink()
+                self._remove_indexes(user_id, keep=None)
                 self._forget_state(user_id)
         except OSError as exc:
             raise StorageError("cannot delete repository") from exc

@@ -588,8 +588,11 @@ CURSOR_STORE = OpenApiParameter(
     description="Only this store's records (an unknown store: an empty page; empty: every store).",
 )  # fmt: skip
 CURSOR_DELETED = OpenApiParameter(
-    "deleted", {"type": "string", "enum": ["0", "1", "true", "false"]}, OpenApiParameter.QUERY,
-    description="1: tombstones too, as {store, id, version, seq, deleted: true, data: null}.",
+    "deleted", {"type": "string", "enum": ["0", "1", "true", "false", ""]}, OpenApiParameter.QUERY,
+    description=(
+        "1 or true: tombstones too, as {store, id, version, seq, deleted: true, data: null}; 0, false or empty: "
+        "without them. Anything else is 400."
+    ),
 )  # fmt: skip
 _TAG = '[ \\t]*(W/)?[ \\t]*("[0-9]{1,18}"|[0-9]{1,18})[ \\t]*'
 _IF_MATCH = f"^([ \\t]*\\*[ \\t]*|{_TAG}(,{_TAG})*)$"

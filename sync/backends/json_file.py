@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import operator
 import os
 import re
 import secrets
@@ -52,7 +53,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from itertools import accumulate
+from itertools import accumulate, groupby, repeat
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ from sync.backends.base import (
 from sync.depth import decode_members, decode_repository
 from sync.merge import RawStores, StoredStore
 from sync.pullcache import PullCache
-from sync.records import DELETE, ChangeSet, RecordState
+from sync.records import CREATE, DELETE, ChangeSet, RecordState, StoreWrite
 
 logger = logging.getLogger("pzls.sync")
 
@@ -104,7 +105,6 @@ _JOURNAL_SHARE = 8
 _JOURNAL_FLOOR = 1 << 20
 # Repository states kept per worker.
 _STATES = 8
-_SIMPLE_ID = re.compile(r'^[^"\\\x00-\x1f\x7f-\U0010ffff]*$')
 
 _encoder = msgspec.json.Encoder()
 
@@ -148,12 +148,25 @@ def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
         buf_start = read_start
 
 
-def _key_lengths(ids: list[str]) -> list[int]:
-    """The length of each id written as a JSON string (as msgspec writes it)."""
+def _simple(ids: list[str]) -> bool:
+    """Whether every id is written as a JSON string by just quoting it (ASCII, nothing to escape)."""
     joined = "".join(ids)
-    if joined.isascii() and _SIMPLE_ID.match(joined):
-        return [len(record_id) + 2 for record_id in ids]
-    return [len(_encoder.encode(record_id)) for record_id in ids]
+    # isprintable: no control character (ASCII's are 0x00-0x1f and 0x7f), which msgspec would escape.
+    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
+
+
+def _member_heads(ids: list[str]) -> list[int]:
+    """The length of each id written as a JSON string with its colon (``"id":``), as msgspec writes it."""
+    if _simple(ids):
+        return list(map((3).__add__, map(len, ids)))
+    return [len(_encoder.encode(record_id)) + 1 for record_id in ids]
+
+
+def _heads_total(ids: list[str]) -> int:
+    """``sum(_member_heads(ids))`` without the list."""
+    if _simple(ids):
+        return sum(map(len, ids)) + 3 * len(ids)
+    return sum(len(_encoder.encode(record_id)) + 1 for record_id in ids)
 
 
 def _key_length(record_id: str) -> int:
@@ -268,7 +281,7 @@ class _Rows:
         self.ends = array("q")
         self.body_rows = 0
         self.dead: set[int] = set()
-        self.mem: dict[int, bytes | msgspec.Raw] = {}
+        self.mem: dict[int, msgspec.Raw] = {}
         self.tombs: dict[str, tuple[int, int, int]] = {}
         self.live = 0
         # Bytes of the live members ``"id":text`` (without the commas between them).
@@ -385,6 +398,14 @@ class _State:
             rows = self.stores.get(write.store)
             if rows is None:
                 rows = self.stores[write.store] = _Rows(write.store)
+            if _all_new(rows, write):
+                self._append_new(rows, write, position, change_set.version, keep_texts)
+                count = len(write.ids)
+                new_positions.extend(range(position + 1, position + count + 1))
+                new_stores.extend([write.store] * count)
+                new_ids.extend(write.ids)
+                position += count
+                continue
             for record_id, text, version, action in zip(
                 write.ids, write.texts, write.versions, write.actions, strict=True
             ):
@@ -407,7 +428,7 @@ class _State:
                 elif row is not None:
                     assert text is not None
                     rows.members += len(text) - len(self.text(rows, row))
-                    rows.mem[row] = bytes(text) if keep_texts else text
+                    rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.versions[row] = version
                     rows.seqs[row] = change_set.version
                     rows.positions[row] = position
@@ -421,7 +442,7 @@ class _State:
                     rows.positions.append(position)
                     rows.starts.append(-1)
                     rows.ends.append(-1)
-                    rows.mem[row] = bytes(text) if keep_texts else text
+                    rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.members += _key_length(record_id) + 1 + len(text)
                     rows.live += 1
                 new_positions.append(position)
@@ -435,6 +456,22 @@ class _State:
         self.version = change_set.version
         self.total_syncs += 1
         self.last_sync = change_set.timestamp
+
+    @staticmethod
+    def _append_new(rows: _Rows, write: StoreWrite, position: int, seq: int, keep_texts: bool) -> None:
+        """Add a store write of new records only, in bulk (a first push)."""
+        count, first = len(write.ids), len(rows.ids)
+        rows.ids.extend(write.ids)
+        rows.row_of.update(zip(write.ids, range(first, first + count), strict=True))
+        rows.versions.extend(write.versions)
+        rows.seqs.extend([seq] * count)
+        rows.positions.extend(range(position + 1, position + count + 1))
+        rows.starts.extend([-1] * count)
+        rows.ends.extend([-1] * count)
+        texts = [msgspec.Raw(bytes(t)) for t in write.texts] if keep_texts else write.texts  # type: ignore[arg-type]
+        rows.mem.update(zip(range(first, first + count), texts, strict=True))  # type: ignore[arg-type]
+        rows.members += _heads_total(write.ids) + sum(map(len, texts))  # type: ignore[arg-type]
+        rows.live += count
 
     # --- the pull body ---
 
@@ -479,14 +516,13 @@ class _State:
                         yield b","
                         offset += 1
                     first = False
-                    members = memoryview(_encoder.encode(dict(zip(ids, map(_as_raw, texts), strict=True))))[1:-1]
+                    members = memoryview(_encoder.encode(dict(zip(ids, texts, strict=True))))[1:-1]
                     yield members
                     if layout is not None:
-                        key_lengths = _key_lengths(ids)
-                        lengths = [k + 1 + len(t) for k, t in zip(key_lengths, texts, strict=True)]
-                        starts = list(accumulate([offset] + [n + 1 for n in lengths[:-1]]))
+                        lengths = list(map(operator.add, _member_heads(ids), map(len, texts)))
+                        starts = list(accumulate(map(operator.add, lengths[:-1], repeat(1)), initial=offset))
                         written.starts.extend(starts)
-                        written.ends.extend([s + n for s, n in zip(starts, lengths, strict=True)])
+                        written.ends.extend(map(operator.add, starts, lengths))
                         _copy_meta(written, rows, a, b)
                     offset += len(members)
             yield b"}"
@@ -499,6 +535,26 @@ class _State:
                     written.tomb_positions.append(p)
                 layout[name] = written
         yield b"}}"
+
+
+def _order_refs(state: _State, maps: dict[str, dict[str, int]]) -> list[int]:
+    """Each entry of the change order as its row (or -1 - its tombstone) in the store as written, run by run."""
+    refs: list[int] = []
+    at = 0
+    for name, run in groupby(state.order_stores):
+        count = sum(1 for _ in run)
+        refs.extend(map(maps[name].__getitem__, state.order_ids[at : at + count]))
+        at += count
+    return refs
+
+
+def _all_new(rows: _Rows, write: StoreWrite) -> bool:
+    """Whether a store write only creates ids the store has never seen (no row, no tombstone)."""
+    return (
+        write.actions.count(CREATE) == len(write.actions)
+        and rows.row_of.keys().isdisjoint(write.ids)
+        and rows.tombs.keys().isdisjoint(write.ids)
+    )
 
 
 def _as_raw(text: bytes | msgspec.Raw) -> msgspec.Raw:
@@ -515,8 +571,15 @@ def _copy_meta(written: _StoreIndex, rows: _Rows, a: int, b: int) -> None:
 def _runs(rows: _Rows) -> Iterator[tuple[str, int, int]]:
     """The live rows of a store, in order, as runs: ("span", a, b), rows unchanged and together in the snapshot,
     and ("mem", a, b), rows whose texts are held here (at most a piece's worth per run)."""
-    dirty = sorted(rows.dead.union(rows.mem))
     total, body_rows = len(rows.ids), rows.body_rows
+    if not rows.dead and len(rows.mem) == total - body_rows and (not rows.mem or min(rows.mem) >= body_rows):
+        # Nothing changed in the snapshot's rows: they are one range; the rest were added since.
+        if body_rows:
+            yield "span", 0, body_rows - 1
+        for a in range(body_rows, total, _RECORDS_PER_PIECE):
+            yield "mem", a, min(a + _RECORDS_PER_PIECE, total) - 1
+        return
+    dirty = sorted(rows.dead.union(rows.mem))
     start = 0
     mem_start = mem_end = -1
     for row in [*dirty, total]:
@@ -1017,13 +1080,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             snapshot_size = state.identity[1] if state.identity else 0
             journal_size = state.journal[1] if state.journal else 0
-            change_size = sum(len(t) for w in change_set.writes for t in w.texts if t is not None)
+            change_size = sum(sum(map(len, filter(None, w.texts))) for w in change_set.writes)
             limit = max(_JOURNAL_FLOOR, snapshot_size // _JOURNAL_SHARE)
             if state.identity is None or journal_size + change_size > limit:
                 state.apply(change_set, keep_texts=False)
                 self._write_snapshot(user_id, state, pending_audit=batch)
                 committed = True
-                self._reload(user_id, state)
             else:
                 journal = self._append_journal(user_id, state, change_set, batch)
                 committed = True
@@ -1098,43 +1160,75 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         return state.journal[0], state.journal[1] + len(text)
 
     def _write_snapshot(self, user_id: str, state: _State, *, pending_audit: audit.PendingBatch | None) -> None:
-        """Write ``state`` (current, with anything journalled applied) as a new snapshot and index, durably."""
+        """Write ``state`` (current, with anything journalled applied) as a new snapshot and index, durably,
+        and make ``state`` describe them. The body is written as it is made (never whole in memory); the
+        index, which names the new stamp, is made durable before the new snapshot takes the old one's name."""
         stamp = new_stamp()
         layout: dict[str, _StoreIndex] = {}
-        chunks = [_stamp_line(stamp), *state.body_chunks(layout)]
-        size = sum(len(c) for c in chunks)
-        names = list(layout)
-        refs: dict[str, dict[str, int]] = {}
+        epoch = state.epoch if state.epoch != "0" else secrets.token_hex(8)
+        pending = pending_audit.as_json() if pending_audit is not None else None
+
+        def write_index(identity: FileIdentity) -> None:
+            maps: dict[str, dict[str, int]] = {}
+            for name, written in layout.items():
+                rows = state.stores[name]
+                mapping = (
+                    dict(rows.row_of) if not rows.dead else dict(zip(written.ids, range(len(written.ids)), strict=True))
+                )
+                mapping.update(zip(written.tomb_ids, range(-1, -len(written.tomb_ids) - 1, -1), strict=True))
+                maps[name] = mapping
+            store_index = {name: i for i, name in enumerate(layout)}
+            body = _Body(
+                stores=list(layout.values()),
+                order_positions=list(state.order_positions),
+                order_stores=list(map(store_index.__getitem__, state.order_stores)),
+                order_refs=_order_refs(state, maps),
+            )
+            header = _Header(
+                stamp=stamp,
+                epoch=epoch,
+                version=state.version,
+                position=state.position,
+                records=state.records,
+                stores=len(layout),
+                totalSyncs=state.total_syncs,
+                lastSync=state.last_sync,
+                dataSize=identity[1] - _STAMP_LINE,
+                pendingAudit=pending,
+            )
+            atomic_write(
+                self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
+            )
+
+        def chunks() -> Iterator[bytes | memoryview]:
+            yield _stamp_line(stamp)
+            yield from state.body_chunks(layout)
+
+        identity = atomic_write(self._path(user_id, "repo"), chunks(), exclusive=True, before_rename=write_index)
+        # Committed. What follows only tidies up and describes the new files: if it fails, the state is
+        # read again from them on next use.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(user_id, "journal").unlink()
+            fd = os.open(self._path(user_id, "repo"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            state.identity = None
+            return
+        if identity_of(fd) != identity:
+            os.close(fd)
+            state.identity = None
+            return
+        state.close()
+        state.fd, state.identity = fd, identity
         for name, written in layout.items():
-            mapping = {rid: r for r, rid in enumerate(written.ids)}
-            for k, tid in enumerate(written.tomb_ids):
-                mapping[tid] = -k - 1
-            refs[name] = mapping
-        store_index = {name: i for i, name in enumerate(names)}
-        body = _Body(
-            stores=list(layout.values()),
-            order_positions=list(state.order_positions),
-            order_stores=[store_index[s] for s in state.order_stores],
-            order_refs=[refs[s][rid] for s, rid in zip(state.order_stores, state.order_ids, strict=True)],
-        )
-        header = _Header(
-            stamp=stamp,
-            epoch=state.epoch if state.epoch != "0" else secrets.token_hex(8),
-            version=state.version,
-            position=state.position,
-            records=state.records,
-            stores=len(layout),
-            totalSyncs=state.total_syncs,
-            lastSync=state.last_sync,
-            dataSize=size - len(chunks[0]),
-            pendingAudit=pending_audit.as_json() if pending_audit is not None else None,
-        )
-        atomic_write(
-            self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
-        )
-        atomic_write(self._path(user_id, "repo"), chunks, exclusive=True)
-        with contextlib.suppress(FileNotFoundError):
-            self._path(user_id, "journal").unlink()
+            rows = state.stores[name]
+            if rows.dead:
+                state.stores[name] = _Rows.from_index(written)
+                continue
+            rows.starts, rows.ends = array("q", written.starts), array("q", written.ends)
+            rows.mem.clear()
+            rows.body_rows = len(rows.ids)
+        state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
 
     def _upgrade(self, user_id: str, state: _State) -> None:
         """Give a snapshot written by an earlier release (no index) its index, under the user's lock."""
@@ -1178,7 +1272,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         with contextlib.suppress(FileNotFoundError):
             self._path(user_id, "meta").unlink()  # the earlier release's sidecar
         self._write_snapshot(user_id, state, pending_audit=None)
-        self._reload(user_id, state)
         logger.info("upgraded the repository of user %s to the record index (version %s)", user_id, version)
 
     def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
@@ -1278,7 +1371,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                         self._path(user_id, "journal").unlink()
                     try:
                         self._write_snapshot(user_id, state, pending_audit=None)
-                        self._reload(user_id, state)
                     except BaseException:
                         state.identity = None
                         raise
@@ -1301,7 +1393,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             state._unorder(gone)
             try:
                 self._write_snapshot(user_id, state, pending_audit=None)
-                self._reload(user_id, state)
             except BaseException:
                 state.identity = None
                 raise

@@ -594,6 +594,14 @@ CURSOR_DELETED = OpenApiParameter(
         "without them. Anything else is 400."
     ),
 )  # fmt: skip
+RECORD_STORE = OpenApiParameter(
+    "store", {**_STORE_NAME, "pattern": "^[^/\\u0000-\\u001f]*$"}, OpenApiParameter.PATH,
+    description="The store (percent-encoded); a store name with / cannot be named in this URL.",
+)  # fmt: skip
+RECORD_ID = OpenApiParameter(
+    "record_id", _RECORD_ID, OpenApiParameter.PATH,
+    description="The record id, percent-encoded; it may hold /.",
+)  # fmt: skip
 _TAG = '[ \\t]*(W/)?[ \\t]*("[0-9]{1,18}"|[0-9]{1,18})[ \\t]*'
 _IF_MATCH = f"^([ \\t]*\\*[ \\t]*|{_TAG}(,{_TAG})*)$"
 IF_MATCH = OpenApiParameter(

@@ -38,7 +38,9 @@ from pzls_site.schema import (
     IF_NONE_MATCH,
     OPTIONAL_BEARER,
     PROTECTED,
+    RECORD_ID,
     RECORD_IF_NONE_MATCH,
+    RECORD_STORE,
     SINCE,
     WITH_BODY,
     body,
@@ -264,7 +266,7 @@ def _versions(header: str) -> list[int]:
 class RecordView(APIView):
     @extend_schema(
         summary="One record",
-        parameters=[RECORD_IF_NONE_MATCH],
+        parameters=[RECORD_STORE, RECORD_ID, RECORD_IF_NONE_MATCH],
         responses={
             200: ok("Record"),
             304: OpenApiResponse(description="Not modified."),
@@ -287,7 +289,7 @@ class RecordView(APIView):
 
     @extend_schema(
         summary="Create or replace one record (If-Match, If-None-Match: *)",
-        parameters=[IF_MATCH, RECORD_IF_NONE_MATCH],
+        parameters=[RECORD_STORE, RECORD_ID, IF_MATCH, RECORD_IF_NONE_MATCH],
         request=body("RecordBody"),
         responses={
             200: ok("RecordWritten"),
@@ -312,7 +314,7 @@ class RecordView(APIView):
 
     @extend_schema(
         summary="Delete one record, leaving a tombstone (If-Match)",
-        parameters=[IF_MATCH],
+        parameters=[RECORD_STORE, RECORD_ID, IF_MATCH],
         responses={
             200: ok("RecordWritten"),
             **errors(400, *PROTECTED),

@@ -70,9 +70,10 @@ class AuditContext:
 class ChangeSet:
     """One commit: the repository's new version and every record it changes, with its changelog entry.
 
-    The backend gives the changes positions in order (stores in ``writes``
-    order, records in each store's order), after the snapshot's last one.
-    A record appears at most once in a change set.
+    The backend gives the changes positions in order (``writes`` in order,
+    records in each write's order), after the snapshot's last one. A store
+    may have several writes (an ops batch that goes back and forth between
+    stores); a record appears at most once in a change set.
     """
 
     version: int
@@ -248,7 +249,7 @@ def plan_ops(
     was_live = {key: state is not None and not state.deleted for key, state in pending.states.items()}
     version = snapshot.version + 1
     results: list[dict[str, Any]] = []
-    # The final text and version of each changed record, in the order of each record's first change.
+    # The final text and version of each changed record, in the order of each record's last change.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
     changes: list[tuple[str, str, int, str]] = []
     for op in ops:
@@ -278,6 +279,7 @@ def plan_ops(
             new_text, kind = op.data, CREATE
         pending.states[key] = RecordState(current + 1, version, new_text is None)
         pending.texts[key] = new_text
+        final.pop(key, None)  # in the order of each record's last change, which is where the cursor puts it
         final[key] = (new_text, current + 1)
         changes.append((op.store, op.record_id, current + 1, kind))
         results.append({"ok": True, **base, "action": ACTION_NAMES[kind], "version": current + 1})
@@ -317,12 +319,12 @@ def _ops_change_set(
     audit: AuditContext | None,
     action: str,
 ) -> ChangeSet:
-    writes: dict[str, StoreWrite] = {}
+    writes: list[StoreWrite] = []  # a run of writes per store, in the order of the changes
     refs: dict[str, list[RecordRef]] = {CREATE: [], UPDATE: [], DELETE: []}
     for (store, rid), (text, record_version) in final.items():
-        write = writes.get(store)
-        if write is None:
-            write = writes[store] = StoreWrite(store)
+        if not writes or writes[-1].store != store:
+            writes.append(StoreWrite(store))
+        write = writes[-1]
         kind = kinds[store, rid]
         write.add(rid, None if text is None else msgspec.Raw(text), record_version, kind)
         refs[kind].append(RecordRef(store, rid))
@@ -335,4 +337,4 @@ def _ops_change_set(
         "deleted": refs[DELETE],
         "action": action,
     }
-    return ChangeSet(version=version, timestamp=timestamp, writes=list(writes.values()), entry=entry, audit=audit)
+    return ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)

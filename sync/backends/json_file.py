@@ -475,7 +475,15 @@ class _State:
             ):
                 position += 1
                 row = rows.row_of.get(record_id)
-                if row is None:
+                if row is not None and action == CREATE:  # revived within one batch: a new place at the end
+                    superseded.append(rows.positions[row])
+                    rows.members -= _key_length(record_id) + 1 + len(self.text(rows, row))
+                    rows.dead.add(row)
+                    rows.mem.pop(row, None)
+                    del rows.row_of[record_id]
+                    rows.live -= 1
+                    row = None
+                elif row is None:
                     tomb = rows.tombs.pop(record_id, None)
                     if tomb is not None:
                         superseded.append(tomb[2])

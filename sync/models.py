@@ -64,7 +64,9 @@ class Store(models.Model):
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="stores", db_index=False)
     name = models.CharField(max_length=64)
     seq = models.BigIntegerField()
+    # Live records, and tombstones (so a store without any answers "which of these are tombstones" without a query).
     record_count = models.BigIntegerField(default=0)
+    tombstone_count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["repository", "name"], name="sync_store_repository_name")]
@@ -94,13 +96,16 @@ class Record(models.Model):
     changed = models.BigIntegerField(default=0)
     position = models.BigIntegerField(default=0)
     deleted = models.BooleanField(default=False)
-    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="+", null=True, db_index=False)
+    # The store's repository, repeated so a cursor walks one index in position order across stores.
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="+", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["store", "key"], name="sync_record_store_key")]
         indexes = [
             models.Index(fields=["store", "seq"], name="sync_record_store_seq"),
-            models.Index(fields=["repository", "position"], name="sync_record_repository_position"),
+            models.Index(fields=["repository", "position"], name="sync_record_repo_position"),
+            # A store's tombstones, few as a rule, without visiting its live rows (PostgreSQL and SQLite).
+            models.Index(fields=["store", "key"], condition=models.Q(deleted=True), name="sync_record_tombstones"),
         ]
 
     def __str__(self) -> str:

@@ -56,7 +56,9 @@ def push(
     store: BaseRepositoryStore, stores: dict, user: str = U1, client_version: int | None = 0, ts: str = TS
 ) -> PushOutcome:
     with store.locked(user) as snapshot:
-        outcome = plan_push(snapshot, encode_stores(stores), timestamp=ts, client_version=client_version, audit=who(user))
+        outcome = plan_push(
+            snapshot, encode_stores(stores), timestamp=ts, client_version=client_version, audit=who(user)
+        )
         if outcome.change_set is not None:
             snapshot.commit(outcome.change_set)
     return outcome
@@ -264,11 +266,17 @@ def test_a_revived_tombstone_continues_its_version_and_goes_last(store: BaseRepo
     }
     assert states(store, "humans", ["a"]) == {"a": RecordState(4, 4, False)}
     assert list(consistent(store)["humans"].items()) == [("b", {"n": 2}), ("a", {"n": 4})]
-    assert audit_entries()[2:] == [("update", "humans", "a", 2), ("delete", "humans", "a", 3), ("create", "humans", "a", 4)]
+    assert audit_entries()[2:] == [
+        ("update", "humans", "a", 2),
+        ("delete", "humans", "a", 3),
+        ("create", "humans", "a", 4),
+    ]
 
 
 def test_a_record_made_and_deleted_in_one_batch_is_a_tombstone(store: BaseRepositoryStore) -> None:
-    outcome = ops(store, op("create", "a", {"n": 1}), op("update", "a", {"n": 2}), op("delete", "a"), op("create", "b", {}))
+    outcome = ops(
+        store, op("create", "a", {"n": 1}), op("update", "a", {"n": 2}), op("delete", "a"), op("create", "b", {})
+    )
     assert [r["version"] for r in outcome.results] == [1, 2, 3, 1]
     assert states(store, "humans", ["a", "b"]) == {"a": RecordState(3, 1, True), "b": RecordState(1, 1, False)}
     assert consistent(store) == {"humans": {"b": {}}}
@@ -304,20 +312,24 @@ class Boom(Exception):
     pass
 
 
+def commit_then_fail(store: BaseRepositoryStore) -> None:
+    with store.locked(U1) as snapshot:
+        outcome = plan_ops(
+            snapshot,
+            [op("update", "a", {"n": 2}), op("create", "b", {}), op("create", "x", {}, store="new")],
+            timestamp=TS,
+            audit=who(U1),
+        )
+        assert outcome.change_set is not None
+        snapshot.commit(outcome.change_set)
+        raise Boom
+
+
 def test_an_exception_inside_locked_leaves_nothing(store: BaseRepositoryStore) -> None:
     push(store, {"humans": {"a": {"n": 1}}})
     before = (store.pull_bytes(U1), store.summary(U1), store.changes(U1, 0), audit_entries(), store.dump(U1))
     with pytest.raises(Boom):
-        with store.locked(U1) as snapshot:
-            outcome = plan_ops(
-                snapshot,
-                [op("update", "a", {"n": 2}), op("create", "b", {}), op("create", "x", {}, store="new")],
-                timestamp=TS,
-                audit=who(U1),
-            )
-            assert outcome.change_set is not None
-            snapshot.commit(outcome.change_set)
-            raise Boom
+        commit_then_fail(store)
     other = fresh(store)
     after = (other.pull_bytes(U1), other.summary(U1), other.changes(U1, 0), audit_entries(), other.dump(U1))
     assert after == before
@@ -398,7 +410,11 @@ def test_a_cursor_walks_in_position_order_with_filters(store: BaseRepositoryStor
         ("humans", "h2"),
         ("tags", "t9"),
     ]
-    assert everything[-3:] == [("humans", "h1", 2, 2, None), ("humans", "h2", 2, 2, {"n": 20}), ("tags", "t9", 1, 2, {})]
+    assert everything[-3:] == [
+        ("humans", "h1", 2, 2, None),
+        ("humans", "h2", 2, 2, {"n": 20}),
+        ("tags", "t9", 1, 2, {}),
+    ]
     assert walk(store, limit=2) == [entity for entity in everything if entity[4] is not None]
     assert walk(store, store="tags", deleted=True) == [entity for entity in everything if entity[0] == "tags"]
     assert walk(store, store="nope", deleted=True) == []
@@ -485,7 +501,9 @@ def test_dump_and_replace_round_trip_as_a_new_history(store: BaseRepositoryStore
     push(store, {"humans": {"d": {"n": 4}}, "tags": {"t": {}}}, client_version=2)
     dump = store.dump(U1)
     assert dump.version == 3
-    assert {name: [(rid, orjson.loads(bytes(text)), v, s) for rid, text, v, s in rows] for name, rows in dump.stores.items()} == {
+    assert {
+        name: [(rid, orjson.loads(bytes(text)), v, s) for rid, text, v, s in rows] for name, rows in dump.stores.items()
+    } == {
         "humans": [("a", {"n": 10}, 2, 2), ("c", {"n": 3}, 1, 1), ("d", {"n": 4}, 1, 3)],
         "gone": [],
         "tags": [("t", {}, 1, 3)],

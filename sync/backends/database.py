@@ -354,12 +354,23 @@ class _DatabaseSnapshot(WriteSnapshot):
                         in_place.append(row)
                     else:
                         dead += 1
-                        inserts.append(row[:4] + (head.next_seq,) + row[5:])
+                        inserts.append((*row[:4], head.next_seq, *row[5:]))
                         head.next_seq += 1
                     continue
                 item = _item(rid, text)
                 new = len(_key_json(rid)) + 1 + len(text)
-                row = (store_id, rid, item, text_digest(text), 0, record_version, version, position, False, repository_id)
+                row = (
+                    store_id,
+                    rid,
+                    item,
+                    text_digest(text),
+                    0,
+                    record_version,
+                    version,
+                    position,
+                    False,
+                    repository_id,
+                )
                 if kind == _LIVE:
                     items += new - old
                     in_place.append(row)
@@ -367,9 +378,9 @@ class _DatabaseSnapshot(WriteSnapshot):
                 live, items = live + 1, items + new
                 if kind == _DEAD:
                     dead -= 1
-                    moves.append(row[:4] + (head.next_seq,) + row[5:])
+                    moves.append((*row[:4], head.next_seq, *row[5:]))
                 else:
-                    inserts.append(row[:4] + (head.next_seq,) + row[5:])
+                    inserts.append((*row[:4], head.next_seq, *row[5:]))
                 head.next_seq += 1
             size += _store_bytes(items, live) - _store_bytes(0, live_before)
             store.record_count, store.tombstone_count = live, dead
@@ -637,9 +648,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             )
             for store_id, key, record_version, changed, record_position, item, dead in rows[:limit]
         ]
-        return CursorPage(
-            entries=entries, has_more=len(rows) > limit, version=version, position=position, epoch=epoch
-        )
+        return CursorPage(entries=entries, has_more=len(rows) > limit, version=version, position=position, epoch=epoch)
 
     def store_counts(self, user_id: str) -> tuple[int, list[tuple[str, int]]]:
         uid = _user(user_id)
@@ -826,7 +835,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 size += _store_bytes(items, len(live))
                 live_total += len(live)
             rows.sort(key=lambda entry: entry[:2])
-            records = [row[:7] + (n,) + row[8:] for n, (_, _, row) in enumerate(rows, start=1)]
+            records = [(*row[:7], n, *row[8:]) for n, (_, _, row) in enumerate(rows, start=1)]
             self._write_records(records, update=None)
             ordered = [entries[v] for v in sorted(entries)]
             ChangelogEntry.objects.using(self.using).bulk_create(

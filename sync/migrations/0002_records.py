@@ -22,12 +22,10 @@ def fill_record_states(apps, schema_editor):
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {record} SET {q('version')} = 1, {q('position')} = {q('seq')}, "
-            f"{q('repository_id')} = (SELECT s.{q('repository_id')} FROM {store} s WHERE s.{q('id')} = "
-            f"{record}.{q('store_id')})"
-        )
-        cursor.execute(
-            f"UPDATE {record} SET {q('changed')} = (SELECT r.{q('version')} FROM {repository} r "
-            f"WHERE r.{q('id')} = {record}.{q('repository_id')})"
+            f"{q('repository_id')} = (SELECT s.{q('repository_id')} FROM {store} s "
+            f"WHERE s.{q('id')} = {record}.{q('store_id')}), "
+            f"{q('changed')} = (SELECT r.{q('version')} FROM {repository} r JOIN {store} s "
+            f"ON s.{q('repository_id')} = r.{q('id')} WHERE s.{q('id')} = {record}.{q('store_id')})"
         )
         cursor.execute(
             f"UPDATE {repository} SET {q('position')} = COALESCE((SELECT MAX(x.{q('position')}) FROM {record} x "
@@ -38,6 +36,11 @@ def fill_record_states(apps, schema_editor):
         Repository.objects.using(schema_editor.connection.alias).filter(pk=pk).update(epoch=secrets.token_hex(8))
     AuditCounter = apps.get_model("sync", "AuditCounter")
     AuditCounter.objects.using(schema_editor.connection.alias).get_or_create(pk=1, defaults={"next": 1})
+    if connection.vendor == "postgresql":
+        # Check the foreign keys of the rows just updated now: PostgreSQL alters
+        # no table with deferred checks pending, and the next step alters one.
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):

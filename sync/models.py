@@ -85,7 +85,13 @@ class Record(models.Model):
     ``digest`` is a digest of the record's text (not of ``item``).
     """
 
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="records", db_index=False)
+    # No foreign key constraints in the database: only ``sync.backends.database`` writes these rows, under
+    # the repository's lock, and removes them with their store; PostgreSQL would otherwise check both keys
+    # of every row of a large push at COMMIT (a deferred trigger per row and key), which costs more than
+    # writing the rows.
+    store = models.ForeignKey(
+        Store, on_delete=models.CASCADE, related_name="records", db_index=False, db_constraint=False
+    )
     key = models.CharField(max_length=256)
     item = models.TextField()
     digest = models.CharField(max_length=32)
@@ -97,7 +103,9 @@ class Record(models.Model):
     position = models.BigIntegerField(default=0)
     deleted = models.BooleanField(default=False)
     # The store's repository, repeated so a cursor walks one index in position order across stores.
-    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="+", db_index=False)
+    repository = models.ForeignKey(
+        Repository, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["store", "key"], name="sync_record_store_key")]

@@ -42,6 +42,7 @@ import operator
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,8 +94,8 @@ _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 # The columns of a record row, in the order ``_Row`` holds them.
 _COLUMNS = ("store_id", "key", "item", "digest", "seq", "version", "changed", "position", "deleted", "repository_id")
-# (store id, key, item, digest, seq, version, changed, position, deleted, repository id)
-_Row = tuple[int, str, str, str, int, int, int, int, bool, int]
+# (store id, key, item as UTF-8, digest, seq, version, changed, position, deleted, repository id)
+_Row = tuple[int, str, bytes, str, int, int, int, int, bool, int]
 # A write of an existing row keeps its seq (its place in the pull) unless it revives a tombstone.
 _KEEP_PLACE = ("item", "digest", "version", "changed", "position", "deleted")
 _MOVE = (*_KEEP_PLACE, "seq")
@@ -124,9 +125,9 @@ def _key_json(text: str) -> bytes:
     return orjson.dumps(text)
 
 
-def _item(key: str, raw: bytes | msgspec.Raw) -> str:
+def _item(key: str, raw: bytes | msgspec.Raw) -> bytes:
     """A record as the pull body shows it: ``"<id>":<record text>``."""
-    return _key_json(key).decode() + ":" + bytes(raw).decode()
+    return b"".join((_key_json(key), b":", raw))
 
 
 def _item_text(key: str, item: str) -> bytes:
@@ -137,11 +138,15 @@ def _item_text(key: str, item: str) -> bytes:
 # COPY's text format: a backslash and the characters that end fields or rows
 # are escaped. A record's text may hold raw tabs, newlines and carriage
 # returns as whitespace between its tokens; an id may hold backslashes.
-_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+_COPY_ESCAPES = ((b"\\", b"\\\\"), (b"\t", b"\\t"), (b"\n", b"\\n"), (b"\r", b"\\r"))
 _COPY_READ = 1 << 20
+# Field and row ends while the rows are joined, escaped all at once, then made tabs and newlines: no valid
+# record text, id or digest holds them (JSON allows no raw control character, ids and names none at all).
+_FIELD, _END = b"\x1f", b"\x1e"
+_COPY_ROW = b"\x1f".join([b"%d", b"%s", b"%s", b"%s", b"%d", b"%d", b"%d", b"%d", b"%s", b"%d"]) + b"\x1e"
 
 
-def _copy_field(text: str) -> str:
+def _copy_escape(text: bytes) -> bytes:
     for char, escaped in _COPY_ESCAPES:
         if char in text:
             text = text.replace(char, escaped)
@@ -150,13 +155,44 @@ def _copy_field(text: str) -> str:
 
 def _copy_text(rows: list[_Row]) -> bytes:
     """Record rows in PostgreSQL's COPY text format, UTF-8."""
-    return "".join(
+    body = b"".join(
         [
-            f"{store_id}\t{_copy_field(key)}\t{_copy_field(item)}\t{digest}\t{seq}\t{version}\t{changed}\t"
-            f"{position}\t{'t' if deleted else 'f'}\t{repository_id}\n"
-            for store_id, key, item, digest, seq, version, changed, position, deleted, repository_id in rows
+            _COPY_ROW
+            % (
+                store_id,
+                key.encode(),
+                item,
+                digest.encode(),
+                seq,
+                version,
+                changed,
+                position,
+                b"t" if dead else b"f",
+                repo,
+            )
+            for store_id, key, item, digest, seq, version, changed, position, dead, repo in rows
         ]
-    ).encode()
+    )
+    if body.count(_FIELD) == 9 * len(rows) and body.count(_END) == len(rows):
+        return _copy_escape(body).replace(_FIELD, b"\t").replace(_END, b"\n")
+    # A text holds one of the two after all (not valid JSON): field by field.
+    return b"".join(
+        [
+            b"\t".join(
+                [
+                    b"%d" % store_id,
+                    _copy_escape(key.encode()),
+                    _copy_escape(item),
+                    digest.encode(),
+                    b"%d\t%d\t%d\t%d" % (seq, version, changed, position),
+                    b"t" if dead else b"f",
+                    b"%d" % repo,
+                ]
+            )
+            + b"\n"
+            for store_id, key, item, digest, seq, version, changed, position, dead, repo in rows
+        ]
+    )
 
 
 def _pull_size(version: int, data_size: int) -> int:
@@ -342,46 +378,80 @@ class _DatabaseSnapshot(WriteSnapshot):
             dead = store.tombstone_count
             items = 0  # change of the store's item bytes
             store_id, repository_id = store.pk, head.pk
-            for rid, text, record_version in zip(write.ids, write.texts, write.versions, strict=True):
-                position += 1
-                kind, old = priors.get(rid, ("", 0))
-                if text is None:
-                    row: _Row = (store_id, rid, "", "", 0, record_version, version, position, True, repository_id)
-                    if kind == _LIVE:
-                        live, dead, items = live - 1, dead + 1, items - old
-                        in_place.append(row)
-                    elif kind == _DEAD:
-                        in_place.append(row)
-                    else:
-                        dead += 1
-                        inserts.append((*row[:4], head.next_seq, *row[5:]))
-                        head.next_seq += 1
-                    continue
-                item = _item(rid, text)
-                new = len(_key_json(rid)) + 1 + len(text)
-                row = (
-                    store_id,
-                    rid,
-                    item,
-                    text_digest(text),
-                    0,
-                    record_version,
-                    version,
-                    position,
-                    False,
-                    repository_id,
+            if not priors and all(action == CREATE for action in write.actions):
+                # New ids only (a first push, new records): in columns.
+                count = len(write.ids)
+                pieces = [_item(rid, text) for rid, text in zip(write.ids, write.texts, strict=True)]  # type: ignore[arg-type]
+                rows = zip(
+                    repeat(store_id),
+                    write.ids,
+                    pieces,
+                    [text_digest(text) for text in write.texts],  # type: ignore[arg-type]
+                    range(head.next_seq, head.next_seq + count),
+                    write.versions,
+                    repeat(version),
+                    range(position + 1, position + count + 1),
+                    repeat(False),
+                    repeat(repository_id),
+                    strict=False,
                 )
-                if kind == _LIVE:
-                    items += new - old
-                    in_place.append(row)
-                    continue
-                live, items = live + 1, items + new
-                if kind == _DEAD:
-                    dead -= 1
-                    moves.append((*row[:4], head.next_seq, *row[5:]))
-                else:
-                    inserts.append((*row[:4], head.next_seq, *row[5:]))
-                head.next_seq += 1
+                inserts.extend(cast(Iterator[_Row], rows))
+                head.next_seq += count
+                position += count
+                live += count
+                items += sum(map(len, pieces))
+            else:
+                for rid, text, record_version in zip(write.ids, write.texts, write.versions, strict=True):
+                    position += 1
+                    kind, old = priors.get(rid, ("", 0))
+                    if text is None:
+                        if kind == _LIVE:
+                            live, dead, items = live - 1, dead + 1, items - old
+                        elif kind != _DEAD:
+                            dead += 1
+                        seq = 0 if kind else head.next_seq
+                        row: _Row = (
+                            store_id,
+                            rid,
+                            b"",
+                            "",
+                            seq,
+                            record_version,
+                            version,
+                            position,
+                            True,
+                            repository_id,
+                        )
+                        (in_place if kind else inserts).append(row)
+                        head.next_seq += 0 if kind else 1
+                        continue
+                    item = _item(rid, text)
+                    digest = text_digest(text)
+                    if kind == _LIVE:
+                        items += len(item) - old
+                        in_place.append(
+                            (store_id, rid, item, digest, 0, record_version, version, position, False, repository_id)
+                        )
+                        continue
+                    live, items = live + 1, items + len(item)
+                    row = (
+                        store_id,
+                        rid,
+                        item,
+                        digest,
+                        head.next_seq,
+                        record_version,
+                        version,
+                        position,
+                        False,
+                        repository_id,
+                    )
+                    head.next_seq += 1
+                    if kind == _DEAD:
+                        dead -= 1
+                        moves.append(row)
+                    else:
+                        inserts.append(row)
             size += _store_bytes(items, live) - _store_bytes(0, live_before)
             store.record_count, store.tombstone_count = live, dead
             counts.append(store)
@@ -792,10 +862,10 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                     size += len(rows[end][2])
                     end += 1
                 batch = rows[start:end]
-                cursor.execute(
-                    head + ", ".join([placeholder] * len(batch)) + tail,
-                    [value for row in batch for value in row],
-                )
+                params: list[Any] = []
+                for row in batch:
+                    params.extend((row[0], row[1], row[2].decode(), *row[3:]))
+                cursor.execute(head + ", ".join([placeholder] * len(batch)) + tail, params)
                 start = end
 
     def replace(self, user_id: str, dump: RecordDump, changelog: Iterable[dict[str, Any]]) -> None:
@@ -825,12 +895,12 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 items = 0
                 for key, raw, version, changed in live:
                     item = _item(key, raw)
-                    items += len(_key_json(key)) + 1 + len(raw)
+                    items += len(item)
                     row = (store.pk, key, item, text_digest(raw), seq, version, changed, 0, False, head.pk)
                     rows.append((changed, len(rows), row))
                     seq += 1
                 for key, version, changed in dead:
-                    rows.append((changed, len(rows), (store.pk, key, "", "", seq, version, changed, 0, True, head.pk)))
+                    rows.append((changed, len(rows), (store.pk, key, b"", "", seq, version, changed, 0, True, head.pk)))
                     seq += 1
                 size += _store_bytes(items, len(live))
                 live_total += len(live)

@@ -49,6 +49,19 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Record rows keep no foreign key constraints (see sync.models.Record); dropped first, so the data
+        # step below queues no checks.
+        migrations.AlterField(
+            model_name="record",
+            name="store",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="records",
+                to="sync.store",
+            ),
+        ),
         migrations.AddField(
             model_name="repository",
             name="position",
@@ -88,6 +101,7 @@ class Migration(migrations.Migration):
             model_name="record",
             name="repository",
             field=models.ForeignKey(
+                db_constraint=False,
                 db_index=False,
                 null=True,
                 on_delete=django.db.models.deletion.CASCADE,
@@ -134,6 +148,7 @@ class Migration(migrations.Migration):
             model_name="record",
             name="repository",
             field=models.ForeignKey(
+                db_constraint=False,
                 db_index=False,
                 on_delete=django.db.models.deletion.CASCADE,
                 related_name="+",

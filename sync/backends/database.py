@@ -253,36 +253,41 @@ class _DatabaseSnapshot(WriteSnapshot):
     def _records(self, store: Store) -> Any:
         return Record.objects.using(self._using).filter(store_id=store.pk)
 
-    def _lookup(self, store: Store, keys: list[str], columns: tuple[str, ...], *, live: bool) -> Iterator[tuple]:
+    def _lookup(
+        self, store: Store, keys: Collection[str], columns: tuple[str, ...], *, live: bool
+    ) -> Iterator[tuple[Any, ...]]:
         """``columns`` (``key`` first) of the rows among ``keys``: chunked lookups, or one pass over the store."""
         records = self._records(store)
         if live:
             records = records.filter(deleted=False)
         rows = store.record_count + (0 if live else store.tombstone_count)
         if len(keys) > _SCAN_THRESHOLD or len(keys) * 4 > rows:
-            wanted = set(keys)
-            for row in records.values_list(*columns).iterator(chunk_size=5000):
-                if row[0] in wanted:
-                    yield row
-            return
-        for chunk in _chunks(keys, _LOOKUP_CHUNK):
-            yield from records.filter(key__in=chunk).values_list(*columns)
+            wanted = keys if isinstance(keys, (set, Mapping)) else set(keys)
+            return (row for row in records.values_list(*columns).iterator(chunk_size=5000) if row[0] in wanted)
+        return (
+            row
+            for chunk in _chunks(list(keys), _LOOKUP_CHUNK)
+            for row in records.filter(key__in=chunk).values_list(*columns)
+        )
 
     def states(self, store: str, ids: Iterable[str]) -> dict[str, RecordState]:
         row = self._stores.get(store)
         if row is None:
             return {}
-        keys = list(dict.fromkeys(ids))
-        found = {
-            key: RecordState(version, changed, deleted)
-            for key, version, changed, deleted in self._lookup(
-                row, keys, ("key", "version", "changed", "deleted"), live=False
-            )
-        }
         known = self._states.setdefault(store, {})
-        for key in keys:
-            known[key] = found.get(key)
-        return found
+        keys = list(dict.fromkeys(ids))
+        # What this snapshot read already (a re-push's modified records, read with their texts) is not read again.
+        missing = [key for key in keys if key not in known]
+        if missing:
+            found = {
+                key: RecordState(version, changed, deleted)
+                for key, version, changed, deleted in self._lookup(
+                    row, missing, ("key", "version", "changed", "deleted"), live=False
+                )
+            }
+            for key in missing:
+                known[key] = found.get(key)
+        return {key: state for key in keys if (state := known[key]) is not None}
 
     def texts(self, store: str, ids: Iterable[str]) -> dict[str, bytes]:
         row = self._stores.get(store)
@@ -290,11 +295,15 @@ class _DatabaseSnapshot(WriteSnapshot):
             return {}
         found: dict[str, bytes] = {}
         sizes = self._sizes.setdefault(store, {})
+        known = self._states.setdefault(store, {})
         records = self._records(row).filter(deleted=False)
         for chunk in _chunks(list(dict.fromkeys(ids)), _LOOKUP_CHUNK):
-            for key, item in records.filter(key__in=chunk).values_list("key", "item"):
+            for key, item, version, changed in records.filter(key__in=chunk).values_list(
+                "key", "item", "version", "changed"
+            ):
                 encoded = item.encode()
                 sizes[key] = len(encoded)
+                known[key] = RecordState(version, changed, False)
                 found[key] = encoded[len(_key_json(key)) + 1 :]
         return found
 
@@ -326,14 +335,13 @@ class _DatabaseSnapshot(WriteSnapshot):
             row = self._stores.get(name)
             if row is None or not records:
                 continue
-            known: dict[str, msgspec.Raw] = {}
-            differing: list[str] = []
-            for key, digest in self._lookup(row, list(records), ("key", "digest"), live=True):
-                raw = records[key]
-                if text_digest(raw) == digest:
-                    known[key] = raw
-                else:
-                    differing.append(key)
+            stored = dict(self._lookup(row, records, ("key", "digest"), live=True))
+            sha256 = hashlib.sha256
+            # text_digest, inlined: a re-push computes one per stored record it names.
+            known: dict[str, msgspec.Raw] = {
+                key: records[key] for key, digest in stored.items() if sha256(records[key]).hexdigest()[:32] == digest
+            }
+            differing = [key for key in stored if key not in known]
             for key, text in self.texts(name, differing).items():
                 known[key] = msgspec.Raw(text)
             current[name] = known

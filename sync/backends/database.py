@@ -18,11 +18,11 @@ tombstone is a ``Record`` row with ``deleted`` set and no text),
   the text the client sent. A re-push reads only the digests of the ids it
   names; texts are read (and compared by ``sync.merge``'s rules) only where
   a digest differs. New rows go in by COPY on PostgreSQL.
-- A pull reads each store's live rows through the (store, seq) index and
-  joins their texts; nothing is parsed. The read is checked against the
-  repository's generation, which every change raises, and retried (in the
-  end under the row's lock) if a commit landed meanwhile, so body and tag
-  always belong together.
+- A pull reads each store's live rows (through the unique (store, key)
+  index, in table order), sorts them by seq and joins their texts; nothing
+  is parsed. The read is checked against the repository's generation,
+  which every change raises, and retried (in the end under the row's
+  lock) if a commit landed meanwhile, so body and tag always belong together.
 - A cursor walks the (repository, position) index: every record change
   takes the repository's next position, so rows come in the order of their
   last change.
@@ -36,13 +36,12 @@ tombstone is a ``Record`` row with ``deleted`` set and no text),
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import operator
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import repeat
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, cast
 
@@ -195,6 +194,35 @@ def _copy_text(rows: list[_Row]) -> bytes:
     )
 
 
+# Rows formatted at a time while PostgreSQL reads a COPY.
+_COPY_ROWS = 1000
+
+
+class _CopyStream:
+    """Record rows as COPY text, formatted a chunk at a time as PostgreSQL reads them.
+
+    The rows may be made lazily too (a large push's items and digests):
+    Python then makes and formats the next rows while the server writes the
+    last ones, on another core.
+    """
+
+    def __init__(self, rows: Iterable[_Row]) -> None:
+        self._rows = iter(rows)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = list(islice(self._rows, _COPY_ROWS))
+            if not chunk:
+                break
+            self._buffer += _copy_text(chunk)
+        if size < 0 or len(self._buffer) <= size:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
 def _pull_size(version: int, data_size: int) -> int:
     return len(b'{"version":%d,"data":' % version) + data_size + 1
 
@@ -211,6 +239,33 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def _store_bytes(items: int, live: int) -> int:
     """Bytes of a store's records in the pull body: ``items`` bytes of ``"id":text`` pieces, and their commas."""
     return items + max(live - 1, 0)
+
+
+def _new_rows(
+    store_id: int,
+    ids: list[str],
+    texts: list[msgspec.Raw],
+    versions: list[int],
+    seq: int,
+    version: int,
+    position: int,
+    repository_id: int,
+) -> Iterator[_Row]:
+    """The rows of new ids, at the end of their store from ``seq`` on and in the change order after ``position``."""
+    for n, (rid, text, record_version) in enumerate(zip(ids, texts, versions, strict=True), start=1):
+        item = _item(rid, text)
+        yield (
+            store_id,
+            rid,
+            item,
+            text_digest(text),
+            seq + n - 1,
+            record_version,
+            version,
+            position + n,
+            False,
+            repository_id,
+        )
 
 
 class _Changed(Exception):
@@ -364,6 +419,8 @@ class _DatabaseSnapshot(WriteSnapshot):
         size = head.data_size
         store_count = head.store_count
         inserts: list[_Row] = []
+        fresh: list[Iterator[_Row]] = []
+        fresh_count = 0
         in_place: list[_Row] = []
         moves: list[_Row] = []
         counts: list[Store] = []
@@ -387,27 +444,20 @@ class _DatabaseSnapshot(WriteSnapshot):
             items = 0  # change of the store's item bytes
             store_id, repository_id = store.pk, head.pk
             if not priors and all(action == CREATE for action in write.actions):
-                # New ids only (a first push, new records): in columns.
+                # New ids only (a first push, new records): their rows are made as COPY reads them.
                 count = len(write.ids)
-                pieces = [_item(rid, text) for rid, text in zip(write.ids, write.texts, strict=True)]  # type: ignore[arg-type]
-                rows = zip(
-                    repeat(store_id),
-                    write.ids,
-                    pieces,
-                    [text_digest(text) for text in write.texts],  # type: ignore[arg-type]
-                    range(head.next_seq, head.next_seq + count),
-                    write.versions,
-                    repeat(version),
-                    range(position + 1, position + count + 1),
-                    repeat(False),
-                    repeat(repository_id),
-                    strict=False,
+                texts = cast(list[msgspec.Raw], write.texts)  # creates: all texts
+                fresh.append(
+                    _new_rows(
+                        store_id, write.ids, texts, write.versions, head.next_seq, version, position, repository_id
+                    )
                 )
-                inserts.extend(cast(Iterator[_Row], rows))
+                fresh_count += count
                 head.next_seq += count
                 position += count
                 live += count
-                items += sum(map(len, pieces))
+                # Each item is "<id>":<text>.
+                items += sum(map(len, map(_key_json, write.ids))) + count + sum(map(len, texts))
             else:
                 for rid, text, record_version in zip(write.ids, write.texts, write.versions, strict=True):
                     position += 1
@@ -463,7 +513,8 @@ class _DatabaseSnapshot(WriteSnapshot):
             size += _store_bytes(items, live) - _store_bytes(0, live_before)
             store.record_count, store.tombstone_count = live, dead
             counts.append(store)
-        owner._write_records(inserts, update=None)
+        if inserts or fresh_count:
+            owner._write_records(chain(inserts, *fresh), update=None)
         owner._write_records(in_place, update=_KEEP_PLACE)
         owner._write_records(moves, update=_MOVE)
         for store in counts:
@@ -827,16 +878,14 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
 
     # --- writing -----------------------------------------------------------
 
-    def _write_records(self, rows: list[_Row], *, update: tuple[str, ...] | None) -> None:
-        """Insert record rows (``_COLUMNS``) in multi-row statements.
+    def _write_records(self, rows: Iterable[_Row], *, update: tuple[str, ...] | None) -> None:
+        """Insert record rows (``_COLUMNS``): by COPY on PostgreSQL, else in multi-row statements.
 
         With ``update``, a row whose (store, key) exists gets those columns
         of the new one instead. Django's bulk_create does the same but
         builds a model instance per row, which costs more than the database
         does for a large push.
         """
-        if not rows:
-            return
         connection = self._connection
         q = self._q
         if update is None and connection.vendor == "postgresql":
@@ -844,9 +893,12 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             with connection.cursor() as cursor:
                 cursor.copy_expert(
                     f"COPY {q(Record._meta.db_table)} ({', '.join(map(q, _COLUMNS))}) FROM STDIN",
-                    io.BytesIO(_copy_text(rows)),
+                    _CopyStream(rows),
                     size=_COPY_READ,
                 )
+            return
+        rows = list(rows)
+        if not rows:
             return
         head = f"INSERT INTO {q(Record._meta.db_table)} ({', '.join(map(q, _COLUMNS))}) VALUES "
         tail = ""
@@ -914,7 +966,8 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 live_total += len(live)
             rows.sort(key=lambda entry: entry[:2])
             records = [(*row[:7], n, *row[8:]) for n, (_, _, row) in enumerate(rows, start=1)]
-            self._write_records(records, update=None)
+            if records:
+                self._write_records(records, update=None)
             ordered = [entries[v] for v in sorted(entries)]
             ChangelogEntry.objects.using(self.using).bulk_create(
                 [ChangelogEntry(repository=head, version=int(e["version"]), entry=_entry_text(e)) for e in ordered],

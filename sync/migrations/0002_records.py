@@ -36,11 +36,6 @@ def fill_record_states(apps, schema_editor):
         Repository.objects.using(schema_editor.connection.alias).filter(pk=pk).update(epoch=secrets.token_hex(8))
     AuditCounter = apps.get_model("sync", "AuditCounter")
     AuditCounter.objects.using(schema_editor.connection.alias).get_or_create(pk=1, defaults={"next": 1})
-    if connection.vendor == "postgresql":
-        # Check the foreign keys of the rows just updated now: PostgreSQL alters
-        # no table with deferred checks pending, and the next step alters one.
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):
@@ -155,6 +150,7 @@ class Migration(migrations.Migration):
                 to="sync.repository",
             ),
         ),
+        migrations.RemoveIndex(model_name="record", name="sync_record_store_seq"),
         migrations.AddIndex(
             model_name="record",
             index=models.Index(fields=["repository", "position"], name="sync_record_repo_position"),

@@ -171,6 +171,14 @@ def user_require_active(*, user_id: str) -> None:
         raise Forbidden(ACCOUNT_DISABLED)
 
 
+def user_username(*, user_id: str) -> str:
+    """The username of a user id ("" for none: the audit log names who acted, and a deleted user acts no more)."""
+    try:
+        return User.objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
+    except ValidationError:
+        return ""
+
+
 def user_revoke_tokens(*, user_id: str, keep_digest: str | None = None) -> int:
     """Sign a user out everywhere (but the token whose digest is ``keep_digest``)."""
     with transaction.atomic():

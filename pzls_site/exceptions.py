@@ -33,9 +33,13 @@ class PZLSError(Exception):
     status_code = 500
     default_message = "Internal server error"
 
-    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         self.message = message or self.default_message
         self.headers = headers or {}
+        # More fields of the error body beside "error" (a 412's serverVersion and serverData).
+        self.extra = extra or {}
         super().__init__(self.message)
 
 
@@ -72,6 +76,13 @@ class NotFound(PZLSError):
 class Conflict(PZLSError):
     status_code = 409
     default_message = "Conflict"
+
+
+class PreconditionFailed(PZLSError):
+    """An ``If-Match`` or ``If-None-Match`` that the record does not meet; the body says what it is now."""
+
+    status_code = 412
+    default_message = "Precondition failed"
 
 
 class BodyTooLarge(PZLSError):
@@ -203,7 +214,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if exc.status_code >= 500:
             logger.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__ or exc)
             return Response(error_body("Internal server error"), status=exc.status_code, headers=exc.headers)
-        return Response(error_body(exc.message), status=exc.status_code, headers=exc.headers)
+        return Response({**error_body(exc.message), **exc.extra}, status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):
         return Response(error_body("Not found"), status=404)
     if isinstance(exc, DjangoPermissionDenied):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from django.http import QueryDict
 
+from pzls_site.exceptions import BadRequest
+
 # An optional sign, digits with an optional fraction (at least one digit in
 # all), an optional exponent. [0-9], not \d, which matches any script's digits.
 _NUMBER = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?)([0-9]+))?")
@@ -174,3 +176,47 @@ def unit_fraction(query: QueryDict, name: str, *, default: float) -> float | int
         return None
     value = float(text)  # the grammar above is a subset of float()'s, and within [0, 1] it is finite
     return int(value) if value.is_integer() else value
+
+
+def _digits(text: str | None) -> bool:
+    return text is not None and text.isascii() and text.isdigit()
+
+
+def count(query: QueryDict, name: str, *, default: int, cap: int) -> int:
+    """A page size (``limit``): ``default`` when absent; ASCII digits >= 1, read as ``cap`` above it; else 400."""
+    given, text = _only_value(query, name)
+    if not given:
+        return default
+    if not _digits(text) or int(text.lstrip("0")[:20] or "0") == 0:  # type: ignore[union-attr]
+        raise BadRequest(f"{name} must be a whole number of at least 1")
+    assert text is not None
+    digits = text.lstrip("0")
+    return cap if len(digits) > 19 else min(int(digits), cap)
+
+
+def position(query: QueryDict, name: str) -> int:
+    """A seq-like parameter (the audit log's ``since``): 0 when absent or empty; ASCII digits; else 400."""
+    given, text = _only_value(query, name)
+    if not given or text == "":
+        return 0
+    if not _digits(text):
+        raise BadRequest(f"{name} must be a whole number")
+    assert text is not None
+    digits = text.lstrip("0") or "0"
+    return 2**63 - 1 if len(digits) > 18 else int(digits)
+
+
+_TRUE, _FALSE = {"1", "true"}, {"0", "false", ""}
+
+
+def flag(query: QueryDict, name: str) -> bool:
+    """A yes/no parameter (``deleted``): absent, ``0``, ``false``: no; ``1``, ``true``: yes; else 400."""
+    given, text = _only_value(query, name)
+    if not given:
+        return False
+    lowered = (text or "").strip().lower() if text is not None else None
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise BadRequest(f"{name} must be 1 or 0")

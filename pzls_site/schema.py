@@ -292,6 +292,7 @@ _ERRORS = {
     409: "Conflict with the current state.",
     413: "Request body over PZLS_MAX_BODY_MB.",
     415: "The body is not sent as application/json.",
+    412: "If-Match or If-None-Match not met; serverVersion and serverData say what the record is now.",
     429: "Too many login attempts; Retry-After says when to try again.",
     500: "Internal server error; details go to the server's log only.",
 }
@@ -375,6 +376,29 @@ SINCE = OpenApiParameter(
         "the current version, however written (1e400, Infinity), means none; anything else means 0."
     ),
 )
+AUDIT_SINCE = OpenApiParameter(
+    "since", {"type": "string", "pattern": "^[0-9]*$"}, OpenApiParameter.QUERY,
+    description="Entries with a seq above this (ASCII digits; default 0).",
+)  # fmt: skip
+AUDIT_LIMIT = OpenApiParameter(
+    "limit", {"type": "string", "pattern": "^[0-9]+$"}, OpenApiParameter.QUERY,
+    description="Entries per page: default 200, at most 1000 (a larger value is read as 1000); 0 is 400.",
+)  # fmt: skip
+CURSOR = OpenApiParameter(
+    "cursor", OpenApiTypes.STR, OpenApiParameter.QUERY,
+    description="A nextCursor this server issued; absent or empty: from the beginning. Any other string is 400.",
+)  # fmt: skip
+CURSOR_LIMIT = OpenApiParameter(
+    "limit", {"type": "string", "pattern": "^[0-9]+$"}, OpenApiParameter.QUERY,
+    description="Entities per page: default 500, at most 5000 (a larger value is read as 5000); 0 is 400.",
+)  # fmt: skip
+CURSOR_STORE = OpenApiParameter(
+    "store", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Only this store's records."
+)
+CURSOR_DELETED = OpenApiParameter(
+    "deleted", {"type": "string", "enum": ["0", "1", "true", "false"]}, OpenApiParameter.QUERY,
+    description="1: tombstones too, as {store, id, version, seq, deleted: true, data: null}.",
+)  # fmt: skip
 IF_NONE_MATCH = OpenApiParameter(
     "If-None-Match",
     OpenApiTypes.STR,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -69,7 +71,9 @@ class PendingBatch:
             epoch=doc["epoch"],
             version=doc["version"],
             count=doc["count"],
-            payload=bytes(doc["payload"]) if isinstance(doc["payload"], msgspec.Raw) else _encoder.encode(doc["payload"]),
+            payload=bytes(doc["payload"])
+            if isinstance(doc["payload"], msgspec.Raw)
+            else _encoder.encode(doc["payload"]),
         )
 
 
@@ -77,9 +81,18 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
     """The audit batch of ``change_set`` (None when it names no one to log: a command's restore)."""
     if change_set.audit is None:
         return None
-    payload = _encoder.encode(
-        [(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids]
-    )
+    if change_set.audit_changes is not None:
+        groups: list[tuple[str, list[str], list[int], str]] = []
+        for name, run in groupby(change_set.audit_changes, key=itemgetter(0)):
+            listed = list(run)
+            groups.append((name, [c[1] for c in listed], [c[2] for c in listed], "".join(c[3] for c in listed)))
+        payload = _encoder.encode(groups)
+        count = len(change_set.audit_changes)
+    else:
+        payload = _encoder.encode(
+            [(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids]
+        )
+        count = change_set.count()
     return PendingBatch(
         user_id=user_id,
         username=change_set.audit.username,
@@ -87,7 +100,7 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
         timestamp=change_set.timestamp,
         epoch=epoch,
         version=change_set.version,
-        count=change_set.count(),
+        count=count,
         payload=payload,
     )
 
@@ -141,9 +154,7 @@ def _insert(batch: PendingBatch, alias: str) -> None:
 def recorded(user_id: str, epoch: str, version: int, *, using: str | None = None) -> bool:
     """Whether the batch of this user's change set (by epoch and version) is in the log."""
     alias = using or router.db_for_read(AuditBatch)
-    return (
-        AuditBatch.objects.using(alias).filter(user_id=user_id, epoch=epoch, repository_version=version).exists()
-    )
+    return AuditBatch.objects.using(alias).filter(user_id=user_id, epoch=epoch, repository_version=version).exists()
 
 
 def event(
@@ -210,7 +221,14 @@ def _expand(batch: AuditBatch, since: int) -> Iterator[dict[str, Any]]:
     }
     if batch.action != "records":
         if batch.seq > since:
-            yield {"seq": batch.seq, **common, "action": batch.action, "store": None, "entity_id": None, "version": None}
+            yield {
+                "seq": batch.seq,
+                **common,
+                "action": batch.action,
+                "store": None,
+                "entity_id": None,
+                "version": None,
+            }
         return
     seq = batch.seq
     for store, ids, versions, actions in _decoder.decode(batch.payload):

@@ -43,6 +43,7 @@ from pzls_site.files import atomic_write
 from sync.backends import Repository, get_repository_store
 from sync.depth import MAX_DEPTH, decode_repository, too_deep
 from sync.merge import InvalidStores, MalformedBody, check_depths, nesting_error, validate_stores
+from sync.services import dump_of
 
 FORMAT = "pzls-backup"
 FORMAT_VERSION = 1
@@ -336,7 +337,7 @@ def data_import(*, path: Path) -> BackupCounts:
                 users += 1
             for user_id, repository, entries in _groups(path, check=False):
                 written.append(user_id)
-                store.replace(user_id, repository, entries)
+                store.replace(user_id, dump_of(repository), entries)
                 repositories += 1
                 changes += len(entries)
     except BaseException:

@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pzls_site.files import PRIVATE_DIR, atomic_write, exclusive_lock, is_temporary, remove_leftover
@@ -118,6 +118,19 @@ class PullCache:
         except OSError:
             logger.warning("cannot keep a pull body in %s", self.directory, exc_info=True)
 
+    def keep_chunks(self, user_id: str, tag: str, chunks: Iterator[bytes | memoryview], *, size: int) -> bool:
+        """Keep a plain pull body of ``size`` bytes written from ``chunks`` as they come; whether it was kept."""
+        path = self._path(user_id, tag, _PLAIN)
+        if path is None or not self._worth_keeping(size):
+            return False
+        try:
+            self.directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            self._replace(user_id, tag, path, chunks, exclusive=False)
+        except OSError:
+            logger.warning("cannot keep a pull body in %s", self.directory, exc_info=True)
+            return False
+        return True
+
     def gzip(self, user_id: str, source: PullSource) -> PullSource:
         """``source`` gzip-compressed: bytes when small, else a file kept once per tag. Closes ``source``."""
         path = self._path(user_id, source.tag, _GZIP)
@@ -149,7 +162,15 @@ class PullCache:
     def _lock_path(self, user_id: str) -> Path:
         return self.directory / f"{user_id}.lock"
 
-    def _replace(self, user_id: str, tag: str, path: Path, data: bytes | list[bytes], *, exclusive: bool) -> None:
+    def _replace(
+        self,
+        user_id: str,
+        tag: str,
+        path: Path,
+        data: bytes | list[bytes] | Iterator[bytes | memoryview],
+        *,
+        exclusive: bool,
+    ) -> None:
         """Write one copy (``exclusive``: under the user's lock); then the user's copies of every other tag go.
 
         If the body is no longer the repository's current one, every copy

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
+import orjson
 
-from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal
+from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal, refs_json
 
 CREATE, UPDATE, DELETE = "c", "u", "d"
 ACTION_NAMES = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
@@ -79,6 +80,9 @@ class ChangeSet:
     writes: list[StoreWrite]
     entry: dict[str, Any]
     audit: AuditContext | None = None
+    # The record changes as the audit log lists them, when not one per write (an ops batch: one per op
+    # applied, in order, with the version each made), as (store, id, version, action).
+    audit_changes: list[tuple[str, str, int, str]] | None = None
 
     def count(self) -> int:
         return sum(len(w.ids) for w in self.writes)
@@ -156,8 +160,7 @@ def plan_push(
         dead = snapshot.tombstoned(name, records.keys())
         if dead:
             skipped += len(dead)
-            records = {rid: text for rid, text in records.items() if rid not in dead}
-        filtered[name] = records
+        filtered[name] = {rid: text for rid, text in records.items() if rid not in dead} if dead else records
     plan = plan_merge(snapshot.stored_for(filtered), filtered)
     if not plan.changed:
         return PushOutcome(None, snapshot.version, 0, 0, skipped)
@@ -167,38 +170,35 @@ def plan_push(
         "version": version,
         "timestamp": timestamp,
         "clientVersion": client_version,
-        "added": plan.added,
-        "modified": plan.modified,
+        "added": refs_json(plan.new_ids),
+        "modified": refs_json(plan.modified_ids),
         "action": "push",
     }
     change_set = ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)
-    return PushOutcome(change_set, version, len(plan.added), len(plan.modified), skipped)
+    return PushOutcome(change_set, version, plan.added_count, plan.modified_count, skipped)
 
 
 def _push_writes(snapshot: Snapshot, incoming: RawStores, plan: MergePlan) -> list[StoreWrite]:
     """The store writes of a merge plan: added records at version 1, modified ones one above theirs."""
-    added: dict[str, list[str]] = {}
-    for ref in plan.added:
-        added.setdefault(ref.store, []).append(ref.id)
-    modified: dict[str, list[str]] = {}
-    for ref in plan.modified:
-        modified.setdefault(ref.store, []).append(ref.id)
     writes: list[StoreWrite] = []
-    for name in incoming:
-        new_ids, changed_ids = added.get(name, []), modified.get(name, [])
+    for name, records in incoming.items():
+        new_ids, changed_ids = plan.new_ids.get(name, []), plan.modified_ids.get(name, [])
         if not new_ids and not changed_ids:
             continue
-        records = incoming[name]
         write = StoreWrite(name)
-        if new_ids:
+        if new_ids and not changed_ids:
             write.ids.extend(new_ids)
-            write.texts.extend([records[rid] for rid in new_ids])
+            write.texts.extend(records.values() if len(new_ids) == len(records) else map(records.__getitem__, new_ids))
             write.versions.extend([1] * len(new_ids))
             write.actions.extend([CREATE] * len(new_ids))
-        if changed_ids:
+        else:  # in the push's order, which the cursor keeps
             states = snapshot.states(name, changed_ids)
-            for rid in changed_ids:
-                write.add(rid, records[rid], states[rid].version + 1, UPDATE)
+            new = set(new_ids)
+            for rid in (rid for rid in records if rid in new or rid in states) if new else changed_ids:
+                state = states.get(rid)
+                write.add(
+                    rid, records[rid], 1 if state is None else state.version + 1, CREATE if state is None else UPDATE
+                )
         writes.append(write)
     return writes
 
@@ -250,6 +250,7 @@ def plan_ops(
     results: list[dict[str, Any]] = []
     # The final text and version of each changed record, in the order of each record's first change.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
+    changes: list[tuple[str, str, int, str]] = []
     for op in ops:
         key = (op.store, op.record_id)
         state, text = pending.states[key], pending.texts[key]
@@ -278,11 +279,14 @@ def plan_ops(
         pending.states[key] = RecordState(current + 1, version, new_text is None)
         pending.texts[key] = new_text
         final[key] = (new_text, current + 1)
+        changes.append((op.store, op.record_id, current + 1, kind))
         results.append({"ok": True, **base, "action": ACTION_NAMES[kind], "version": current + 1})
     if not final:
         return OpsOutcome(None, snapshot.version, results)
     kinds = {key: _net_kind(was_live[key], text is not None) for key, (text, _) in final.items()}
-    return OpsOutcome(_ops_change_set(final, kinds, version, timestamp, audit, action), version, results)
+    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action)
+    change_set.audit_changes = changes
+    return OpsOutcome(change_set, version, results)
 
 
 def _net_kind(live_before: bool, live_after: bool) -> str:
@@ -292,14 +296,16 @@ def _net_kind(live_before: bool, live_after: bool) -> str:
     return DELETE
 
 
-def _conflict(base: dict[str, Any], action: str, server_version: int, text: bytes | msgspec.Raw | None) -> dict[str, Any]:
+def _conflict(
+    base: dict[str, Any], action: str, server_version: int, text: bytes | msgspec.Raw | None
+) -> dict[str, Any]:
     return {
         "ok": False,
         "conflict": True,
         **base,
         "action": action,
         "serverVersion": server_version,
-        "serverData": None if text is None else msgspec.Raw(text),
+        "serverData": None if text is None else orjson.Fragment(bytes(text)),
     }
 
 

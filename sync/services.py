@@ -8,18 +8,45 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
 
-from accounts.services import user_require_active
+from accounts.services import user_require_active, user_username
 from pzls_site.clock import iso, utcnow
-from pzls_site.exceptions import BadRequest, MalformedJSON
+from pzls_site.exceptions import BadRequest, MalformedJSON, NotFound, PreconditionFailed
 from pzls_site.json import is_blank
-from sync.backends import ChangesPage, PullSource, PushResult, Repository, RepositorySummary, get_repository_store
-from sync.merge import InvalidStores, MalformedBody, check_depths, decode_push, encode_stores, validate_stores
+from sync import audit as audit_log
+from sync import cursor as cursors
+from sync.backends import (
+    BaseRepositoryStore,
+    ChangesPage,
+    PullSource,
+    PushResult,
+    RecordDump,
+    Repository,
+    RepositorySummary,
+    get_repository_store,
+)
+from sync.merge import (
+    InvalidStores,
+    MalformedBody,
+    RawStores,
+    check_depths,
+    check_store_name,
+    decode_push,
+    encode_stores,
+    validate_stores,
+)
+from sync.ops import InvalidOps, check_names, decode_ops, decode_record
+from sync.records import AuditContext, Op, OpsOutcome, PushOutcome, Snapshot, plan_ops, plan_push
+
+_Outcome = TypeVar("_Outcome", PushOutcome, OpsOutcome)
 
 logger = logging.getLogger("pzls.sync")
 
@@ -54,31 +81,283 @@ def repository_load(*, user_id: str) -> Repository:
     return get_repository_store().load(user_id)
 
 
-def repository_push(*, user_id: str, body: bytes | bytearray) -> PushResult:
-    """Validate a push body (JSON bytes) and merge it, all or nothing.
+def _audit_context(user_id: str, actor: AuditContext | None) -> AuditContext:
+    """Who acts, for the audit log: the view's actor (with the client's address), else the user by id (a command)."""
+    return actor or AuditContext(user_id=user_id, username=user_username(user_id=user_id), ip=None)
 
-    The body's shape is checked here; its records as the store merges them
-    (``sync.merge.plan_merge``), before anything is written. A push whose
-    user was deleted meanwhile is 401 ``Invalid or expired token`` (as their
-    revoked token is from then on), one whose user was disabled 403.
+
+def _commit(
+    user_id: str,
+    plan: Callable[[Snapshot], _Outcome],
+    *,
+    optimistic: bool,
+    store: BaseRepositoryStore | None = None,
+    check_user: bool = True,
+) -> _Outcome:
+    """Plan a change against the repository and commit it under the user's lock, the one way every change is made.
+
+    ``optimistic`` plans first without the lock (a full push: the lock is
+    then held only to write) and plans again under the lock if another
+    commit landed meanwhile; otherwise (ops, per-record writes) the plan is
+    made under the lock. A plan that changes nothing commits nothing. The
+    user is asked for under the lock: one deleted (or disabled) since the
+    request was authenticated gets 401 (403) and nothing is written.
+    """
+    store = store or get_repository_store()
+    planned: tuple[int, str] | None = None
+    if optimistic:
+        with store.reading(user_id) as snapshot:
+            outcome = plan(snapshot)
+            if outcome.change_set is None:
+                return outcome
+            planned = (snapshot.version, snapshot.epoch)
+    allowed = (lambda: user_require_active(user_id=user_id)) if check_user else None
+    with store.locked(user_id, allowed=allowed) as current:
+        if planned != (current.version, current.epoch):
+            outcome = plan(current)
+        if outcome.change_set is not None:
+            current.commit(outcome.change_set)
+    return outcome
+
+
+def repository_push(*, user_id: str, body: bytes | bytearray, actor: AuditContext | None = None) -> PushResult:
+    """Validate a push body (JSON bytes) and merge it, all or nothing (§3, with §7.1's tombstones).
+
+    The body's shape is checked here; its records as they are merged
+    (``sync.merge.plan_merge``), before anything is written.
     """
     if is_blank(body):
         raise BadRequest("No data provided")
     try:
         push = decode_push(body)
-        return get_repository_store().push(
+        audit = _audit_context(user_id, actor)
+        outcome = _commit(
             user_id,
-            push.stores,
-            client_version=push.client_version,
-            timestamp=iso(utcnow()),
-            # Asked under the repository lock: a user deleted (or disabled) since
-            # the request was authenticated gets 401 (403) and nothing is written.
-            allowed=lambda: user_require_active(user_id=user_id),
+            lambda snapshot: plan_push(
+                snapshot, push.stores, timestamp=iso(utcnow()), client_version=push.client_version, audit=audit
+            ),
+            optimistic=True,
         )
     except MalformedBody as exc:
         raise MalformedJSON(str(exc)) from None
     except InvalidStores as exc:
         raise BadRequest(str(exc)) from None
+    return PushResult(version=outcome.version, added=outcome.added, modified=outcome.modified, skipped=outcome.skipped)
+
+
+def push_records(
+    *,
+    user_id: str,
+    stores: RawStores,
+    client_version: int | None = None,
+    timestamp: str | None = None,
+    actor: AuditContext | None = None,
+    store: BaseRepositoryStore | None = None,
+    check_user: bool = True,
+) -> PushResult:
+    """Merge already decoded ``stores`` as a full push would (imports, commands; ``store`` and
+    ``check_user=False`` let tests drive a store of their own for ids no user has)."""
+    audit = actor or (_audit_context(user_id, None) if check_user else AuditContext(user_id, "", None))
+    when = timestamp or iso(utcnow())
+    outcome = _commit(
+        user_id,
+        lambda snapshot: plan_push(snapshot, stores, timestamp=when, client_version=client_version, audit=audit),
+        optimistic=True,
+        store=store,
+        check_user=check_user,
+    )
+    return PushResult(version=outcome.version, added=outcome.added, modified=outcome.modified, skipped=outcome.skipped)
+
+
+def _apply_ops(user_id: str, ops: list[Op], actor: AuditContext | None) -> OpsOutcome:
+    audit = _audit_context(user_id, actor)
+    return _commit(
+        user_id, lambda snapshot: plan_ops(snapshot, ops, timestamp=iso(utcnow()), audit=audit), optimistic=False
+    )
+
+
+def repository_ops(*, user_id: str, body: bytes | bytearray, actor: AuditContext | None = None) -> dict[str, Any]:
+    """An ops batch (§7.2): validated whole, then applied in order as one commit; conflicts are results, not errors."""
+    if is_blank(body):
+        raise BadRequest("No data provided")
+    try:
+        ops = decode_ops(body)
+    except MalformedBody as exc:
+        raise MalformedJSON(str(exc)) from None
+    except InvalidOps as exc:
+        raise BadRequest(str(exc)) from None
+    outcome = _apply_ops(user_id, ops, actor)
+    applied = sum(1 for result in outcome.results if result["ok"])
+    return {
+        "version": outcome.version,
+        "applied": applied,
+        "conflicts": len(outcome.results) - applied,
+        "results": outcome.results,
+    }
+
+
+@dataclass(frozen=True)
+class RecordRead:
+    store: str
+    record_id: str
+    version: int
+    text: bytes
+
+
+def _names(store: str, record_id: str) -> None:
+    try:
+        check_names(store, record_id)
+    except InvalidOps as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def record_get(*, user_id: str, store: str, record_id: str) -> RecordRead:
+    """One live record (§7.3); NotFound for a tombstone or an id never seen."""
+    _names(store, record_id)
+    with get_repository_store().reading(user_id) as snapshot:
+        state = snapshot.states(store, [record_id]).get(record_id)
+        text = snapshot.texts(store, [record_id]).get(record_id) if state and not state.deleted else None
+    if state is None or text is None:
+        raise NotFound(f"No record {record_id!r} in store {store!r}")
+    return RecordRead(store, record_id, state.version, text)
+
+
+def _precondition(
+    snapshot: Snapshot, store: str, record_id: str, *, if_match: list[int] | None, if_none_match: bool
+) -> None:
+    """Raise PreconditionFailed when the record's state does not meet the request's conditions.
+
+    ``if_match``: the versions one of which the record must have (an empty
+    list: ``*``, any live record); ``if_none_match``: the record must not be live.
+    """
+    state = snapshot.states(store, [record_id]).get(record_id)
+    live = state is not None and not state.deleted
+    current = 0 if state is None else state.version
+    failed = (if_none_match and live) or (
+        if_match is not None and (not live if not if_match else current not in if_match)
+    )
+    if failed:
+        text = snapshot.texts(store, [record_id]).get(record_id) if live else None
+        raise PreconditionFailed(
+            extra={"serverVersion": current, "serverData": None if text is None else orjson.Fragment(text)}
+        )
+
+
+def _record_write(
+    user_id: str, op: Op, *, actor: AuditContext | None, if_match: list[int] | None, if_none_match: bool
+) -> int:
+    audit = _audit_context(user_id, actor)
+
+    def plan(snapshot: Snapshot) -> OpsOutcome:
+        _precondition(snapshot, op.store, op.record_id, if_match=if_match, if_none_match=if_none_match)
+        as_update = Op(action="update" if op.action != "delete" else "delete", store=op.store,
+                       record_id=op.record_id, data=op.data, expected=None)  # fmt: skip
+        return plan_ops(snapshot, [as_update], timestamp=iso(utcnow()), audit=audit)
+
+    outcome = _commit(user_id, plan, optimistic=False)
+    return int(outcome.results[0]["version"])
+
+
+def record_put(
+    *,
+    user_id: str,
+    store: str,
+    record_id: str,
+    body: bytes | bytearray,
+    if_match: list[int] | None = None,
+    if_none_match: bool = False,
+    actor: AuditContext | None = None,
+) -> int:
+    """Create or replace one record (§7.3), under its conditions; the record's version after."""
+    _names(store, record_id)
+    if is_blank(body):
+        raise BadRequest("No data provided")
+    try:
+        text = decode_record(body, store, record_id)
+    except MalformedBody as exc:
+        raise MalformedJSON(str(exc)) from None
+    except InvalidOps as exc:
+        raise BadRequest(str(exc)) from None
+    op = Op(action="update", store=store, record_id=record_id, data=text, expected=None)
+    return _record_write(user_id, op, actor=actor, if_match=if_match, if_none_match=if_none_match)
+
+
+def record_delete(
+    *, user_id: str, store: str, record_id: str, if_match: list[int] | None = None, actor: AuditContext | None = None
+) -> int:
+    """Delete one record (§7.3): its tombstone's version (an id already gone: no change, its version as it is)."""
+    _names(store, record_id)
+    op = Op(action="delete", store=store, record_id=record_id, data=None, expected=None)
+    return _record_write(user_id, op, actor=actor, if_match=if_match, if_none_match=False)
+
+
+CURSOR_LIMIT_DEFAULT = 500
+CURSOR_LIMIT_MAX = 5000
+
+
+def repository_cursor(
+    *, user_id: str, cursor: str | None, limit: int, store: str | None, deleted: bool
+) -> dict[str, Any]:
+    """A page of the incremental pull (§7.4)."""
+    if store is not None:
+        try:
+            check_store_name(store)
+        except InvalidStores as exc:
+            raise BadRequest(str(exc)) from None
+    repository = get_repository_store()
+    try:
+        if cursor:
+            cursors.decode(cursor)
+    except cursors.InvalidCursor:
+        raise BadRequest("Invalid cursor") from None
+    summary = repository.cursor(user_id, after=0, limit=0, store=store, deleted=deleted)
+    after = cursors.resume(cursor, epoch=summary.epoch, position=summary.position)
+    page = repository.cursor(user_id, after=after, limit=limit, store=store, deleted=deleted)
+    if page.epoch != summary.epoch:  # replaced in between: read this history from its start
+        page = repository.cursor(user_id, after=0, limit=limit, store=store, deleted=deleted)
+    end = page.entries[-1].position if page.entries else max(after, page.position if not page.has_more else after)
+    entities = [
+        {"store": e.store, "id": e.id, "version": e.version, "seq": e.seq, "data": orjson.Fragment(e.text)}
+        if e.text is not None
+        else {"store": e.store, "id": e.id, "version": e.version, "seq": e.seq, "deleted": True, "data": None}
+        for e in page.entries
+    ]
+    return {
+        "entities": entities,
+        "nextCursor": cursors.encode(page.epoch, end),
+        "hasMore": page.has_more,
+        "latestSeq": page.version,
+    }
+
+
+def repository_stores(*, user_id: str) -> dict[str, Any]:
+    version, counts = get_repository_store().store_counts(user_id)
+    return {
+        "stores": [{"store": name, "count": count} for name, count in counts],
+        "total": sum(count for _, count in counts),
+        "latestSeq": version,
+    }
+
+
+def own_audit(*, user_id: str, since: int, limit: int) -> dict[str, Any]:
+    """The caller's own audit entries (§7.5)."""
+    page = audit_log.read(since=since, limit=limit, user_id=user_id)
+    return {"ops": page.entries, "count": len(page.entries), "latestSeq": page.latest}
+
+
+def purge_tombstones(*, older_than_days: float, user_ids: list[str]) -> int:
+    """Remove tombstones of deletes older than ``older_than_days`` days in these repositories; how many went."""
+    cutoff = iso(utcnow() - timedelta(days=older_than_days))
+    store = get_repository_store()
+    removed = 0
+    for user_id in user_ids:
+        through = 0
+        for entry in store.changelog(user_id):
+            if str(entry.get("timestamp") or "") <= cutoff:
+                through = int(entry["version"])
+        if through:
+            removed += store.purge(user_id, through_seq=through)
+    return removed
 
 
 def repository_changes(*, user_id: str, since: int) -> ChangesPage:
@@ -134,6 +413,20 @@ def legacy_repository_read(path: Path) -> Repository:
     return Repository(version=version, data=data)
 
 
+def dump_of(repository: Repository) -> RecordDump:
+    """A repository without record states (a legacy file, a first-edition backup): every record at version 1,
+    last changed at the repository's version."""
+    texts = encode_stores(repository.data)
+    return RecordDump(
+        version=repository.version,
+        stores={
+            name: [(rid, text, 1, repository.version) for rid, text in records.items()]
+            for name, records in texts.items()
+        },
+        tombstones={},
+    )
+
+
 def _retire(path: Path) -> None:
     """Rename a migrated legacy file out of the way, never deleting it."""
     target = path.with_name(path.name + ".migrated")
@@ -161,7 +454,7 @@ def repository_adopt_legacy(*, user_id: str) -> bool:
     except (OSError, ValueError, InvalidStores) as exc:
         logger.error("legacy repository %s not migrated: %s", repo_path, exc)
         return False
-    get_repository_store().replace(user_id, repository, changelog)
+    get_repository_store().replace(user_id, dump_of(repository), changelog)
     _retire(repo_path)
     if changelog_path.exists():
         _retire(changelog_path)
@@ -201,9 +494,9 @@ def repository_import_legacy(*, user_id: str, path: Path | None = None, merge: b
                 f"The user already has a repository (version {current.version}, {current.records} records); "
                 "use --merge to push the legacy records over it"
             )
-        result = store.push(user_id, encode_stores(repository.data), client_version=None, timestamp=iso(utcnow()))
+        result = push_records(user_id=user_id, stores=encode_stores(repository.data))
     else:
-        store.replace(user_id, repository, changelog)
+        store.replace(user_id, dump_of(repository), changelog)
         result = PushResult(version=repository.version, added=sum(len(s) for s in repository.data.values()), modified=0)
     if path.resolve() == data_dir / "repo.json":
         _retire(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import orjson
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.utils.cache import patch_vary_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,9 +24,16 @@ from accounts.services import user_count, user_list
 from accounts.views import IsAdmin, user_json
 from pzls_site import params
 from pzls_site.clock import iso
+from pzls_site.exceptions import BadRequest
 from pzls_site.health import server_version
-from pzls_site.requests import raw_json_body
+from pzls_site.requests import client_ip, raw_json_body
 from pzls_site.schema import (
+    AUDIT_LIMIT,
+    AUDIT_SINCE,
+    CURSOR,
+    CURSOR_DELETED,
+    CURSOR_LIMIT,
+    CURSOR_STORE,
     IF_NONE_MATCH,
     OPTIONAL_BEARER,
     PROTECTED,
@@ -35,10 +43,16 @@ from pzls_site.schema import (
     errors,
     ok,
 )
-from sync import services
+from sync import audit, services
 from sync.backends import PullSource
+from sync.records import AuditContext
 
 _GZIP_SUFFIX = "-gz"
+
+
+def _actor(request: Request) -> AuditContext:
+    """Who makes a change, as the audit log names them."""
+    return AuditContext(user_id=str(request.user.pk), username=request.user.username, ip=client_ip(request))
 
 
 def _etag(tag: str, gzip: bool = False) -> str:
@@ -114,15 +128,18 @@ class SyncView(APIView):
         responses={200: ok("PushResult"), **errors(*WITH_BODY, *PROTECTED)},
     )
     def post(self, request: Request) -> Response:
-        result = services.repository_push(user_id=str(request.user.pk), body=raw_json_body(request))
-        return Response(
-            {
-                "version": result.version,
-                "added": result.added,
-                "modified": result.modified,
-                "message": f"Sync successful. {result.added} added, {result.modified} modified.",
-            }
+        result = services.repository_push(
+            user_id=str(request.user.pk), body=raw_json_body(request), actor=_actor(request)
         )
+        answer = {
+            "version": result.version,
+            "added": result.added,
+            "modified": result.modified,
+            "message": f"Sync successful. {result.added} added, {result.modified} modified.",
+        }
+        if result.skipped:  # only then: a first-edition answer stays exactly what it was
+            answer["skipped"] = result.skipped
+        return Response(answer)
 
 
 # The largest integer a JavaScript client reads exactly; a larger ``since``
@@ -202,3 +219,129 @@ class AdminUsersView(APIView):
                 }
             )
         return Response({"users": rows})
+
+
+class OpsView(APIView):
+    @extend_schema(
+        summary="Apply a batch of ops (create, update, delete) as one commit; conflicts are results",
+        request=body("Ops"),
+        responses={200: ok("OpsResult"), **errors(*WITH_BODY, *PROTECTED)},
+    )
+    def post(self, request: Request) -> Response:
+        answer = services.repository_ops(
+            user_id=str(request.user.pk), body=raw_json_body(request), actor=_actor(request)
+        )
+        return Response(answer)
+
+    @extend_schema(
+        summary="The caller's own entries of the audit log",
+        parameters=[AUDIT_SINCE, AUDIT_LIMIT],
+        responses={200: ok("AuditPage"), **errors(400, *PROTECTED)},
+    )
+    def get(self, request: Request) -> Response:
+        since = params.position(request.query_params, "since")
+        limit = params.count(request.query_params, "limit", default=audit.PAGE_DEFAULT, cap=audit.PAGE_MAX)
+        return Response(services.own_audit(user_id=str(request.user.pk), since=since, limit=limit))
+
+
+def _versions(header: str) -> list[int]:
+    """The versions an If-Match header names (``"3"``, ``W/"3"``, ``3``, a list); ``[]`` for ``*``; else 400."""
+    if header.strip() == "*":
+        return []
+    versions = []
+    for part in header.split(","):
+        tag = part.strip().removeprefix("W/").strip()
+        if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+            tag = tag[1:-1]
+        if not (tag.isascii() and tag.isdigit() and len(tag) <= 18):
+            raise BadRequest('If-Match must name record versions, such as "3", or be *')
+        versions.append(int(tag))
+    return versions
+
+
+class RecordView(APIView):
+    @extend_schema(
+        summary="One record",
+        parameters=[IF_NONE_MATCH],
+        responses={
+            200: ok("Record"),
+            304: OpenApiResponse(description="Not modified."),
+            **errors(400, 404, *PROTECTED),
+        },
+    )
+    def get(self, request: Request, store: str, record_id: str) -> HttpResponseBase:
+        record = services.record_get(user_id=str(request.user.pk), store=store, record_id=record_id)
+        etag = f'"{record.version}"'
+        if_none_match = request.headers.get("If-None-Match", "")
+        if if_none_match and _matches(if_none_match, str(record.version)):
+            not_modified = HttpResponse(status=304)
+            not_modified["ETag"] = etag
+            return not_modified
+        response = Response(
+            {"store": store, "id": record_id, "version": record.version, "data": orjson.Fragment(record.text)}
+        )
+        response["ETag"] = etag
+        return response
+
+    @extend_schema(
+        summary="Create or replace one record (If-Match, If-None-Match: *)",
+        request=body("Record body"),
+        responses={200: ok("RecordWritten"), **errors(*WITH_BODY, 412, *PROTECTED)},
+    )
+    def put(self, request: Request, store: str, record_id: str) -> Response:
+        if_match = request.headers.get("If-Match")
+        version = services.record_put(
+            user_id=str(request.user.pk),
+            store=store,
+            record_id=record_id,
+            body=raw_json_body(request),
+            if_match=None if if_match is None else _versions(if_match),
+            if_none_match=request.headers.get("If-None-Match", "").strip() == "*",
+            actor=_actor(request),
+        )
+        response = Response({"store": store, "id": record_id, "version": version})
+        response["ETag"] = f'"{version}"'
+        return response
+
+    @extend_schema(
+        summary="Delete one record, leaving a tombstone (If-Match)",
+        responses={200: ok("RecordWritten"), **errors(400, 412, *PROTECTED)},
+    )
+    def delete(self, request: Request, store: str, record_id: str) -> Response:
+        if_match = request.headers.get("If-Match")
+        version = services.record_delete(
+            user_id=str(request.user.pk),
+            store=store,
+            record_id=record_id,
+            if_match=None if if_match is None else _versions(if_match),
+            actor=_actor(request),
+        )
+        return Response({"store": store, "id": record_id, "version": version})
+
+
+class CursorView(APIView):
+    @extend_schema(
+        summary="Incremental pull: records in the order of their last change, from a cursor",
+        parameters=[CURSOR, CURSOR_LIMIT, CURSOR_STORE, CURSOR_DELETED],
+        responses={200: ok("CursorPage"), **errors(400, *PROTECTED)},
+    )
+    def get(self, request: Request) -> Response:
+        query = request.query_params
+        store = query.get("store") or None
+        return Response(
+            services.repository_cursor(
+                user_id=str(request.user.pk),
+                cursor=query.get("cursor") or None,
+                limit=params.count(
+                    query, "limit", default=services.CURSOR_LIMIT_DEFAULT, cap=services.CURSOR_LIMIT_MAX
+                ),
+                store=store,
+                deleted=params.flag(query, "deleted"),
+            )
+        )
+
+
+class StoresView(APIView):
+    @extend_schema(summary="Live records per store", responses={200: ok("Stores"), **errors(*PROTECTED)})
+    def get(self, request: Request) -> Response:
+        return Response(services.repository_stores(user_id=str(request.user.pk)))

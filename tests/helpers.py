@@ -264,3 +264,28 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+# --- repository stores driven directly ---------------------------------------------------
+
+
+def store_push(
+    store: Any,
+    user_id: str,
+    stores: dict,
+    *,
+    client_version: int | None = 0,
+    timestamp: str = "2026-05-17T10:04:05.123Z",
+) -> Any:
+    """A full push of parsed ``stores`` straight into ``store`` for an id no user needs to have (the service's one way)."""
+    from sync.merge import encode_stores
+    from sync.services import push_records
+
+    return push_records(
+        user_id=user_id,
+        stores=encode_stores(stores),
+        client_version=client_version,
+        timestamp=timestamp,
+        store=store,
+        check_user=False,
+    )

@@ -30,9 +30,9 @@ from accounts.services import token_digest
 from pzls_site.files import atomic_write, prepare_data_dir, remove_leftover
 from sync.backends.base import Repository
 from sync.backends.json_file import JSONFileRepositoryStore
-from sync.merge import encode_stores
+from sync.services import dump_of
 from testkit.server import ROOT
-from tests.helpers import Api, assert_error, data_dir_settings, fill, read_only, tmpfs
+from tests.helpers import Api, assert_error, data_dir_settings, fill, read_only, store_push, tmpfs
 
 # Promises of the files storage's files: never part of the database-storage run.
 pytestmark = pytest.mark.files_only
@@ -113,7 +113,7 @@ def test_token_store_cache_sees_a_replaced_file_at_the_store(data_dir: Path) -> 
 def test_a_repository_replaced_in_the_same_inode_with_the_same_size_and_mtime_is_read_anew(data_dir: Path) -> None:
     store = JSONFileRepositoryStore(location=data_dir)
     two = {"humans": {"a1": {"v": "x" * 100}, "a2": {"v": "y" * 100}}}
-    store.push(U, encode_stores(two), client_version=0, timestamp=TS)
+    store_push(store, U, two, client_version=0, timestamp=TS)
     assert store.summary(U).records == 2  # the sidecar now describes the file
     tag = store.pull_tag(U)
     path = data_dir / f"repo_{U}.json"
@@ -122,14 +122,14 @@ def test_a_repository_replaced_in_the_same_inode_with_the_same_size_and_mtime_is
     one = {"humans": {"b1": {"v": "z" * one_length}}}
     elsewhere = data_dir / "elsewhere"
     elsewhere.mkdir()
-    JSONFileRepositoryStore(location=elsewhere).replace(U, Repository(version=1, data=one), [])
+    JSONFileRepositoryStore(location=elsewhere).replace(U, dump_of(Repository(version=1, data=one)), [])
     replace_in_place(path, (elsewhere / f"repo_{U}.json").read_bytes())
 
     assert store.pull_tag(U) != tag
     assert store.pull_bytes(U) == b'{"version":1,"data":' + orjson.dumps(one) + b"}"
     summary = store.summary(U)
     assert (summary.version, summary.records) == (1, 1)
-    result = store.push(U, encode_stores({"humans": {"c1": {}}}), client_version=1, timestamp=TS)
+    result = store_push(store, U, {"humans": {"c1": {}}}, client_version=1, timestamp=TS)
     assert (result.version, result.added, result.modified) == (2, 1, 0)
     assert store.load(U).data == {"humans": {"b1": one["humans"]["b1"], "c1": {}}}
     assert store.summary(U).records == 2
@@ -225,13 +225,13 @@ def leftover(path: Path) -> Path:
 
 def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(data_dir: Path) -> None:
     store = JSONFileRepositoryStore(location=data_dir)
-    store.push(U, encode_stores({"humans": {"h1": {}}}), client_version=0, timestamp=TS)
+    store_push(store, U, {"humans": {"h1": {}}}, client_version=0, timestamp=TS)
     mine = [
         leftover(data_dir / f".{name}.tmp")
         for name in (f"repo_{U}.json", f"repo_{U}.meta.json", f"changelog_{U}.jsonl")
     ]
     theirs = leftover(data_dir / f".repo_{V}.json.tmp")
-    store.push(U, encode_stores({"humans": {"h2": {}}}), client_version=1, timestamp=TS)
+    store_push(store, U, {"humans": {"h2": {}}}, client_version=1, timestamp=TS)
     assert [p for p in mine if p.exists()] == []
     assert theirs.exists()  # another user's: their next push, or the next start
     assert store.load(U).data == {"humans": {"h1": {}, "h2": {}}}

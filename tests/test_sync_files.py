@@ -17,7 +17,7 @@ from accounts.services import token_digest
 from sync.backends.base import Repository
 from sync.backends.json_file import _RECORDS_PER_PIECE as PIECE
 from sync.backends.json_file import JSONFileRepositoryStore
-from sync.merge import encode_stores
+from sync.services import dump_of
 
 U = "33333333-3333-4333-8333-333333333333"
 TS = "2026-05-17T10:04:05.123Z"
@@ -29,7 +29,7 @@ def store(data_dir: Path) -> JSONFileRepositoryStore:
 
 
 def push(store: JSONFileRepositoryStore, stores: dict, cv: int | None = 0):
-    return store.push(U, encode_stores(stores), client_version=cv, timestamp=TS)
+    return store_push(store, U, stores, client_version=cv, timestamp=TS)
 
 
 def changelog_lines(data_dir: Path) -> list[bytes]:
@@ -66,7 +66,7 @@ def test_large_repositories_are_written_piece_by_piece_to_the_same_bytes(
     stores = {
         f"s{n}": {f"r{i}": {"i": i, "name": 'Zoë \u2028 "q"'} for i in range(size)} for n, size in enumerate(sizes)
     }
-    store.replace(U, Repository(version=1, data=stores), [])  # keeps empty stores, which a push never adds
+    store.replace(U, dump_of(Repository(version=1, data=stores)), [])  # keeps empty stores, which a push never adds
     expected = b'{"version":1,"data":' + orjson.dumps(stores) + b"}"
     assert repository_body(data_dir / f"repo_{U}.json") == expected
     push(store, {"s0": {"new": {"a": 1}}})

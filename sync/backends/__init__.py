@@ -1,7 +1,18 @@
 """Repository stores: where each user's stores, version and changelog live (contract in ``base.py``)."""
 
 from pzls_site.backends import BackendHandler
-from sync.backends.base import BaseRepositoryStore, ChangesPage, PullSource, PushResult, Repository, RepositorySummary
+from sync.backends.base import (
+    BaseRepositoryStore,
+    ChangesPage,
+    CursorEntry,
+    CursorPage,
+    PullSource,
+    PushResult,
+    RecordDump,
+    Repository,
+    RepositorySummary,
+    WriteSnapshot,
+)
 
 repository_stores: BackendHandler[BaseRepositoryStore] = BackendHandler("PZLS_SYNC_STORE", BaseRepositoryStore)
 
@@ -14,10 +25,14 @@ def get_repository_store() -> BaseRepositoryStore:
 __all__ = [
     "BaseRepositoryStore",
     "ChangesPage",
+    "CursorEntry",
+    "CursorPage",
     "PullSource",
     "PushResult",
+    "RecordDump",
     "Repository",
     "RepositorySummary",
+    "WriteSnapshot",
     "get_repository_store",
     "repository_stores",
 ]

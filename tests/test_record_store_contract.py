@@ -558,3 +558,39 @@ def test_delete_forgets_everything(store: BaseRepositoryStore) -> None:
     assert push(store, {"humans": {"a": {}}}).version == 1
     assert states(store, "humans", ["a"]) == {"a": RecordState(1, 1, False)}
     assert store.cursor(U1, after=0, limit=1, store=None, deleted=True).epoch != epoch
+
+
+def test_a_change_set_planned_on_another_snapshot_commits_the_same(store: BaseRepositoryStore) -> None:
+    # The service plans a push without the lock, and commits that plan under it when nothing landed meanwhile.
+    push(store, {"humans": {"a": {"n": "Zoë"}, "b": {"n": "日本"}, "c": {}}, "tags": {"t": {}}})
+    ops(store, op("delete", "c"))
+    with store.reading(U1) as early:
+        planned = plan_push(
+            early,
+            encode_stores({"humans": {"a": {"n": "Zoë Ü"}, "c": {"x": 1}, "d": {"n": "ñ"}}, "new": {"x": {}}}),
+            timestamp=TS,
+            client_version=2,
+            audit=who(U1),
+        )
+        seen = (early.version, early.epoch)
+    assert (planned.added, planned.modified, planned.skipped) == (2, 1, 1)
+    with store.locked(U1) as current:
+        assert (current.version, current.epoch) == seen
+        assert planned.change_set is not None
+        current.commit(planned.change_set)
+    assert consistent(store) == {
+        "humans": {"a": {"n": "Zoë Ü"}, "b": {"n": "日本"}, "d": {"n": "ñ"}},
+        "tags": {"t": {}},
+        "new": {"x": {}},
+    }
+    with store.reading(U1) as early:
+        batch = plan_ops(early, [op("delete", "b"), op("create", "c", {"back": "é"})], timestamp=TS, audit=who(U1))
+    with store.locked(U1) as current:
+        assert batch.change_set is not None and batch.change_set.version == current.version + 1
+        current.commit(batch.change_set)
+    assert consistent(store) == {
+        "humans": {"a": {"n": "Zoë Ü"}, "d": {"n": "ñ"}, "c": {"back": "é"}},
+        "tags": {"t": {}},
+        "new": {"x": {}},
+    }
+    assert states(store, "humans", ["b", "c"]) == {"b": RecordState(2, 4, True), "c": RecordState(3, 4, False)}

@@ -48,6 +48,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.models import BigIntegerField, Func
 from django.db.models.constants import OnConflict
 
 from pzls_site.backends import database_errors
@@ -266,6 +267,16 @@ def _new_rows(
             False,
             repository_id,
         )
+
+
+class _ByteLength(Func):
+    """The length of a text column in bytes of UTF-8 (Django's ``Length`` counts characters)."""
+
+    function = "OCTET_LENGTH"
+    output_field = BigIntegerField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))", **extra)
 
 
 class _Changed(Exception):
@@ -571,10 +582,11 @@ class _DatabaseSnapshot(WriteSnapshot):
                 out[rid] = (_LIVE, sizes[rid])
                 continue
             unknown.append(rid)
-        records = self._records(store)
+        # Sizes, not texts: a change set planned on another snapshot (an optimistic push) knows none.
+        records = self._records(store).annotate(size=_ByteLength("item"))
         for chunk in _chunks(unknown, _LOOKUP_CHUNK):
-            for key, deleted, item in records.filter(key__in=chunk).values_list("key", "deleted", "item"):
-                out[key] = (_DEAD, 0) if deleted else (_LIVE, len(item.encode()))
+            for key, deleted, size in records.filter(key__in=chunk).values_list("key", "deleted", "size"):
+                out[key] = (_DEAD, 0) if deleted else (_LIVE, size)
         return out
 
 

@@ -378,6 +378,8 @@ def test_allowed_is_asked_under_the_lock_before_the_body(store: BaseRepositorySt
     assert consistent(store) == {"humans": {"a": {}}}
 
 
+# Transactional for every backend: the threads' connections commit (the audit log is in the database).
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_commits_are_serialised(store: BaseRepositoryStore) -> None:
     versions: list[int] = []
     lock = threading.Lock()

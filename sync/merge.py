@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import orjson
@@ -378,10 +378,19 @@ def refs_json(per_store: Mapping[str, list[str]]) -> msgspec.Raw:
 _ref_encoder = msgspec.json.Encoder()
 
 
+@runtime_checkable
+class ComparingStore(Protocol):
+    """A stored store that compares pushed texts with its own where they lie (no decoding of the store)."""
+
+    def compare(self, records: Mapping[str, msgspec.Raw]) -> tuple[list[str], dict[str, msgspec.Raw]]:
+        """The pushed ids it lacks (in push order), and its texts of those whose text differs."""
+        ...
+
+
 # A stored store as plan_merge reads it: all its records at once, or its
 # records piece by piece (an iterable of mappings that can be iterated once
 # per plan), so a large repository need not be in memory whole.
-StoredStore = Mapping[str, msgspec.Raw] | Iterable[Mapping[str, msgspec.Raw]]
+StoredStore = Mapping[str, msgspec.Raw] | Iterable[Mapping[str, msgspec.Raw]] | ComparingStore
 
 
 def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> MergePlan:
@@ -390,8 +399,8 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
     Every pushed record that is not the stored text byte for byte is
     validated (a record that is not a valid JSON object raises MalformedBody
     or InvalidStores before the caller has written anything), and so are the
-    names of new stores and ids. New ids go to the end of their store and new
-    stores after the existing ones (``apply_plan``), so pulls keep
+    names of new stores and ids. A backend puts new ids at the end of their
+    store and new stores after the existing ones, so pulls keep
     first-insertion order.
     """
     plan = MergePlan()
@@ -409,6 +418,8 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
             differing = [record_id for record_id, record in records.items() if get(record_id) != record]
             new_ids = [record_id for record_id in differing if record_id not in existing]
             changed = {record_id: existing[record_id] for record_id in differing if record_id in existing}
+        elif isinstance(existing, ComparingStore):
+            new_ids, changed = existing.compare(records)
         else:
             new_ids, changed = _compare_pieces(existing, records)
         if not new_ids and not changed:
@@ -437,41 +448,6 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
             if modified:
                 plan._add(plan.modified_ids, name, modified)
     return plan
-
-
-def apply_plan(
-    current: Mapping[str, StoredStore], incoming: RawStores, plan: MergePlan
-) -> Iterator[tuple[str, Iterator[tuple[str, msgspec.Raw]]]]:
-    """The merged repository, store by store, each as (id, text) pairs in pull order.
-
-    Stored stores keep their order and their records' places (a modified
-    record takes its new text where it stood); new ids follow in the push's
-    order, then new stores. Stored pieces are read one at a time, as the
-    caller consumes the pairs.
-    """
-    added = {name: list(ids) for name, ids in plan.new_ids.items()}
-    modified = {name: set(ids) for name, ids in plan.modified_ids.items()}
-    for name, stored in current.items():
-        pieces = (stored,) if isinstance(stored, Mapping) else stored
-        yield name, _merged_items(pieces, incoming.get(name, {}), modified.get(name, set()), added.pop(name, []))
-    for name, new_ids in added.items():
-        yield name, _merged_items((), incoming[name], set(), new_ids)
-
-
-def _merged_items(
-    pieces: Iterable[Mapping[str, msgspec.Raw]],
-    records: Mapping[str, msgspec.Raw],
-    modified: set[str],
-    new_ids: list[str],
-) -> Iterator[tuple[str, msgspec.Raw]]:
-    for piece in pieces:
-        touched = modified & piece.keys() if modified else None
-        if touched:
-            yield from {**piece, **{record_id: records[record_id] for record_id in touched}}.items()
-        else:
-            yield from piece.items()
-    for record_id in new_ids:
-        yield record_id, records[record_id]
 
 
 def _compare_pieces(

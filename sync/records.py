@@ -41,7 +41,9 @@ class StoreWrite:
     """The changes of one store in a change set, in the order they were made (columns, not objects).
 
     ``texts[i]`` is the record's new JSON text, or None for a delete;
-    ``actions`` holds one of CREATE, UPDATE, DELETE per record.
+    ``actions`` holds one of CREATE, UPDATE, DELETE per record. A CREATE of
+    an id the store holds live (deleted and created again in one ops batch)
+    puts the record at the end of its store, as any revived tombstone.
     """
 
     store: str
@@ -70,9 +72,10 @@ class AuditContext:
 class ChangeSet:
     """One commit: the repository's new version and every record it changes, with its changelog entry.
 
-    The backend gives the changes positions in order (stores in ``writes``
-    order, records in each store's order), after the snapshot's last one.
-    A record appears at most once in a change set.
+    The backend gives the changes positions in order (``writes`` in order,
+    records in each write's order), after the snapshot's last one. A store
+    may have several writes (an ops batch that goes back and forth between
+    stores); a record appears at most once in a change set.
     """
 
     version: int
@@ -248,9 +251,10 @@ def plan_ops(
     was_live = {key: state is not None and not state.deleted for key, state in pending.states.items()}
     version = snapshot.version + 1
     results: list[dict[str, Any]] = []
-    # The final text and version of each changed record, in the order of each record's first change.
+    # The final text and version of each changed record, in the order of each record's last change.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
     changes: list[tuple[str, str, int, str]] = []
+    deleted_here: set[tuple[str, str]] = set()
     for op in ops:
         key = (op.store, op.record_id)
         state, text = pending.states[key], pending.texts[key]
@@ -265,6 +269,7 @@ def plan_ops(
                 results.append({"ok": True, **base, "action": "delete", "version": current})
                 continue
             new_text, kind = None, DELETE
+            deleted_here.add(key)
         elif live:
             if op.action == "create":
                 results.append(_conflict(base, op.action, current, text))
@@ -278,13 +283,17 @@ def plan_ops(
             new_text, kind = op.data, CREATE
         pending.states[key] = RecordState(current + 1, version, new_text is None)
         pending.texts[key] = new_text
+        final.pop(key, None)  # in the order of each record's last change, which is where the cursor puts it
         final[key] = (new_text, current + 1)
         changes.append((op.store, op.record_id, current + 1, kind))
         results.append({"ok": True, **base, "action": ACTION_NAMES[kind], "version": current + 1})
     if not final:
         return OpsOutcome(None, snapshot.version, results)
     kinds = {key: _net_kind(was_live[key], text is not None) for key, (text, _) in final.items()}
-    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action)
+    # A record deleted and created again in the batch is, as a whole, updated; but it was revived from
+    # a tombstone, so it takes a new place at the end of its store: its write is a CREATE.
+    revived = {key for key, kind in kinds.items() if kind == UPDATE and key in deleted_here}
+    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action, revived)
     change_set.audit_changes = changes
     return OpsOutcome(change_set, version, results)
 
@@ -316,15 +325,21 @@ def _ops_change_set(
     timestamp: str,
     audit: AuditContext | None,
     action: str,
+    revived: set[tuple[str, str]],
 ) -> ChangeSet:
-    writes: dict[str, StoreWrite] = {}
+    writes: list[StoreWrite] = []  # a run of writes per store, in the order of the changes
     refs: dict[str, list[RecordRef]] = {CREATE: [], UPDATE: [], DELETE: []}
     for (store, rid), (text, record_version) in final.items():
-        write = writes.get(store)
-        if write is None:
-            write = writes[store] = StoreWrite(store)
+        if not writes or writes[-1].store != store:
+            writes.append(StoreWrite(store))
+        write = writes[-1]
         kind = kinds[store, rid]
-        write.add(rid, None if text is None else msgspec.Raw(text), record_version, kind)
+        write.add(
+            rid,
+            None if text is None else msgspec.Raw(text),
+            record_version,
+            CREATE if (store, rid) in revived else kind,
+        )
         refs[kind].append(RecordRef(store, rid))
     entry = {
         "version": version,
@@ -335,4 +350,4 @@ def _ops_change_set(
         "deleted": refs[DELETE],
         "action": action,
     }
-    return ChangeSet(version=version, timestamp=timestamp, writes=list(writes.values()), entry=entry, audit=audit)
+    return ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)

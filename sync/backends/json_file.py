@@ -9,13 +9,15 @@ Per user (``<id>`` is the user's UUID):
   (sendfile). A file without the stamp line, or without its index (written
   by an earlier release), is read the same and rewritten with both on first
   use: every record version 1, last changed at N.
-- ``repo_<id>.idx``, the snapshot's **index**, naming the snapshot's stamp:
-  a header line (epoch, version, last position, the counts ``status``
-  shows), then per store the ids in pull order with each record's version,
-  seq, position and the byte range of its member in the snapshot, the
-  store's tombstones, and the change order. Written (durably) before the
-  snapshot it names; an index that names another stamp is not this
-  snapshot's and is ignored.
+- ``repo_<id>.<stamp>.idx``, the snapshot's **index**, one per snapshot,
+  named by its stamp: a header line (epoch, version, last position, the
+  counts ``status`` shows), then per store the ids in pull order with each
+  record's version, seq, position and the byte range of its member in the
+  snapshot, the store's tombstones, and the change order. A new snapshot's
+  index is written (durably) before the snapshot takes the name, and the old
+  index goes after: a crash in between leaves the old pair whole. Record
+  versions and tombstones live only here and in the journal: the index is
+  data, not a cache.
 - ``repo_<id>.journal``, the **journal**: change sets committed after the
   snapshot, one line each, after a line naming the snapshot's stamp they
   follow. A change set is committed when its line is fsynced; a torn last
@@ -103,8 +105,15 @@ _RECORDS_PER_PIECE = 512
 # A change set goes to the journal unless the journal would pass this share of the snapshot (or this floor).
 _JOURNAL_SHARE = 8
 _JOURNAL_FLOOR = 1 << 20
-# Repository states kept per worker.
+# Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
+_NEARBY = 64 * 1024
+_RUN_MAX = 4 << 20
+# Stale positions the change order carries before it is copied without them.
+_STALE_FLOOR = 4096
+# Repository states kept per worker: at most this many, holding at most this many rows and tombstones
+# in all (about 28 MB per 100,000 records) beside the one in use.
 _STATES = 8
+_STATE_ROWS = 150_000
 
 _encoder = msgspec.json.Encoder()
 
@@ -184,6 +193,8 @@ class _StoreIndex(msgspec.Struct, array_like=True):
     positions: list[int]
     starts: list[int]
     ends: list[int]
+    # The length of each member's ``"id":`` (its text starts there).
+    heads: list[int]
     tomb_ids: list[str]
     tomb_versions: list[int]
     tomb_seqs: list[int]
@@ -200,7 +211,6 @@ class _Header(msgspec.Struct):
     totalSyncs: int
     lastSync: str | None
     dataSize: int
-    pendingAudit: dict[str, Any] | None = None
 
 
 class _Body(msgspec.Struct, array_like=True):
@@ -239,6 +249,14 @@ class _JournalHead(msgspec.Struct):
 
 
 _journal_decoder = msgspec.json.Decoder(_JournalLine)
+
+
+class _JournalSummary(msgspec.Struct):
+    version: int
+    summary: tuple[int, int, int, str | None, int]
+
+
+_journal_summary_decoder = msgspec.json.Decoder(_JournalSummary)
 _NULL = msgspec.Raw(b"null")
 
 
@@ -257,6 +275,7 @@ class _Rows:
         "body_rows",
         "dead",
         "ends",
+        "heads",
         "ids",
         "live",
         "mem",
@@ -279,6 +298,7 @@ class _Rows:
         self.positions = array("q")
         self.starts = array("q")
         self.ends = array("q")
+        self.heads = array("H")
         self.body_rows = 0
         self.dead: set[int] = set()
         self.mem: dict[int, msgspec.Raw] = {}
@@ -297,6 +317,7 @@ class _Rows:
         rows.positions = array("q", index.positions)
         rows.starts = array("q", index.starts)
         rows.ends = array("q", index.ends)
+        rows.heads = array("H", index.heads)
         rows.body_rows = rows.live = len(index.ids)
         rows.members = sum(index.ends) - sum(index.starts)
         rows.tombs = {
@@ -321,17 +342,25 @@ class _State:
         self.position = 0
         self.stores: dict[str, _Rows] = {}
         self.order_positions = array("q")
+        self.stale: set[int] = set()  # positions of the order no longer any record's (see _unorder)
         self.order_stores: list[str] = []
         self.order_ids: list[str] = []
         self.total_syncs = 0
         self.last_sync: str | None = None
         self.pending_audit: dict[str, Any] | None = None
         self.lock = threading.RLock()
+        # ``size`` as of the end of the last use (read without the lock, by the cache's bound).
+        self.held = 0
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    @property
+    def size(self) -> int:
+        """Rows and tombstones held, a measure of the memory the state takes."""
+        return sum(len(rows.ids) + len(rows.tombs) for rows in self.stores.values())
 
     @property
     def records(self) -> int:
@@ -356,12 +385,37 @@ class _State:
         if kept is not None:
             return kept
         assert self.fd is not None
-        start = rows.starts[row] + _key_length(rows.ids[row]) + 1
+        start = rows.starts[row] + rows.heads[row]
         end = rows.ends[row]
         text = os.pread(self.fd, end - start, start)
         if len(text) != end - start:
             raise StorageError("repository file is shorter than its index says")
         return text
+
+    def read_texts(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """The texts of these (store, row)s, the snapshot's read in runs of nearby bytes, not one call each."""
+        out: dict[tuple[str, int], bytes] = {}
+        spans: list[tuple[int, int, str, int]] = []
+        for name, row in wanted:
+            rows = self.stores[name]
+            kept = rows.mem.get(row)
+            if kept is not None:
+                out[name, row] = bytes(kept)
+            else:
+                spans.append((rows.starts[row] + rows.heads[row], rows.ends[row], name, row))
+        spans.sort()
+        i = 0
+        while i < len(spans):
+            j, first, last = i, spans[i][0], spans[i][1]
+            while j + 1 < len(spans) and spans[j + 1][0] - last < _NEARBY and spans[j + 1][1] - first < _RUN_MAX:
+                j += 1
+                last = max(last, spans[j][1])
+            assert self.fd is not None
+            block = memoryview(_pread_all(self.fd, first, last - first))
+            for start, end, name, row in spans[i : j + 1]:
+                out[name, row] = bytes(block[start - first : end - first])
+            i = j + 1
+        return out
 
     def pieces(self, rows: _Rows) -> _Pieces:
         return _Pieces(self, rows)
@@ -369,21 +423,31 @@ class _State:
     # --- the change order ---
 
     def _unorder(self, positions: list[int]) -> None:
-        """Take these positions out of the change order (each is in it)."""
-        if not positions:
+        """Take these positions out of the change order (each is in it).
+
+        They are only marked (``stale``, which readers of the order skip) until
+        they are a quarter of it; then the order is copied without them, in slices.
+        """
+        self.stale.update(positions)
+        if len(self.stale) > max(_STALE_FLOOR, len(self.order_positions) // 4):
+            self.compact_order()
+
+    def compact_order(self) -> None:
+        """The change order without its stale positions."""
+        if not self.stale:
             return
-        if len(positions) <= 16:
-            for position in positions:
-                at = bisect.bisect_left(self.order_positions, position)
-                del self.order_positions[at]
-                del self.order_stores[at]
-                del self.order_ids[at]
-            return
-        gone = set(positions)
-        keep = [i for i, position in enumerate(self.order_positions) if position not in gone]
-        self.order_positions = array("q", [self.order_positions[i] for i in keep])
-        self.order_stores = [self.order_stores[i] for i in keep]
-        self.order_ids = [self.order_ids[i] for i in keep]
+        order = self.order_positions
+        cuts = sorted(bisect.bisect_left(order, position) for position in self.stale)
+        kept_positions, kept_stores, kept_ids = array("q"), [], []
+        start = 0
+        for cut in [*cuts, len(order)]:
+            if start < cut:
+                kept_positions.extend(order[start:cut])
+                kept_stores.extend(self.order_stores[start:cut])
+                kept_ids.extend(self.order_ids[start:cut])
+            start = cut + 1
+        self.order_positions, self.order_stores, self.order_ids = kept_positions, kept_stores, kept_ids
+        self.stale = set()
 
     # --- applying a change set ---
 
@@ -411,7 +475,15 @@ class _State:
             ):
                 position += 1
                 row = rows.row_of.get(record_id)
-                if row is None:
+                if row is not None and action == CREATE:  # revived within one batch: a new place at the end
+                    superseded.append(rows.positions[row])
+                    rows.members -= _key_length(record_id) + 1 + len(self.text(rows, row))
+                    rows.dead.add(row)
+                    rows.mem.pop(row, None)
+                    del rows.row_of[record_id]
+                    rows.live -= 1
+                    row = None
+                elif row is None:
                     tomb = rows.tombs.pop(record_id, None)
                     if tomb is not None:
                         superseded.append(tomb[2])
@@ -442,6 +514,7 @@ class _State:
                     rows.positions.append(position)
                     rows.starts.append(-1)
                     rows.ends.append(-1)
+                    rows.heads.append(0)
                     rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.members += _key_length(record_id) + 1 + len(text)
                     rows.live += 1
@@ -466,8 +539,9 @@ class _State:
         rows.versions.extend(write.versions)
         rows.seqs.extend([seq] * count)
         rows.positions.extend(range(position + 1, position + count + 1))
-        rows.starts.extend([-1] * count)
-        rows.ends.extend([-1] * count)
+        rows.starts.extend(array("q", [-1]) * count)
+        rows.ends.extend(array("q", [-1]) * count)
+        rows.heads.extend(array("H", [0]) * count)
         texts = [msgspec.Raw(bytes(t)) for t in write.texts] if keep_texts else write.texts  # type: ignore[arg-type]
         rows.mem.update(zip(range(first, first + count), texts, strict=True))  # type: ignore[arg-type]
         rows.members += _heads_total(write.ids) + sum(map(len, texts))  # type: ignore[arg-type]
@@ -490,7 +564,7 @@ class _State:
             first_store = False
             yield opening
             offset += len(opening)
-            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [])
+            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [], [])
             first = True
             for kind, a, b in _runs(rows):
                 if kind == "span":
@@ -507,6 +581,7 @@ class _State:
                         delta = offset - start
                         written.starts.extend([s + delta for s in rows.starts[a : b + 1]])
                         written.ends.extend([e + delta for e in rows.ends[a : b + 1]])
+                        written.heads.extend(rows.heads[a : b + 1])
                         _copy_meta(written, rows, a, b)
                     offset += len(chunk)
                 else:
@@ -519,7 +594,9 @@ class _State:
                     members = memoryview(_encoder.encode(dict(zip(ids, texts, strict=True))))[1:-1]
                     yield members
                     if layout is not None:
-                        lengths = list(map(operator.add, _member_heads(ids), map(len, texts)))
+                        member_heads = _member_heads(ids)
+                        written.heads.extend(member_heads)
+                        lengths = list(map(operator.add, member_heads, map(len, texts)))
                         starts = list(accumulate(map(operator.add, lengths[:-1], repeat(1)), initial=offset))
                         written.starts.extend(starts)
                         written.ends.extend(map(operator.add, starts, lengths))
@@ -615,10 +692,50 @@ def _pread_all(fd: int, start: int, size: int) -> bytes:
 
 
 class _Pieces:
-    """A stored store's live texts, piece by piece (for ``plan_merge``), iterable again and again."""
+    """A stored store's live texts, piece by piece, iterable again and again; ``compare`` for ``plan_merge``."""
 
     def __init__(self, state: _State, rows: _Rows) -> None:
         self.state, self.rows = state, rows
+
+    def compare(self, records: Mapping[str, msgspec.Raw]) -> tuple[list[str], dict[str, msgspec.Raw]]:
+        """The pushed ids the store lacks, and the stored texts of those whose text differs.
+
+        Stored texts are compared where they lie in the snapshot, a piece of
+        rows read at a time, without decoding the store.
+        """
+        rows, state = self.rows, self.state
+        row_of, mem, body_rows = rows.row_of, rows.mem, rows.body_rows
+        new_ids: list[str] = []
+        changed: dict[str, msgspec.Raw] = {}
+        pieces: dict[int, list[tuple[str, int, msgspec.Raw]]] = {}
+        for record_id, raw in records.items():
+            row = row_of.get(record_id)
+            if row is None:
+                new_ids.append(record_id)
+                continue
+            kept = mem.get(row)
+            if kept is not None:
+                if kept != raw:
+                    changed[record_id] = kept
+            elif rows.ends[row] - rows.starts[row] - rows.heads[row] != len(raw):
+                changed[record_id] = msgspec.Raw(bytes(state.text(rows, row)))
+            else:
+                piece = pieces.get(row // _RECORDS_PER_PIECE)
+                if piece is None:
+                    piece = pieces[row // _RECORDS_PER_PIECE] = []
+                piece.append((record_id, row, raw))
+        starts, ends, heads = rows.starts, rows.ends, rows.heads
+        assert state.fd is not None or not pieces
+        for number, members in pieces.items():
+            first = number * _RECORDS_PER_PIECE
+            last = min(first + _RECORDS_PER_PIECE, body_rows) - 1
+            base = starts[first]
+            view = memoryview(_pread_all(state.fd, base, ends[last] - base))  # type: ignore[arg-type]
+            for record_id, row, raw in members:
+                text = view[starts[row] + heads[row] - base : ends[row] - base]
+                if text != raw:
+                    changed[record_id] = msgspec.Raw(bytes(text))
+        return new_ids, changed
 
     def __iter__(self) -> Iterator[Mapping[str, msgspec.Raw]]:
         rows, state = self.rows, self.state
@@ -712,7 +829,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise ValueError(f"not a user id: {user_id!r}")
         names = {
             "repo": f"repo_{user_id}.json",
-            "index": f"repo_{user_id}.idx",
             "journal": f"repo_{user_id}.journal",
             "changelog": f"changelog_{user_id}.jsonl",
             "meta": f"repo_{user_id}.meta.json",
@@ -720,13 +836,33 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         }
         return self.directory / names[kind]
 
+    def _index_path(self, user_id: str, stamp: str) -> Path:
+        """The index of the snapshot with this stamp: each snapshot has its own, so the one in use is never
+        overwritten before its snapshot is (a crash in between leaves the old pair whole)."""
+        return self._path(user_id, "repo").with_name(f"repo_{user_id}.{stamp}.idx")
+
+    def _remove_indexes(self, user_id: str, *, keep: str | None) -> None:
+        """Remove the user's indexes but ``keep``'s, and their temporary files (under the user's lock)."""
+        prefix, dot_prefix = f"repo_{user_id}.", f".repo_{user_id}."
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".idx") and name != f"{prefix}{keep}.idx":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif name.startswith(dot_prefix) and name.endswith(".idx.tmp"):
+                remove_leftover(Path(entry.path))
+
     @contextlib.contextmanager
     def _flock(self, user_id: str) -> Iterator[None]:
         """Hold the user's lock, first removing the temporary files a killed writer left; leaving with no
         snapshot (deleted, or a first commit refused), the lock file goes too, as the last step under it."""
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
-            for kind in ("repo", "index", "journal", "meta", "changelog"):
+            for kind in ("repo", "journal", "meta", "changelog"):
                 remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
             try:
                 yield
@@ -743,11 +879,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if state is None:
                 state = self._states[user_id] = _State()
             self._states.move_to_end(user_id)
-            while len(self._states) > _STATES:
-                _, old = self._states.popitem(last=False)
-                with old.lock:
-                    old.close()
-            return state
+            evicted = []
+            while len(self._states) > 1 and (
+                len(self._states) > _STATES or sum(kept.held for kept in self._states.values()) > _STATE_ROWS
+            ):
+                evicted.append(self._states.popitem(last=False)[1])
+        for old in evicted:  # outside the guard: its holder may be waiting for the guard
+            with old.lock:
+                old.close()
+                old.identity = None
+        return state
 
     def _forget_state(self, user_id: str) -> None:
         with self._guard:
@@ -769,6 +910,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return
         if identity != state.identity:
             if not self._load(user_id, state):
+                if not self._earlier_release(user_id, identity):
+                    logger.error("the snapshot of user %s has no readable index", user_id)
+                    raise StorageError("repository index missing or unreadable")
                 if not locked:
                     raise _NeedsLock()
                 self._upgrade(user_id, state)
@@ -780,7 +924,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.close()
         fresh = _State()
         for name in ("identity", "fd", "journal", "epoch", "version", "snapshot_version", "position", "stores",
-                     "order_positions", "order_stores", "order_ids", "total_syncs", "last_sync", "pending_audit"):  # fmt: skip
+                     "order_positions", "stale", "order_stores", "order_ids", "total_syncs", "last_sync", "pending_audit"):  # fmt: skip
             setattr(state, name, getattr(fresh, name))
 
     def _load(self, user_id: str, state: _State) -> bool:
@@ -792,7 +936,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return True
         try:
             identity = identity_of(fd)
-            header, body = self._read_index(user_id, identity[3])
+            header, body, pending = self._read_index(user_id, identity[3])
         except BaseException:
             os.close(fd)
             raise
@@ -804,7 +948,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.epoch, state.version, state.snapshot_version = header.epoch, header.version, header.version
         state.position = header.position
         state.total_syncs, state.last_sync = header.totalSyncs, header.lastSync
-        state.pending_audit = header.pendingAudit
+        state.pending_audit = pending
         state.stores = {index.name: _Rows.from_index(index) for index in body.stores}
         names = [index.name for index in body.stores]
         lists = [(index.ids, index.tomb_ids) for index in body.stores]
@@ -816,22 +960,70 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self._replay(user_id, state)
         return True
 
-    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None]:
+    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None, dict[str, Any] | None]:
+        """The index of the snapshot with ``stamp``: its header, its body and the audit batch of the commit
+        that wrote it (lines 1 to 3); Nones when there is none."""
         if not stamp:
-            return None, None
+            return None, None, None
         try:
-            raw = self._path(user_id, "index").read_bytes()
+            raw = self._index_path(user_id, stamp).read_bytes()
         except FileNotFoundError:
-            return None, None
-        newline = raw.find(b"\n")
+            return None, None, None
+        first = raw.find(b"\n")
+        second = raw.find(b"\n", first + 1)
         try:
-            header = _header_decoder.decode(raw[:newline])
-            if header.stamp != stamp:
-                return None, None
-            return header, _body_decoder.decode(memoryview(raw)[newline + 1 :])
+            header = _header_decoder.decode(raw[:first])
+            if header.stamp != stamp or second < 0:
+                return None, None, None
+            body = _body_decoder.decode(memoryview(raw)[first + 1 : second])
+            pending = msgspec.json.decode(memoryview(raw)[second + 1 :], type=dict[str, Any] | None)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            logger.warning("index of user %s cannot be read: rebuilding it", user_id)
-            return None, None
+            logger.error("the index of user %s cannot be read: rebuilding it from the snapshot", user_id)
+            return None, None, None
+        return header, body, pending
+
+    def _header(self, user_id: str, stamp: str) -> _Header | None:
+        """Only the first line of the index of the snapshot with ``stamp`` (the counts): a small read."""
+        if not stamp:
+            return None
+        try:
+            fd = os.open(self._index_path(user_id, stamp), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+        newline = head.find(b"\n")
+        try:
+            header = _header_decoder.decode(head[:newline]) if newline > 0 else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return header if header is not None and header.stamp == stamp else None
+
+    def _journal_summary(self, user_id: str, stamp: str) -> tuple[int, tuple[int, int, int, str | None, int]] | None:
+        """The version and counts of the last commit in the journal that follows the snapshot ``stamp``."""
+        try:
+            fd = os.open(self._path(user_id, "journal"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 256, 0)
+            newline = head.find(b"\n")
+            try:
+                if newline < 0 or msgspec.json.decode(head[:newline], type=_JournalHead).journal != stamp:
+                    return None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            size = os.fstat(fd).st_size
+            for offset, line in _reverse_lines(fd, size):
+                if offset <= newline or offset + len(line) >= size:
+                    continue  # the head line, or a torn last line (never committed)
+                summary = _journal_summary_decoder.decode(line)
+                return summary.version, summary.summary
+            return None
+        finally:
+            os.close(fd)
 
     def _replay(self, user_id: str, state: _State) -> None:
         """Apply the journal lines ``state`` has not seen (the journal must follow the state's snapshot)."""
@@ -903,10 +1095,15 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     if locked:  # a commit that failed may have left the state half applied
                         state.identity = None
                     raise
+                finally:
+                    state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
                 self._refresh(user_id, state, locked=True)
-                yield state
+                try:
+                    yield state
+                finally:
+                    state.held = state.size
 
     # --- the contract: reading -------------------------------------------------------
 
@@ -971,11 +1168,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def cursor(self, user_id: str, *, after: int, limit: int, store: str | None, deleted: bool) -> CursorPage:
         with self._state(user_id, locked=False) as state:
-            entries: list[CursorEntry] = []
+            picked: list[tuple[str, str, int, int, int, int]] = []  # store, id, version, seq, position, row
             at = bisect.bisect_right(state.order_positions, after)
-            positions, stores, ids = state.order_positions, state.order_stores, state.order_ids
+            positions, stores, ids, stale = state.order_positions, state.order_stores, state.order_ids, state.stale
             has_more = False
             for i in range(at, len(positions)):
+                if stale and positions[i] in stale:
+                    continue
                 name = stores[i]
                 if store is not None and name != store:
                     continue
@@ -984,15 +1183,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 row = rows.row_of.get(record_id)
                 if row is None and not deleted:
                     continue
-                if len(entries) >= limit:
+                if len(picked) >= limit:
                     has_more = True
                     break
                 if row is not None:
-                    text = bytes(state.text(rows, row))
-                    entries.append(CursorEntry(name, record_id, rows.versions[row], rows.seqs[row], positions[i], text))
+                    picked.append((name, record_id, rows.versions[row], rows.seqs[row], positions[i], row))
                 else:
                     version, seq, _ = rows.tombs[record_id]
-                    entries.append(CursorEntry(name, record_id, version, seq, positions[i], None))
+                    picked.append((name, record_id, version, seq, positions[i], -1))
+            texts = state.read_texts([(name, row) for name, _, _, _, _, row in picked if row >= 0])
+            entries = [
+                CursorEntry(name, rid, version, seq, position, texts[name, row] if row >= 0 else None)
+                for name, rid, version, seq, position, row in picked
+            ]
             return CursorPage(entries, has_more, state.version, state.position, state.epoch)
 
     def store_counts(self, user_id: str) -> tuple[int, list[tuple[str, int]]]:
@@ -1017,6 +1220,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return RecordDump(version=state.version, stores=stores, tombstones=tombstones)
 
     def summary(self, user_id: str) -> RepositorySummary:
+        # From the index's first line and the journal's last line, without loading the repository (the
+        # admin's list of users asks for everyone's); a snapshot of an earlier release is loaded (upgraded).
+        identity = file_identity(self._path(user_id, "repo"))
+        if identity is None:
+            return EMPTY_SUMMARY
+        header = self._header(user_id, identity[3])
+        if header is not None:
+            last = self._journal_summary(user_id, identity[3])
+            if last is not None and last[0] > header.version:
+                records, stores, total_syncs, last_sync, data_size = last[1]
+                return RepositorySummary(last[0], stores, records, data_size, total_syncs, last_sync)
+            return RepositorySummary(
+                header.version, header.stores, header.records, header.dataSize, header.totalSyncs, header.lastSync
+            )
         with self._state(user_id, locked=False) as state:
             if state.identity is None:
                 return EMPTY_SUMMARY
@@ -1087,9 +1304,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 self._write_snapshot(user_id, state, pending_audit=batch)
                 committed = True
             else:
+                state.apply(change_set, keep_texts=True)
                 journal = self._append_journal(user_id, state, change_set, batch)
                 committed = True
-                state.apply(change_set, keep_texts=True)
                 state.journal = journal
         except BaseException:
             if not committed:
@@ -1097,9 +1314,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     self._cut_changelog(user_id, *appended)
             state.identity = None
             raise
-        state.pending_audit = None
+        # Until the batch is in the log the state keeps it, so a failed insert is made again on next use.
+        state.pending_audit = batch.as_json() if batch is not None else None
         if batch is not None:
             audit.insert(batch)
+            state.pending_audit = None
 
     def _recover_audit(self, user_id: str, state: _State) -> None:
         """Put the last commit's audit batch in the log if it is not there (a writer killed after committing)."""
@@ -1121,12 +1340,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self, user_id: str, state: _State, change_set: ChangeSet, batch: audit.PendingBatch | None
     ) -> tuple[int, int]:
         """Append the change set's line to the journal, fsynced: the commit point. The journal's (inode, size)."""
-        records = state.records
+        # ``state`` has the change set applied already: the line's counts are the repository's after it.
         line = _JournalLine(
             version=change_set.version,
-            position=state.position + change_set.count(),
+            position=state.position,
             timestamp=change_set.timestamp,
-            summary=(records, len(state.stores), state.total_syncs + 1, change_set.timestamp, state.data_size),
+            summary=(state.records, len(state.stores), state.total_syncs, state.last_sync, state.data_size),
             writes=[
                 _JournalWrite(
                     w.store, w.ids, w.versions, "".join(w.actions), [t if t is not None else _NULL for t in w.texts]
@@ -1168,6 +1387,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         epoch = state.epoch if state.epoch != "0" else secrets.token_hex(8)
         pending = pending_audit.as_json() if pending_audit is not None else None
 
+        state.compact_order()
+
         def write_index(identity: FileIdentity) -> None:
             maps: dict[str, dict[str, int]] = {}
             for name, written in layout.items():
@@ -1180,7 +1401,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             store_index = {name: i for i, name in enumerate(layout)}
             body = _Body(
                 stores=list(layout.values()),
-                order_positions=list(state.order_positions),
+                order_positions=list(state.order_positions),  # compacted above
                 order_stores=list(map(store_index.__getitem__, state.order_stores)),
                 order_refs=_order_refs(state, maps),
             )
@@ -1194,10 +1415,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 totalSyncs=state.total_syncs,
                 lastSync=state.last_sync,
                 dataSize=identity[1] - _STAMP_LINE,
-                pendingAudit=pending,
             )
             atomic_write(
-                self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
+                self._index_path(user_id, stamp),
+                [_encoder.encode(header), b"\n", _encoder.encode(body), b"\n", _encoder.encode(pending)],
+                exclusive=True,
             )
 
         def chunks() -> Iterator[bytes | memoryview]:
@@ -1210,6 +1432,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             with contextlib.suppress(FileNotFoundError):
                 self._path(user_id, "journal").unlink()
+            self._remove_indexes(user_id, keep=stamp)
             fd = os.open(self._path(user_id, "repo"), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             state.identity = None
@@ -1226,9 +1449,24 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 state.stores[name] = _Rows.from_index(written)
                 continue
             rows.starts, rows.ends = array("q", written.starts), array("q", written.ends)
+            rows.heads = array("H", written.heads)
             rows.mem.clear()
             rows.body_rows = len(rows.ids)
         state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
+
+    def _earlier_release(self, user_id: str, identity: FileIdentity) -> bool:
+        """Whether a snapshot without its index was written by an earlier release (then it is upgraded).
+
+        Earlier releases wrote no index and no journal, and a stamped file with
+        a sidecar (``.meta.json``). A snapshot of this release that lost its
+        index (by hand) is refused instead: versions and tombstones live there.
+        """
+        if not identity[3] or self._path(user_id, "meta").exists():
+            return True
+        if self._path(user_id, "journal").exists():
+            return False
+        prefix = f"repo_{user_id}."
+        return not any(e.name.startswith(prefix) and e.name.endswith(".idx") for e in os.scandir(self.directory))
 
     def _upgrade(self, user_id: str, state: _State) -> None:
         """Give a snapshot written by an earlier release (no index) its index, under the user's lock."""
@@ -1260,6 +1498,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 rows.positions.append(position)
                 rows.starts.append(-1)
                 rows.ends.append(-1)
+                rows.heads.append(0)
                 rows.mem[len(rows.ids) - 1] = text
                 rows.live += 1
                 state.order_positions.append(position)
@@ -1350,6 +1589,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                             rows.positions.append(position)
                             rows.starts.append(-1)
                             rows.ends.append(-1)
+                            rows.heads.append(0)
                             rows.mem[len(rows.ids) - 1] = text
                             rows.live += 1
                             state.order_positions.append(position)
@@ -1401,9 +1641,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         try:
             with self._flock(user_id):
-                for kind in ("repo", "index", "journal", "changelog", "meta"):
+                for kind in ("repo", "journal", "changelog", "meta"):
                     with contextlib.suppress(FileNotFoundError):
                         self._path(user_id, kind).unlink()
+                self._remove_indexes(user_id, keep=None)
                 self._forget_state(user_id)
         except OSError as exc:
             raise StorageError("cannot delete repository") from exc

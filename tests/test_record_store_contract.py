@@ -302,6 +302,38 @@ def test_a_record_made_and_deleted_in_one_batch_is_a_tombstone(store: BaseReposi
     assert consistent(store) == {"humans": {"b": {}, "a": {"n": 10}}}
 
 
+def test_a_record_deleted_and_created_again_in_one_batch_goes_last(store: BaseRepositoryStore) -> None:
+    push(store, {"humans": {"a": {"n": "Zoë"}, "b": {}, "c": {}}})
+    outcome = ops(store, op("delete", "a"), op("create", "a", {"n": "日本"}))
+    assert [r["version"] for r in outcome.results] == [2, 3]
+    assert states(store, "humans", ["a"]) == {"a": RecordState(3, 2, False)}
+    assert list(consistent(store)["humans"].items()) == [("b", {}), ("c", {}), ("a", {"n": "日本"})]
+
+
+def test_a_batch_going_back_and_forth_between_stores(store: BaseRepositoryStore) -> None:
+    push(store, {"s": {"old": {}}, "t": {"gone": {"n": 1}}})
+    ops(
+        store,
+        op("create", "x", {"n": 1}, store="s"),
+        op("create", "y", {}, store="t"),
+        op("update", "old", {"n": 2}, store="s"),
+        op("delete", "gone", store="t"),
+        op("create", "z", {}, store="u"),
+        op("create", "w", {}, store="s"),
+        op("delete", "z", store="u"),
+    )
+    assert consistent(store) == {"s": {"old": {"n": 2}, "x": {"n": 1}, "w": {}}, "t": {"y": {}}, "u": {}}
+    assert store.store_counts(U1) == (2, [("s", 3), ("t", 1), ("u", 0)])
+    assert [(name, rid) for name, rid, *_ in walk(store, deleted=True)] == [
+        ("s", "x"),
+        ("t", "y"),
+        ("s", "old"),
+        ("t", "gone"),
+        ("s", "w"),
+        ("u", "z"),
+    ]
+
+
 def test_a_batch_that_changes_nothing_keeps_the_version(store: BaseRepositoryStore) -> None:
     push(store, {"humans": {"a": {"n": 1}}})
     tag = store.pull_tag(U1)
@@ -358,8 +390,9 @@ def test_a_refused_or_empty_first_write_leaves_no_repository(store: BaseReposito
     with pytest.raises(Boom):
         with store.locked(U1, allowed=refuse):
             pytest.fail("allowed() refused: the body must not run")
-    with store.locked(U1) as snapshot:
-        assert snapshot.version == 0
+    with store.reading(U1) as early, store.locked(U1) as snapshot:
+        # Nothing landed in between: a plan made on the first still holds on the second.
+        assert (snapshot.version, snapshot.epoch) == (early.version, early.epoch) and snapshot.version == 0
     with pytest.raises(Boom):
         with store.locked(U1) as snapshot:
             raise Boom

@@ -74,7 +74,7 @@ from sync.merge import RawStores, StoredStore
 from sync.models import ChangelogEntry, Record, Store
 from sync.models import Repository as RepositoryRow
 from sync.pullcache import SMALL_BODY, PullCache
-from sync.records import CREATE, DELETE, ChangeSet, RecordState, Snapshot
+from sync.records import CREATE, UPDATE, ChangeSet, RecordState, Snapshot
 
 logger = logging.getLogger("pzls.sync")
 
@@ -104,6 +104,11 @@ _MOVE = (*_KEEP_PLACE, "seq")
 def text_digest(text: bytes | msgspec.Raw) -> str:
     """The digest stored beside a record: identical texts, identical digests (128 bits of SHA-256)."""
     return hashlib.sha256(text).hexdigest()[:32]
+
+
+# The epoch of a repository that has no history yet (none, or a row made for a first write that has not
+# committed): the first commit gives it its own, so a plan made before the row existed still holds.
+NO_EPOCH = "0"
 
 
 def new_epoch() -> str:
@@ -304,7 +309,7 @@ class _DatabaseSnapshot(WriteSnapshot):
         self.committed = False
         self.version = head.version if head is not None else 0
         self.position = head.position if head is not None else 0
-        self.epoch = head.epoch if head is not None else ""
+        self.epoch = head.epoch if head is not None else NO_EPOCH
         # Per store: states looked up (None: no row), every tombstone id (when all were read), ids known not
         # to be tombstones, and the byte sizes of live items whose text was read.
         self._states: dict[str, dict[str, RecordState | None]] = {}
@@ -434,7 +439,7 @@ class _DatabaseSnapshot(WriteSnapshot):
         fresh_count = 0
         in_place: list[_Row] = []
         moves: list[_Row] = []
-        counts: list[Store] = []
+        counts: dict[int, Store] = {}  # by id: a store may have several writes
         version = change_set.version
         for write in change_set.writes:
             if not write.ids:
@@ -470,7 +475,9 @@ class _DatabaseSnapshot(WriteSnapshot):
                 # Each item is "<id>":<text>.
                 items += sum(map(len, map(_key_json, write.ids))) + count + sum(map(len, texts))
             else:
-                for rid, text, record_version in zip(write.ids, write.texts, write.versions, strict=True):
+                for rid, text, record_version, action in zip(
+                    write.ids, write.texts, write.versions, write.actions, strict=True
+                ):
                     position += 1
                     kind, old = priors.get(rid, ("", 0))
                     if text is None:
@@ -496,11 +503,30 @@ class _DatabaseSnapshot(WriteSnapshot):
                         continue
                     item = _item(rid, text)
                     digest = text_digest(text)
-                    if kind == _LIVE:
+                    if kind == _LIVE and action != CREATE:
                         items += len(item) - old
                         in_place.append(
                             (store_id, rid, item, digest, 0, record_version, version, position, False, repository_id)
                         )
+                        continue
+                    if kind == _LIVE:
+                        # Deleted and created again in one batch: revived, so at the end of its store.
+                        items += len(item) - old
+                        moves.append(
+                            (
+                                store_id,
+                                rid,
+                                item,
+                                digest,
+                                head.next_seq,
+                                record_version,
+                                version,
+                                position,
+                                False,
+                                repository_id,
+                            )
+                        )
+                        head.next_seq += 1
                         continue
                     live, items = live + 1, items + len(item)
                     row = (
@@ -523,12 +549,12 @@ class _DatabaseSnapshot(WriteSnapshot):
                         inserts.append(row)
             size += _store_bytes(items, live) - _store_bytes(0, live_before)
             store.record_count, store.tombstone_count = live, dead
-            counts.append(store)
+            counts[store.pk] = store
         if inserts or fresh_count:
             owner._write_records(chain(inserts, *fresh), update=None)
         owner._write_records(in_place, update=_KEEP_PLACE)
         owner._write_records(moves, update=_MOVE)
-        for store in counts:
+        for store in counts.values():
             Store.objects.using(using).filter(pk=store.pk).update(
                 record_count=store.record_count, tombstone_count=store.tombstone_count
             )
@@ -540,6 +566,8 @@ class _DatabaseSnapshot(WriteSnapshot):
         head.data_size = size
         head.total_syncs += 1
         head.last_sync = change_set.timestamp
+        if head.epoch == NO_EPOCH:
+            head.epoch = new_epoch()  # a first commit: a new history
         head.save(using=using)
         ChangelogEntry.objects.using(using).create(
             repository=head, version=version, entry=_entry_text(change_set.entry)
@@ -548,7 +576,7 @@ class _DatabaseSnapshot(WriteSnapshot):
         if batch is not None:
             # Last: it takes the audit counter's lock, held until COMMIT.
             audit.insert(batch, using=using)
-        self.version, self.position = version, position
+        self.version, self.position, self.epoch = version, position, head.epoch
         self.committed = True
 
     def _priors(self, store: Store, ids: list[str], actions: list[str]) -> dict[str, tuple[str, int]]:
@@ -561,24 +589,25 @@ class _DatabaseSnapshot(WriteSnapshot):
         out: dict[str, tuple[str, int]] = {}
         unknown: list[str] = []
         for rid, action in zip(ids, actions, strict=True):
-            if action == CREATE and store.tombstone_count == 0:
-                continue  # a create is of an id without a live row: with no tombstones, of no row at all
-            if rid in known:
+            if rid in known:  # looked up while planning (every id of an ops batch)
                 state = known[rid]
                 if state is None:
                     continue
                 if state.deleted:
                     out[rid] = (_DEAD, 0)
-                    continue
-                if rid in sizes:
+                elif rid in sizes:
                     out[rid] = (_LIVE, sizes[rid])
+                else:
+                    unknown.append(rid)
+                continue
+            if action == CREATE:
+                # Not looked up: a push's new id, or a tombstone revived (a live id's create is an ops batch's).
+                if store.tombstone_count == 0 or rid in not_dead or (all_dead is not None and rid not in all_dead):
                     continue
-            elif action == CREATE and (rid in not_dead or (all_dead is not None and rid not in all_dead)):
-                continue
-            elif action == CREATE and all_dead is not None:
-                out[rid] = (_DEAD, 0)
-                continue
-            elif action != DELETE and rid in sizes:
+                if all_dead is not None:
+                    out[rid] = (_DEAD, 0)
+                    continue
+            elif action == UPDATE and rid in sizes:
                 out[rid] = (_LIVE, sizes[rid])
                 continue
             unknown.append(rid)
@@ -736,7 +765,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             if head is not None or not create:
                 return head
             rows.bulk_create(
-                [RepositoryRow(user_id=uid, generation=secrets.randbits(62), epoch=new_epoch())],
+                [RepositoryRow(user_id=uid, generation=secrets.randbits(62), epoch=NO_EPOCH)],
                 ignore_conflicts=True,
             )
         raise StorageError("repository deleted during a write")
@@ -744,7 +773,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
     def cursor(self, user_id: str, *, after: int, limit: int, store: str | None, deleted: bool) -> CursorPage:
         uid = _user(user_id)
         if uid is None:
-            return CursorPage(entries=[], has_more=False, version=0, position=0, epoch="")
+            return CursorPage(entries=[], has_more=False, version=0, position=0, epoch=NO_EPOCH)
         with database_errors("read repository"):
             head = (
                 RepositoryRow.objects.using(self.using)
@@ -753,7 +782,7 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
                 .first()
             )
             if head is None:
-                return CursorPage(entries=[], has_more=False, version=0, position=0, epoch="")
+                return CursorPage(entries=[], has_more=False, version=0, position=0, epoch=NO_EPOCH)
             repository_id, version, position, epoch = head
             names = dict(Store.objects.using(self.using).filter(repository_id=repository_id).values_list("id", "name"))
             q = self._q

@@ -1153,12 +1153,12 @@ def once_after(cls: type, name: str, action):
 
 def before_the_push_writes():
     """Where a push has read its user's repository but not yet locked it for writing, per storage."""
-    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.database import _DatabaseSnapshot
     from sync.backends.json_file import JSONFileRepositoryStore
 
     if is_file_store():
         return JSONFileRepositoryStore, "_plan"  # planned, before the lock
-    return DatabaseRepositoryStore, "_ensure_row"  # row made, before the transaction locks it
+    return _DatabaseSnapshot, "stored_for"  # read while planning without the lock, before locked() starts
 
 
 @pytest.mark.django_db(transaction=True)
@@ -1196,14 +1196,12 @@ def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api
     uid = str(User.objects.get(username="analyst").pk)
     analyst_api.post("/api/sync", {"stores": big_stores("old")})
     writing, results = threading.Event(), {}
-    module = sync.backends.json_file if is_file_store() else sync.backends.database
-    real_plan = module.plan_merge
+    real_commit = sync.backends.database._DatabaseSnapshot.commit
 
-    def slow_plan(*args, **kwargs):  # the database store plans under its lock, the file store before it
-        plan = real_plan(*args, **kwargs)
+    def slow_commit(self, *args, **kwargs):  # under the database store's lock, in its transaction
         writing.set()
         time.sleep(0.5)  # the delete starts meanwhile and must wait for this push
-        return plan
+        return real_commit(self, *args, **kwargs)
 
     def push() -> None:
         results["push"] = Api().post("/api/sync", {"stores": big_stores("new")}, token=analyst_api.token)
@@ -1224,7 +1222,7 @@ def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api
 
         patch = mock.patch.object(target, name, slow_append)
     else:
-        patch = mock.patch.object(module, "plan_merge", slow_plan)
+        patch = mock.patch.object(sync.backends.database._DatabaseSnapshot, "commit", slow_commit)
     with patch:
         threads = [threading.Thread(target=push), threading.Thread(target=delete)]
         for t in threads:

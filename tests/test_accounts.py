@@ -1096,9 +1096,14 @@ def user_sessions_of(user: User) -> list:
 
 
 def traces_of(user_id: str, data_dir: Path) -> list[str]:
-    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table."""
+    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table.
+
+    The audit log is left out: it records what a user did, and keeps that after the user is gone (§8.5).
+    """
     from django.apps import apps
     from django.db import models as m
+
+    from sync.models import AuditBatch
 
     forms = {user_id, user_id.replace("-", "")}
     found = [
@@ -1108,6 +1113,8 @@ def traces_of(user_id: str, data_dir: Path) -> list[str]:
         or (p.is_file() and any(form.encode() in p.read_bytes() for form in forms))
     ]
     for model in apps.get_models():
+        if model is AuditBatch:
+            continue
         for field in model._meta.concrete_fields:
             if isinstance(field, m.UUIDField):
                 rows = model._default_manager.filter(**{field.name: uuid.UUID(user_id)})

@@ -18,6 +18,7 @@ from sync.backends.base import Repository
 from sync.backends.json_file import _RECORDS_PER_PIECE as PIECE
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.services import dump_of
+from tests.helpers import store_push
 
 U = "33333333-3333-4333-8333-333333333333"
 TS = "2026-05-17T10:04:05.123Z"

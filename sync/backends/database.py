@@ -774,7 +774,12 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
         uid = _user(user_id)
         if uid is None:
             return CursorPage(entries=[], has_more=False, version=0, position=0, epoch=NO_EPOCH)
-        with database_errors("read repository"):
+        # The head and the rows from one snapshot of the database: read apart, a commit between them could
+        # move a record past the head, and a walk would end (hasMore false) without it.
+        with database_errors("read repository"), transaction.atomic(using=self.using):
+            if self._connection.vendor == "postgresql":
+                with self._connection.cursor() as c:
+                    c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             head = (
                 RepositoryRow.objects.using(self.using)
                 .filter(user_id=uid)

@@ -1161,10 +1161,10 @@ def once_after(cls: type, name: str, action):
 def before_the_push_writes():
     """Where a push has read its user's repository but not yet locked it for writing, per storage."""
     from sync.backends.database import _DatabaseSnapshot
-    from sync.backends.json_file import JSONFileRepositoryStore
+    from sync.backends.json_file import _FileSnapshot
 
     if is_file_store():
-        return JSONFileRepositoryStore, "_plan"  # planned, before the lock
+        return _FileSnapshot, "stored_for"  # read while planning without the lock
     return _DatabaseSnapshot, "stored_for"  # read while planning without the lock, before locked() starts
 
 

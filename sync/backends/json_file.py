@@ -767,6 +767,7 @@ class _FileSnapshot(WriteSnapshot):
         self.store, self.user_id, self.state, self.locked = store, user_id, state, locked
         self.version, self.position, self.epoch = state.version, state.position, state.epoch
         self.committed = False
+        self.batch: audit.PendingBatch | None = None  # the committed change set's, to go into the audit log
 
     def states(self, store: str, ids: Iterable[str]) -> dict[str, RecordState]:
         rows = self.state.stores.get(store)
@@ -807,7 +808,7 @@ class _FileSnapshot(WriteSnapshot):
         if not self.locked or self.committed:
             raise RuntimeError("commit needs the lock, once")
         self.committed = True
-        self.store._commit(self.user_id, self.state, change_set)
+        self.batch = self.store._commit(self.user_id, self.state, change_set)
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -1121,9 +1122,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     allowed()
                 with self._state(user_id, locked=True) as state:
                     self._recover_audit(user_id, state)
-                    yield _FileSnapshot(self, user_id, state, locked=True)
+                    snapshot = _FileSnapshot(self, user_id, state, locked=True)
+                    yield snapshot
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
+        # The audit batch goes into Django's database once the user's lock is released: a writer that holds
+        # that database (deleting the user) and waits for the lock never waits on this one. Until then the
+        # commit keeps the batch (its journal line or index), and whoever reads that commit next puts it in.
+        batch = snapshot.batch
+        if batch is not None:
+            audit.insert(batch)
+            with state.lock:
+                if state.pending_audit is not None and state.pending_audit.get("version") == batch.version:
+                    state.pending_audit = None
 
     def pull(self, user_id: str) -> PullSource:
         try:
@@ -1284,7 +1295,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     # --- the contract: writing ------------------------------------------------------------
 
-    def _commit(self, user_id: str, state: _State, change_set: ChangeSet) -> None:
+    def _commit(self, user_id: str, state: _State, change_set: ChangeSet) -> audit.PendingBatch | None:
         """Commit ``change_set`` on ``state`` (current, under the user's lock): the changelog line, then the
         journal line or a new snapshot (the commit point), then the audit batch."""
         if change_set.version != state.version + 1:
@@ -1316,9 +1327,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise
         # Until the batch is in the log the state keeps it, so a failed insert is made again on next use.
         state.pending_audit = batch.as_json() if batch is not None else None
-        if batch is not None:
-            audit.insert(batch)
-            state.pending_audit = None
+        return batch
 
     def _recover_audit(self, user_id: str, state: _State) -> None:
         """Put the last commit's audit batch in the log if it is not there (a writer killed after committing)."""

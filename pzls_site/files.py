@@ -184,7 +184,12 @@ def remove_leftover(tmp: Path) -> bool:
 
 
 def atomic_write(
-    path: Path, data: bytes | list | Iterator, *, durable: bool = True, exclusive: bool = False
+    path: Path,
+    data: bytes | list | Iterator,
+    *,
+    durable: bool = True,
+    exclusive: bool = False,
+    before_rename: Callable[[FileIdentity], None] | None = None,
 ) -> FileIdentity:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one.
 
@@ -195,7 +200,10 @@ def atomic_write(
     says the caller holds the lock every writer of ``path`` takes, so the
     temporary file may have one fixed name. Whatever fails before the rename
     leaves ``path`` as it was and no temporary file behind. Returns the
-    identity of the new file.
+    identity of the new file. ``before_rename``, given, is called with that
+    identity once the content is written (and fsynced), just before the
+    rename: what it raises leaves ``path`` as it was (a file that names this
+    one, written first, so it is durable before this one is).
     """
     tmp = temporary_path(path, exclusive=exclusive)
     fd = _open_temporary(tmp)
@@ -211,6 +219,8 @@ def atomic_write(
             if durable:
                 os.fsync(fd)
             identity = identity_of(fd)
+            if before_rename is not None:
+                before_rename(identity)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -206,7 +206,7 @@ def position(query: QueryDict, name: str) -> int:
     return 2**63 - 1 if len(digits) > 18 else int(digits)
 
 
-_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no", ""}
+_TRUE, _FALSE = {"1", "true"}, {"0", "false", ""}
 
 
 def flag(query: QueryDict, name: str) -> bool:

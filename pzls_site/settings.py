@@ -199,7 +199,7 @@ CORS_URLS_REGEX = r"^/api/.*$"
 CORS_ALLOW_ALL_ORIGINS = "*" in PZLS_CORS_ORIGINS
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else PZLS_CORS_ORIGINS
 CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-CORS_ALLOW_HEADERS = ["authorization", "content-type", "if-none-match", "accept-encoding"]
+CORS_ALLOW_HEADERS = ["authorization", "content-type", "if-none-match", "if-match", "accept-encoding"]
 CORS_EXPOSE_HEADERS = ["ETag", "Retry-After", "WWW-Authenticate"]
 CORS_PREFLIGHT_MAX_AGE = 86400
 

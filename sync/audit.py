@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -79,7 +81,18 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
     """The audit batch of ``change_set`` (None when it names no one to log: a command's restore)."""
     if change_set.audit is None:
         return None
-    payload = _encoder.encode([(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids])
+    if change_set.audit_changes is not None:
+        groups: list[tuple[str, list[str], list[int], str]] = []
+        for name, run in groupby(change_set.audit_changes, key=itemgetter(0)):
+            listed = list(run)
+            groups.append((name, [c[1] for c in listed], [c[2] for c in listed], "".join(c[3] for c in listed)))
+        payload = _encoder.encode(groups)
+        count = len(change_set.audit_changes)
+    else:
+        payload = _encoder.encode(
+            [(w.store, w.ids, w.versions, "".join(w.actions)) for w in change_set.writes if w.ids]
+        )
+        count = change_set.count()
     return PendingBatch(
         user_id=user_id,
         username=change_set.audit.username,
@@ -87,7 +100,7 @@ def pending_batch(change_set: ChangeSet, *, user_id: str, epoch: str) -> Pending
         timestamp=change_set.timestamp,
         epoch=epoch,
         version=change_set.version,
-        count=change_set.count(),
+        count=count,
         payload=payload,
     )
 

@@ -7,12 +7,17 @@ large server never has to fit in memory at once:
     {"format": "pzls-backup", "formatVersion": 1, "createdAt": "..."}
     {"type": "user", "id", "username", "passwordHash", "role", "isActive", "createdAt", "lastLogin"}
     {"type": "repository", "userId": "...", "repository": {"version": N, "data": {...}}}
+    {"type": "records", "userId": "...", "states": {store: [[version, seq], ...]}, "tombstones": {store: [[id, version, seq], ...]}}
     {"type": "change", "userId": "...", "entry": {...changelog entry...}}
     ...
     {"type": "end", "users": U, "repositories": R, "changes": C}
 
-Every user line comes first; each repository line is followed by that user's
-changelog entries, oldest first. The closing ``end`` line lets a restore tell a
+Every user line comes first; each repository line is followed by the states
+of its records (each record's version and seq, in the repository line's
+order, and the tombstones: PROTOCOL.md §7), then that user's changelog
+entries, oldest first. A backup without the records line (an earlier
+release's) restores every record at version 1, changed at the repository's
+version, and no tombstones. The closing ``end`` line lets a restore tell a
 complete backup from one cut short. Tokens are not exported: a restored server
 asks everyone to log in again, and a backup file never carries a usable token.
 
@@ -40,9 +45,17 @@ from accounts.models import Role, User, username_key
 from pzls_site.clock import iso, utcnow
 from pzls_site.exceptions import BadRequest, Conflict, NotFound
 from pzls_site.files import atomic_write
-from sync.backends import Repository, get_repository_store
-from sync.depth import MAX_DEPTH, decode_repository, too_deep
-from sync.merge import InvalidStores, MalformedBody, check_depths, nesting_error, validate_stores
+from sync.backends import RecordDump, Repository, get_repository_store
+from sync.depth import MAX_DEPTH, too_deep
+from sync.merge import (
+    InvalidStores,
+    MalformedBody,
+    check_depths,
+    check_record_id,
+    check_store_name,
+    nesting_error,
+    validate_stores,
+)
 from sync.services import dump_of
 
 FORMAT = "pzls-backup"
@@ -78,22 +91,26 @@ def _user_line(user: User) -> bytes:
 
 
 def _repository_lines(user_id: str) -> tuple[list[bytes], int] | None:
-    """One user's repository line and changelog lines, in pieces, and how many entries; None when empty."""
+    """One user's repository, records and changelog lines, in pieces, and how many entries; None when empty."""
     store = get_repository_store()
-    pulled = store.pull_bytes(user_id)
-    # Record texts, not parsed: also for a record stored before records had a depth limit.
-    version, data = decode_repository(pulled)
-    if version == 0 and not data:
+    dump = store.dump(user_id)
+    if dump.version == 0 and not dump.stores and not dump.tombstones:
         return None
-    del data
-    # Read after the repository: a push in between only adds entries above
+    # Read after the repository: a commit in between only adds entries above
     # its version, which are left out, so repository and changelog agree.
-    entries = [entry for entry in store.changelog(user_id) if int(entry["version"]) <= version]
+    entries = [entry for entry in store.changelog(user_id) if int(entry["version"]) <= dump.version]
     uid = orjson.dumps(user_id)
-    pieces = [b'{"type":"repository","userId":', uid, b',"repository":', pulled.strip(), b"}\n"]
+    data = {name: {rid: text for rid, text, _, _ in rows} for name, rows in dump.stores.items()}
+    repository = _encoder.encode({"version": dump.version, "data": data})
+    states = {name: [(version, seq) for _, _, version, seq in rows] for name, rows in dump.stores.items()}
+    records = _encoder.encode({"type": "records", "userId": user_id, "states": states, "tombstones": dump.tombstones})
+    pieces = [b'{"type":"repository","userId":', uid, b',"repository":', repository, b"}\n", records, b"\n"]
     for entry in entries:
         pieces.append(b'{"type":"change","userId":' + uid + b',"entry":' + orjson.dumps(entry) + b"}\n")
     return pieces, len(entries)
+
+
+_encoder = msgspec.json.Encoder()
 
 
 def data_export(*, path: Path) -> BackupCounts:
@@ -223,6 +240,52 @@ def _repository_from(obj: dict[str, Any], number: int, raw: bytes) -> Repository
     return Repository(version=version, data=data)
 
 
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= 2**63 - 1
+
+
+def _records_from(obj: dict[str, Any], number: int, repository: Repository) -> RecordDump:
+    """The repository with its record states and tombstones, as a records line gives them."""
+    states, tombstones = obj.get("states"), obj.get("tombstones")
+    if not isinstance(states, dict) or not isinstance(tombstones, dict):
+        raise BadRequest(f"Line {number}: records must have states and tombstones objects")
+    if set(states) != set(repository.data):
+        raise BadRequest(f"Line {number}: records name other stores than the repository")
+    base = dump_of(repository)
+    stores: dict[str, list[tuple[str, msgspec.Raw, int, int]]] = {}
+    for name, rows in base.stores.items():
+        given = states[name]
+        if not isinstance(given, list) or len(given) != len(rows):
+            raise BadRequest(f"Line {number}: records of store {name!r} do not match the repository's")
+        out = stores[name] = []
+        for (rid, text, _, _), state in zip(rows, given, strict=True):
+            if not (isinstance(state, list) and len(state) == 2 and _whole(state[0], 1) and _whole(state[1], 0)):
+                raise BadRequest(f"Line {number}: the state of {rid!r} in {name!r} must be [version, seq]")
+            if state[1] > repository.version:
+                raise BadRequest(f"Line {number}: the seq of {rid!r} in {name!r} is above the repository's version")
+            out.append((rid, text, state[0], state[1]))
+    dead: dict[str, list[tuple[str, int, int]]] = {}
+    for name, rows in tombstones.items():
+        if not isinstance(rows, list):
+            raise BadRequest(f"Line {number}: tombstones of {name!r} must be a list")
+        out_dead = dead[name] = []
+        for row in rows:
+            if not (
+                isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                and _whole(row[1], 1) and _whole(row[2], 0) and row[2] <= repository.version
+            ):  # fmt: skip
+                raise BadRequest(f"Line {number}: a tombstone of {name!r} must be [id, version, seq]")
+            try:
+                check_store_name(name)
+                check_record_id(name, row[0])
+            except InvalidStores as exc:
+                raise BadRequest(f"Line {number}: {exc}") from None
+            if row[0] in repository.data.get(name, {}):
+                raise BadRequest(f"Line {number}: {row[0]!r} in {name!r} is both a record and a tombstone")
+            out_dead.append((row[0], row[1], row[2]))
+    return RecordDump(version=repository.version, stores=stores, tombstones=dead)
+
+
 def _entry_from(obj: dict[str, Any], number: int, repository_version: int) -> dict[str, Any]:
     entry = obj.get("entry")
     if (
@@ -238,7 +301,7 @@ def _entry_from(obj: dict[str, Any], number: int, repository_version: int) -> di
     return entry
 
 
-def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[dict[str, Any]]]]:
+def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, RecordDump, list[dict[str, Any]]]]:
     """Walk a backup once: validate it and yield (user id, repository, changelog) per repository.
 
     Raises BadRequest naming the line for anything that is not a complete
@@ -255,7 +318,7 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
     user_ids: set[str] = set()
     usernames: set[str] = set()
     repo_ids: set[str] = set()
-    current: tuple[str, Repository, list[dict[str, Any]]] | None = None
+    current: tuple[str, Repository, RecordDump, list[dict[str, Any]]] | None = None
     counts = [0, 0, 0]
     ended = False
     for number, obj, raw in lines:
@@ -280,17 +343,22 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
             if user_id not in user_ids or user_id in repo_ids:
                 raise BadRequest(f"Line {number}: repository of an unknown user or a second one for {user_id}")
             if current is not None and not check:
-                yield current
+                yield current[0], current[2], current[3]
             repo_ids.add(user_id)
-            current = (user_id, _repository_from(obj, number, raw), [])
+            repository = _repository_from(obj, number, raw)
+            current = (user_id, repository, dump_of(repository), [])
             counts[1] += 1
+        elif kind == "records":
+            if current is None or obj.get("userId") != current[0] or current[3]:
+                raise BadRequest(f"Line {number}: records not right after their user's repository")
+            current = (current[0], current[1], _records_from(obj, number, current[1]), current[3])
         elif kind == "change":
             if current is None or obj.get("userId") != current[0]:
                 raise BadRequest(f"Line {number}: changelog entry not after its user's repository")
             entry = _entry_from(obj, number, current[1].version)
-            if current[2] and entry["version"] <= current[2][-1]["version"]:
+            if current[3] and entry["version"] <= current[3][-1]["version"]:
                 raise BadRequest(f"Line {number}: changelog versions must rise")
-            current[2].append(entry)
+            current[3].append(entry)
             counts[2] += 1
         elif kind == "end":
             if [obj.get("users"), obj.get("repositories"), obj.get("changes")] != counts:
@@ -301,7 +369,7 @@ def _groups(path: Path, *, check: bool) -> Iterator[tuple[str, Repository, list[
     if not ended:
         raise BadRequest("The backup is incomplete (no end line): it was cut short")
     if current is not None and not check:
-        yield current
+        yield current[0], current[2], current[3]
 
 
 def _users(path: Path) -> Iterator[User]:
@@ -335,9 +403,9 @@ def data_import(*, path: Path) -> BackupCounts:
             for user in _users(path):
                 user.save(force_insert=True)
                 users += 1
-            for user_id, repository, entries in _groups(path, check=False):
+            for user_id, dump, entries in _groups(path, check=False):
                 written.append(user_id)
-                store.replace(user_id, dump_of(repository), entries)
+                store.replace(user_id, dump, entries)
                 repositories += 1
                 changes += len(entries)
     except BaseException:

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import orjson
@@ -327,20 +327,70 @@ class RecordRef(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass
 class MergePlan:
-    """What a push changes: the ids it adds and those it modifies, in the push's order."""
+    """What a push changes: per store, the ids it adds and those it modifies, in the push's order."""
 
-    added: list[RecordRef] = field(default_factory=list)
-    modified: list[RecordRef] = field(default_factory=list)
+    new_ids: dict[str, list[str]] = field(default_factory=dict)
+    modified_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def _add(self, kind: dict[str, list[str]], name: str, ids: Iterable[str]) -> None:
+        listed = kind.get(name)
+        if listed is None:
+            listed = kind[name] = []
+        listed.extend(ids)
+
+    @property
+    def added(self) -> list[RecordRef]:
+        return [RecordRef(name, rid) for name, ids in self.new_ids.items() for rid in ids]
+
+    @property
+    def modified(self) -> list[RecordRef]:
+        return [RecordRef(name, rid) for name, ids in self.modified_ids.items() for rid in ids]
+
+    @property
+    def added_count(self) -> int:
+        return sum(map(len, self.new_ids.values()))
+
+    @property
+    def modified_count(self) -> int:
+        return sum(map(len, self.modified_ids.values()))
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.modified)
+        return any(self.new_ids.values()) or any(self.modified_ids.values())
+
+
+def refs_json(per_store: Mapping[str, list[str]]) -> msgspec.Raw:
+    """``[{"store": s, "id": i}, ...]`` for every id of every store, in order, as JSON text (C speed).
+
+    Each store's ids are written as one JSON array and split at its element
+    boundaries: an unescaped ``","`` occurs in such a text only between elements.
+    """
+    parts: list[bytes] = []
+    for name, ids in per_store.items():
+        if not ids:
+            continue
+        head = b'{"store":' + _ref_encoder.encode(name) + b',"id":"'
+        array = _ref_encoder.encode(ids)
+        parts.append(head + array[2:-2].replace(b'","', b'"},' + head) + b'"}')
+    return msgspec.Raw(b"[" + b",".join(parts) + b"]")
+
+
+_ref_encoder = msgspec.json.Encoder()
+
+
+@runtime_checkable
+class ComparingStore(Protocol):
+    """A stored store that compares pushed texts with its own where they lie (no decoding of the store)."""
+
+    def compare(self, records: Mapping[str, msgspec.Raw]) -> tuple[list[str], dict[str, msgspec.Raw]]:
+        """The pushed ids it lacks (in push order), and its texts of those whose text differs."""
+        ...
 
 
 # A stored store as plan_merge reads it: all its records at once, or its
 # records piece by piece (an iterable of mappings that can be iterated once
 # per plan), so a large repository need not be in memory whole.
-StoredStore = Mapping[str, msgspec.Raw] | Iterable[Mapping[str, msgspec.Raw]]
+StoredStore = Mapping[str, msgspec.Raw] | Iterable[Mapping[str, msgspec.Raw]] | ComparingStore
 
 
 def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> MergePlan:
@@ -349,8 +399,8 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
     Every pushed record that is not the stored text byte for byte is
     validated (a record that is not a valid JSON object raises MalformedBody
     or InvalidStores before the caller has written anything), and so are the
-    names of new stores and ids. New ids go to the end of their store and new
-    stores after the existing ones (``apply_plan``), so pulls keep
+    names of new stores and ids. A backend puts new ids at the end of their
+    store and new stores after the existing ones, so pulls keep
     first-insertion order.
     """
     plan = MergePlan()
@@ -368,69 +418,36 @@ def plan_merge(current: Mapping[str, StoredStore], incoming: RawStores) -> Merge
             differing = [record_id for record_id, record in records.items() if get(record_id) != record]
             new_ids = [record_id for record_id in differing if record_id not in existing]
             changed = {record_id: existing[record_id] for record_id in differing if record_id in existing}
+        elif isinstance(existing, ComparingStore):
+            new_ids, changed = existing.compare(records)
         else:
             new_ids, changed = _compare_pieces(existing, records)
         if not new_ids and not changed:
             continue
-        if not (_ids_valid(new_ids) and _records_valid([records[record_id] for record_id in new_ids])):
+        new_texts = list(records.values()) if existing is None else [records[record_id] for record_id in new_ids]
+        if not (_ids_valid(new_ids) and _records_valid(new_texts)):
             # Something new is wrong (or simdjson could not vouch for it): the
             # exact path finds the first offence in the store's order.
             _merge_store_exact(plan, name, new_ids, changed, records)
             continue
-        plan.added.extend([RecordRef(name, record_id) for record_id in new_ids])
+        if new_ids:
+            plan._add(plan.new_ids, name, new_ids)
         if changed:  # in the push's order, as the exact path lists them
             # Texts long enough to nest too deeply are checked in batches,
             # which costs less than checking each one's depth on its own.
             long = [records[record_id] for record_id in changed if len(records[record_id]) > _SHALLOW]
             long_valid = _records_valid(long)
-            plan.modified.extend(
-                RecordRef(name, record_id)
+            modified = [
+                record_id
                 for record_id, record in records.items()
                 if record_id in changed
                 and not records_equal(
                     changed[record_id], record, name, record_id, valid=long_valid and len(record) > _SHALLOW
                 )
-            )
+            ]
+            if modified:
+                plan._add(plan.modified_ids, name, modified)
     return plan
-
-
-def apply_plan(
-    current: Mapping[str, StoredStore], incoming: RawStores, plan: MergePlan
-) -> Iterator[tuple[str, Iterator[tuple[str, msgspec.Raw]]]]:
-    """The merged repository, store by store, each as (id, text) pairs in pull order.
-
-    Stored stores keep their order and their records' places (a modified
-    record takes its new text where it stood); new ids follow in the push's
-    order, then new stores. Stored pieces are read one at a time, as the
-    caller consumes the pairs.
-    """
-    added: dict[str, list[str]] = {}
-    for ref in plan.added:
-        added.setdefault(ref.store, []).append(ref.id)
-    modified: dict[str, set[str]] = {}
-    for ref in plan.modified:
-        modified.setdefault(ref.store, set()).add(ref.id)
-    for name, stored in current.items():
-        pieces = (stored,) if isinstance(stored, Mapping) else stored
-        yield name, _merged_items(pieces, incoming.get(name, {}), modified.get(name, set()), added.pop(name, []))
-    for name, new_ids in added.items():
-        yield name, _merged_items((), incoming[name], set(), new_ids)
-
-
-def _merged_items(
-    pieces: Iterable[Mapping[str, msgspec.Raw]],
-    records: Mapping[str, msgspec.Raw],
-    modified: set[str],
-    new_ids: list[str],
-) -> Iterator[tuple[str, msgspec.Raw]]:
-    for piece in pieces:
-        touched = modified & piece.keys() if modified else None
-        if touched:
-            yield from {**piece, **{record_id: records[record_id] for record_id in touched}}.items()
-        else:
-            yield from piece.items()
-    for record_id in new_ids:
-        yield record_id, records[record_id]
 
 
 def _compare_pieces(
@@ -475,9 +492,9 @@ def _merge_store_exact(
         if record_id in fresh:
             check_record_id(name, record_id)
             parse_record(record, name, record_id)
-            plan.added.append(RecordRef(name, record_id))
+            plan._add(plan.new_ids, name, (record_id,))
         elif record_id in changed and not records_equal(changed[record_id], record, name, record_id):
-            plan.modified.append(RecordRef(name, record_id))
+            plan._add(plan.modified_ids, name, (record_id,))
 
 
 def _ids_valid(ids: list[str]) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal
+from sync.merge import MergePlan, RawStores, RecordRef, StoredStore, plan_merge, records_equal, refs_json
 
 CREATE, UPDATE, DELETE = "c", "u", "d"
 ACTION_NAMES = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
@@ -70,9 +70,10 @@ class AuditContext:
 class ChangeSet:
     """One commit: the repository's new version and every record it changes, with its changelog entry.
 
-    The backend gives the changes positions in order (stores in ``writes``
-    order, records in each store's order), after the snapshot's last one.
-    A record appears at most once in a change set.
+    The backend gives the changes positions in order (``writes`` in order,
+    records in each write's order), after the snapshot's last one. A store
+    may have several writes (an ops batch that goes back and forth between
+    stores); a record appears at most once in a change set.
     """
 
     version: int
@@ -80,6 +81,9 @@ class ChangeSet:
     writes: list[StoreWrite]
     entry: dict[str, Any]
     audit: AuditContext | None = None
+    # The record changes as the audit log lists them, when not one per write (an ops batch: one per op
+    # applied, in order, with the version each made), as (store, id, version, action).
+    audit_changes: list[tuple[str, str, int, str]] | None = None
 
     def count(self) -> int:
         return sum(len(w.ids) for w in self.writes)
@@ -167,38 +171,35 @@ def plan_push(
         "version": version,
         "timestamp": timestamp,
         "clientVersion": client_version,
-        "added": plan.added,
-        "modified": plan.modified,
+        "added": refs_json(plan.new_ids),
+        "modified": refs_json(plan.modified_ids),
         "action": "push",
     }
     change_set = ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)
-    return PushOutcome(change_set, version, len(plan.added), len(plan.modified), skipped)
+    return PushOutcome(change_set, version, plan.added_count, plan.modified_count, skipped)
 
 
 def _push_writes(snapshot: Snapshot, incoming: RawStores, plan: MergePlan) -> list[StoreWrite]:
     """The store writes of a merge plan: added records at version 1, modified ones one above theirs."""
-    added: dict[str, list[str]] = {}
-    for ref in plan.added:
-        added.setdefault(ref.store, []).append(ref.id)
-    modified: dict[str, list[str]] = {}
-    for ref in plan.modified:
-        modified.setdefault(ref.store, []).append(ref.id)
     writes: list[StoreWrite] = []
-    for name in incoming:
-        new_ids, changed_ids = added.get(name, []), modified.get(name, [])
+    for name, records in incoming.items():
+        new_ids, changed_ids = plan.new_ids.get(name, []), plan.modified_ids.get(name, [])
         if not new_ids and not changed_ids:
             continue
-        records = incoming[name]
         write = StoreWrite(name)
-        if new_ids:
+        if new_ids and not changed_ids:
             write.ids.extend(new_ids)
-            write.texts.extend([records[rid] for rid in new_ids])
+            write.texts.extend(records.values() if len(new_ids) == len(records) else map(records.__getitem__, new_ids))
             write.versions.extend([1] * len(new_ids))
             write.actions.extend([CREATE] * len(new_ids))
-        if changed_ids:
+        else:  # in the push's order, which the cursor keeps
             states = snapshot.states(name, changed_ids)
-            for rid in changed_ids:
-                write.add(rid, records[rid], states[rid].version + 1, UPDATE)
+            new = set(new_ids)
+            for rid in (rid for rid in records if rid in new or rid in states) if new else changed_ids:
+                state = states.get(rid)
+                write.add(
+                    rid, records[rid], 1 if state is None else state.version + 1, CREATE if state is None else UPDATE
+                )
         writes.append(write)
     return writes
 
@@ -248,8 +249,9 @@ def plan_ops(
     was_live = {key: state is not None and not state.deleted for key, state in pending.states.items()}
     version = snapshot.version + 1
     results: list[dict[str, Any]] = []
-    # The final text and version of each changed record, in the order of each record's first change.
+    # The final text and version of each changed record, in the order of each record's last change.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
+    changes: list[tuple[str, str, int, str]] = []
     for op in ops:
         key = (op.store, op.record_id)
         state, text = pending.states[key], pending.texts[key]
@@ -277,12 +279,16 @@ def plan_ops(
             new_text, kind = op.data, CREATE
         pending.states[key] = RecordState(current + 1, version, new_text is None)
         pending.texts[key] = new_text
+        final.pop(key, None)  # in the order of each record's last change, which is where the cursor puts it
         final[key] = (new_text, current + 1)
+        changes.append((op.store, op.record_id, current + 1, kind))
         results.append({"ok": True, **base, "action": ACTION_NAMES[kind], "version": current + 1})
     if not final:
         return OpsOutcome(None, snapshot.version, results)
     kinds = {key: _net_kind(was_live[key], text is not None) for key, (text, _) in final.items()}
-    return OpsOutcome(_ops_change_set(final, kinds, version, timestamp, audit, action), version, results)
+    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action)
+    change_set.audit_changes = changes
+    return OpsOutcome(change_set, version, results)
 
 
 def _net_kind(live_before: bool, live_after: bool) -> str:
@@ -313,12 +319,12 @@ def _ops_change_set(
     audit: AuditContext | None,
     action: str,
 ) -> ChangeSet:
-    writes: dict[str, StoreWrite] = {}
+    writes: list[StoreWrite] = []  # a run of writes per store, in the order of the changes
     refs: dict[str, list[RecordRef]] = {CREATE: [], UPDATE: [], DELETE: []}
     for (store, rid), (text, record_version) in final.items():
-        write = writes.get(store)
-        if write is None:
-            write = writes[store] = StoreWrite(store)
+        if not writes or writes[-1].store != store:
+            writes.append(StoreWrite(store))
+        write = writes[-1]
         kind = kinds[store, rid]
         write.add(rid, None if text is None else msgspec.Raw(text), record_version, kind)
         refs[kind].append(RecordRef(store, rid))
@@ -331,4 +337,4 @@ def _ops_change_set(
         "deleted": refs[DELETE],
         "action": action,
     }
-    return ChangeSet(version=version, timestamp=timestamp, writes=list(writes.values()), entry=entry, audit=audit)
+    return ChangeSet(version=version, timestamp=timestamp, writes=writes, entry=entry, audit=audit)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import orjson
 from django.conf import settings
 
@@ -295,10 +296,8 @@ CURSOR_LIMIT_DEFAULT = 500
 CURSOR_LIMIT_MAX = 5000
 
 
-def repository_cursor(
-    *, user_id: str, cursor: str | None, limit: int, store: str | None, deleted: bool
-) -> dict[str, Any]:
-    """A page of the incremental pull (§7.4)."""
+def repository_cursor(*, user_id: str, cursor: str | None, limit: int, store: str | None, deleted: bool) -> bytes:
+    """A page of the incremental pull (§7.4), as the answer's JSON (records put in as they are stored)."""
     if store is not None:
         try:
             check_store_name(store)
@@ -317,17 +316,39 @@ def repository_cursor(
         page = repository.cursor(user_id, after=0, limit=limit, store=store, deleted=deleted)
     end = page.entries[-1].position if page.entries else max(after, page.position if not page.has_more else after)
     entities = [
-        {"store": e.store, "id": e.id, "version": e.version, "seq": e.seq, "data": orjson.Fragment(e.text)}
+        _Entity(e.store, e.id, e.version, e.seq, msgspec.Raw(e.text))
         if e.text is not None
-        else {"store": e.store, "id": e.id, "version": e.version, "seq": e.seq, "deleted": True, "data": None}
+        else _Tombstone(e.store, e.id, e.version, e.seq)
         for e in page.entries
     ]
-    return {
-        "entities": entities,
-        "nextCursor": cursors.encode(page.epoch, end),
-        "hasMore": page.has_more,
-        "latestSeq": page.version,
-    }
+    return _cursor_encoder.encode(_CursorAnswer(entities, cursors.encode(page.epoch, end), page.has_more, page.version))
+
+
+class _Entity(msgspec.Struct, gc=False):
+    store: str
+    id: str
+    version: int
+    seq: int
+    data: msgspec.Raw
+
+
+class _Tombstone(msgspec.Struct, gc=False):
+    store: str
+    id: str
+    version: int
+    seq: int
+    deleted: bool = True
+    data: None = None
+
+
+class _CursorAnswer(msgspec.Struct, gc=False):
+    entities: list[_Entity | _Tombstone]
+    nextCursor: str
+    hasMore: bool
+    latestSeq: int
+
+
+_cursor_encoder = msgspec.json.Encoder()
 
 
 def repository_stores(*, user_id: str) -> dict[str, Any]:

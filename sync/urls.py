@@ -11,6 +11,6 @@ urlpatterns = [
     re_path(r"^sync/ops/?$", views.OpsView.as_view()),
     re_path(r"^sync/cursor/?$", views.CursorView.as_view()),
     re_path(r"^sync/stores/?$", views.StoresView.as_view()),
-    re_path(r"^sync/records/(?P<store>[^/]+)/(?P<record_id>.+)$", views.RecordView.as_view()),
+    re_path(r"^sync/records/(?P<store>[^/]+)/(?P<record_id>[\s\S]+)$", views.RecordView.as_view()),
     re_path(r"^admin/users/?$", views.AdminUsersView.as_view()),
 ]

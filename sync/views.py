@@ -325,10 +325,10 @@ class CursorView(APIView):
         parameters=[CURSOR, CURSOR_LIMIT, CURSOR_STORE, CURSOR_DELETED],
         responses={200: ok("CursorPage"), **errors(400, *PROTECTED)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: Request) -> HttpResponse:
         query = request.query_params
         store = query.get("store") or None
-        return Response(
+        return HttpResponse(
             services.repository_cursor(
                 user_id=str(request.user.pk),
                 cursor=query.get("cursor") or None,
@@ -337,7 +337,8 @@ class CursorView(APIView):
                 ),
                 store=store,
                 deleted=params.flag(query, "deleted"),
-            )
+            ),
+            content_type="application/json",
         )
 
 

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -421,3 +422,32 @@ def test_export_replaces_an_old_backup_whole_and_reports_a_missing_directory(tmp
         call_command("export_data", str(tmp_path / "nowhere" / "b.jsonl"), stdout=io.StringIO())
     with pytest.raises(CommandError, match="No such file"):
         call_command("import_data", str(tmp_path / "missing.jsonl"), stdout=io.StringIO())
+
+
+def test_a_restore_keeps_record_versions_seqs_and_tombstones(tmp_path: Path) -> None:
+    ann = Api()
+    ann.register("admin", "adminpass")
+    ann.push({"humans": {"h1": {"v": 1}, "h2": {"v": 1}, "h3": {"v": 1}}})
+    ann.push({"humans": {"h1": {"v": 2}}})
+    ann.post("/api/sync/ops", {"operations": [{"action": "delete", "store": "humans", "entity_id": "h2"}]})
+    walked = ann.get("/api/sync/cursor?deleted=1").json()["entities"]
+    backup = tmp_path / "backup.jsonl"
+    call_command("export_data", str(backup), stdout=io.StringIO())
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    User.objects.all().delete()
+    with override_settings(**data_dir_settings(fresh)):
+        call_command("import_data", str(backup), stdout=io.StringIO())
+        again = Api()
+        again.login("admin", "adminpass")
+        restored = again.get("/api/sync/cursor?deleted=1").json()["entities"]
+        key = itemgetter("store", "id", "version", "seq", "data")
+        assert sorted(map(key, restored), key=repr) == sorted(map(key, walked), key=repr)
+        assert {(e["id"], e["version"], e.get("deleted", False)) for e in restored} == {
+            ("h1", 2, False),
+            ("h2", 2, True),
+            ("h3", 1, False),
+        }
+        # The tombstone still keeps a full push from bringing h2 back.
+        answer = again.push({"humans": {"h2": {"v": 1}}})
+        assert answer.get("skipped") == 1 and answer["added"] == 0

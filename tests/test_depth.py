@@ -38,6 +38,7 @@ from sync.depth import (
     too_deep,
 )
 from sync.merge import json_equal, records_equal
+from sync.services import dump_of
 from tests.backends import REPOSITORY_BACKENDS
 from tests.helpers import Api, data_dir_settings
 
@@ -412,7 +413,7 @@ def _put_in_place(api: Api, storage: str, data_dir: Path, deep: bytes, by_hand: 
         (data_dir / f"repo_{uid}.json").write_bytes(pull)
     else:
         data = {"humans": {"h1": orjson.Fragment(NAMED), "deep": orjson.Fragment(deep), "h2": orjson.Fragment(TWIN)}}
-        get_repository_store().replace(uid, Repository(version=3, data=data), [])
+        get_repository_store().replace(uid, dump_of(Repository(version=3, data=data)), [])
     assert api.get("/api/sync").content == pull
     return pull
 

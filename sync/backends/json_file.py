@@ -9,13 +9,15 @@ Per user (``<id>`` is the user's UUID):
   (sendfile). A file without the stamp line, or without its index (written
   by an earlier release), is read the same and rewritten with both on first
   use: every record version 1, last changed at N.
-- ``repo_<id>.idx``, the snapshot's **index**, naming the snapshot's stamp:
-  a header line (epoch, version, last position, the counts ``status``
-  shows), then per store the ids in pull order with each record's version,
-  seq, position and the byte range of its member in the snapshot, the
-  store's tombstones, and the change order. Written (durably) before the
-  snapshot it names; an index that names another stamp is not this
-  snapshot's and is ignored.
+- ``repo_<id>.<stamp>.idx``, the snapshot's **index**, one per snapshot,
+  named by its stamp: a header line (epoch, version, last position, the
+  counts ``status`` shows), then per store the ids in pull order with each
+  record's version, seq, position and the byte range of its member in the
+  snapshot, the store's tombstones, and the change order. A new snapshot's
+  index is written (durably) before the snapshot takes the name, and the old
+  index goes after: a crash in between leaves the old pair whole. Record
+  versions and tombstones live only here and in the journal: the index is
+  data, not a cache.
 - ``repo_<id>.journal``, the **journal**: change sets committed after the
   snapshot, one line each, after a line naming the snapshot's stamp they
   follow. A change set is committed when its line is fsynced; a torn last
@@ -45,6 +47,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import operator
 import os
 import re
 import secrets
@@ -52,7 +55,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from itertools import accumulate
+from itertools import accumulate, groupby, repeat
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +92,7 @@ from sync.backends.base import (
 from sync.depth import decode_members, decode_repository
 from sync.merge import RawStores, StoredStore
 from sync.pullcache import PullCache
-from sync.records import DELETE, ChangeSet, RecordState
+from sync.records import CREATE, DELETE, ChangeSet, RecordState, StoreWrite
 
 logger = logging.getLogger("pzls.sync")
 
@@ -102,9 +105,13 @@ _RECORDS_PER_PIECE = 512
 # A change set goes to the journal unless the journal would pass this share of the snapshot (or this floor).
 _JOURNAL_SHARE = 8
 _JOURNAL_FLOOR = 1 << 20
-# Repository states kept per worker.
+# Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
+_NEARBY = 64 * 1024
+_RUN_MAX = 4 << 20
+# Repository states kept per worker: at most this many, holding at most this many rows and tombstones
+# in all (about 28 MB per 100,000 records) beside the one in use.
 _STATES = 8
-_SIMPLE_ID = re.compile(r'^[^"\\\x00-\x1f\x7f-\U0010ffff]*$')
+_STATE_ROWS = 150_000
 
 _encoder = msgspec.json.Encoder()
 
@@ -148,12 +155,25 @@ def _reverse_lines(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
         buf_start = read_start
 
 
-def _key_lengths(ids: list[str]) -> list[int]:
-    """The length of each id written as a JSON string (as msgspec writes it)."""
+def _simple(ids: list[str]) -> bool:
+    """Whether every id is written as a JSON string by just quoting it (ASCII, nothing to escape)."""
     joined = "".join(ids)
-    if joined.isascii() and _SIMPLE_ID.match(joined):
-        return [len(record_id) + 2 for record_id in ids]
-    return [len(_encoder.encode(record_id)) for record_id in ids]
+    # isprintable: no control character (ASCII's are 0x00-0x1f and 0x7f), which msgspec would escape.
+    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
+
+
+def _member_heads(ids: list[str]) -> list[int]:
+    """The length of each id written as a JSON string with its colon (``"id":``), as msgspec writes it."""
+    if _simple(ids):
+        return list(map((3).__add__, map(len, ids)))
+    return [len(_encoder.encode(record_id)) + 1 for record_id in ids]
+
+
+def _heads_total(ids: list[str]) -> int:
+    """``sum(_member_heads(ids))`` without the list."""
+    if _simple(ids):
+        return sum(map(len, ids)) + 3 * len(ids)
+    return sum(len(_encoder.encode(record_id)) + 1 for record_id in ids)
 
 
 def _key_length(record_id: str) -> int:
@@ -171,6 +191,8 @@ class _StoreIndex(msgspec.Struct, array_like=True):
     positions: list[int]
     starts: list[int]
     ends: list[int]
+    # The length of each member's ``"id":`` (its text starts there).
+    heads: list[int]
     tomb_ids: list[str]
     tomb_versions: list[int]
     tomb_seqs: list[int]
@@ -244,6 +266,7 @@ class _Rows:
         "body_rows",
         "dead",
         "ends",
+        "heads",
         "ids",
         "live",
         "mem",
@@ -266,9 +289,10 @@ class _Rows:
         self.positions = array("q")
         self.starts = array("q")
         self.ends = array("q")
+        self.heads = array("H")
         self.body_rows = 0
         self.dead: set[int] = set()
-        self.mem: dict[int, bytes | msgspec.Raw] = {}
+        self.mem: dict[int, msgspec.Raw] = {}
         self.tombs: dict[str, tuple[int, int, int]] = {}
         self.live = 0
         # Bytes of the live members ``"id":text`` (without the commas between them).
@@ -284,6 +308,7 @@ class _Rows:
         rows.positions = array("q", index.positions)
         rows.starts = array("q", index.starts)
         rows.ends = array("q", index.ends)
+        rows.heads = array("H", index.heads)
         rows.body_rows = rows.live = len(index.ids)
         rows.members = sum(index.ends) - sum(index.starts)
         rows.tombs = {
@@ -314,11 +339,18 @@ class _State:
         self.last_sync: str | None = None
         self.pending_audit: dict[str, Any] | None = None
         self.lock = threading.RLock()
+        # ``size`` as of the end of the last use (read without the lock, by the cache's bound).
+        self.held = 0
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    @property
+    def size(self) -> int:
+        """Rows and tombstones held, a measure of the memory the state takes."""
+        return sum(len(rows.ids) + len(rows.tombs) for rows in self.stores.values())
 
     @property
     def records(self) -> int:
@@ -343,12 +375,37 @@ class _State:
         if kept is not None:
             return kept
         assert self.fd is not None
-        start = rows.starts[row] + _key_length(rows.ids[row]) + 1
+        start = rows.starts[row] + rows.heads[row]
         end = rows.ends[row]
         text = os.pread(self.fd, end - start, start)
         if len(text) != end - start:
             raise StorageError("repository file is shorter than its index says")
         return text
+
+    def read_texts(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """The texts of these (store, row)s, the snapshot's read in runs of nearby bytes, not one call each."""
+        out: dict[tuple[str, int], bytes] = {}
+        spans: list[tuple[int, int, str, int]] = []
+        for name, row in wanted:
+            rows = self.stores[name]
+            kept = rows.mem.get(row)
+            if kept is not None:
+                out[name, row] = bytes(kept)
+            else:
+                spans.append((rows.starts[row] + rows.heads[row], rows.ends[row], name, row))
+        spans.sort()
+        i = 0
+        while i < len(spans):
+            j, first, last = i, spans[i][0], spans[i][1]
+            while j + 1 < len(spans) and spans[j + 1][0] - last < _NEARBY and spans[j + 1][1] - first < _RUN_MAX:
+                j += 1
+                last = max(last, spans[j][1])
+            assert self.fd is not None
+            block = memoryview(_pread_all(self.fd, first, last - first))
+            for start, end, name, row in spans[i : j + 1]:
+                out[name, row] = bytes(block[start - first : end - first])
+            i = j + 1
+        return out
 
     def pieces(self, rows: _Rows) -> _Pieces:
         return _Pieces(self, rows)
@@ -385,6 +442,14 @@ class _State:
             rows = self.stores.get(write.store)
             if rows is None:
                 rows = self.stores[write.store] = _Rows(write.store)
+            if _all_new(rows, write):
+                self._append_new(rows, write, position, change_set.version, keep_texts)
+                count = len(write.ids)
+                new_positions.extend(range(position + 1, position + count + 1))
+                new_stores.extend([write.store] * count)
+                new_ids.extend(write.ids)
+                position += count
+                continue
             for record_id, text, version, action in zip(
                 write.ids, write.texts, write.versions, write.actions, strict=True
             ):
@@ -407,7 +472,7 @@ class _State:
                 elif row is not None:
                     assert text is not None
                     rows.members += len(text) - len(self.text(rows, row))
-                    rows.mem[row] = bytes(text) if keep_texts else text
+                    rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.versions[row] = version
                     rows.seqs[row] = change_set.version
                     rows.positions[row] = position
@@ -421,7 +486,8 @@ class _State:
                     rows.positions.append(position)
                     rows.starts.append(-1)
                     rows.ends.append(-1)
-                    rows.mem[row] = bytes(text) if keep_texts else text
+                    rows.heads.append(0)
+                    rows.mem[row] = msgspec.Raw(bytes(text)) if keep_texts else text
                     rows.members += _key_length(record_id) + 1 + len(text)
                     rows.live += 1
                 new_positions.append(position)
@@ -435,6 +501,23 @@ class _State:
         self.version = change_set.version
         self.total_syncs += 1
         self.last_sync = change_set.timestamp
+
+    @staticmethod
+    def _append_new(rows: _Rows, write: StoreWrite, position: int, seq: int, keep_texts: bool) -> None:
+        """Add a store write of new records only, in bulk (a first push)."""
+        count, first = len(write.ids), len(rows.ids)
+        rows.ids.extend(write.ids)
+        rows.row_of.update(zip(write.ids, range(first, first + count), strict=True))
+        rows.versions.extend(write.versions)
+        rows.seqs.extend([seq] * count)
+        rows.positions.extend(range(position + 1, position + count + 1))
+        rows.starts.extend(array("q", [-1]) * count)
+        rows.ends.extend(array("q", [-1]) * count)
+        rows.heads.extend(array("H", [0]) * count)
+        texts = [msgspec.Raw(bytes(t)) for t in write.texts] if keep_texts else write.texts  # type: ignore[arg-type]
+        rows.mem.update(zip(range(first, first + count), texts, strict=True))  # type: ignore[arg-type]
+        rows.members += _heads_total(write.ids) + sum(map(len, texts))  # type: ignore[arg-type]
+        rows.live += count
 
     # --- the pull body ---
 
@@ -453,7 +536,7 @@ class _State:
             first_store = False
             yield opening
             offset += len(opening)
-            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [])
+            written = _StoreIndex(name, [], [], [], [], [], [], [], [], [], [], [])
             first = True
             for kind, a, b in _runs(rows):
                 if kind == "span":
@@ -470,6 +553,7 @@ class _State:
                         delta = offset - start
                         written.starts.extend([s + delta for s in rows.starts[a : b + 1]])
                         written.ends.extend([e + delta for e in rows.ends[a : b + 1]])
+                        written.heads.extend(rows.heads[a : b + 1])
                         _copy_meta(written, rows, a, b)
                     offset += len(chunk)
                 else:
@@ -479,14 +563,15 @@ class _State:
                         yield b","
                         offset += 1
                     first = False
-                    members = memoryview(_encoder.encode(dict(zip(ids, map(_as_raw, texts), strict=True))))[1:-1]
+                    members = memoryview(_encoder.encode(dict(zip(ids, texts, strict=True))))[1:-1]
                     yield members
                     if layout is not None:
-                        key_lengths = _key_lengths(ids)
-                        lengths = [k + 1 + len(t) for k, t in zip(key_lengths, texts, strict=True)]
-                        starts = list(accumulate([offset] + [n + 1 for n in lengths[:-1]]))
+                        member_heads = _member_heads(ids)
+                        written.heads.extend(member_heads)
+                        lengths = list(map(operator.add, member_heads, map(len, texts)))
+                        starts = list(accumulate(map(operator.add, lengths[:-1], repeat(1)), initial=offset))
                         written.starts.extend(starts)
-                        written.ends.extend([s + n for s, n in zip(starts, lengths, strict=True)])
+                        written.ends.extend(map(operator.add, starts, lengths))
                         _copy_meta(written, rows, a, b)
                     offset += len(members)
             yield b"}"
@@ -499,6 +584,26 @@ class _State:
                     written.tomb_positions.append(p)
                 layout[name] = written
         yield b"}}"
+
+
+def _order_refs(state: _State, maps: dict[str, dict[str, int]]) -> list[int]:
+    """Each entry of the change order as its row (or -1 - its tombstone) in the store as written, run by run."""
+    refs: list[int] = []
+    at = 0
+    for name, run in groupby(state.order_stores):
+        count = sum(1 for _ in run)
+        refs.extend(map(maps[name].__getitem__, state.order_ids[at : at + count]))
+        at += count
+    return refs
+
+
+def _all_new(rows: _Rows, write: StoreWrite) -> bool:
+    """Whether a store write only creates ids the store has never seen (no row, no tombstone)."""
+    return (
+        write.actions.count(CREATE) == len(write.actions)
+        and rows.row_of.keys().isdisjoint(write.ids)
+        and rows.tombs.keys().isdisjoint(write.ids)
+    )
 
 
 def _as_raw(text: bytes | msgspec.Raw) -> msgspec.Raw:
@@ -515,8 +620,15 @@ def _copy_meta(written: _StoreIndex, rows: _Rows, a: int, b: int) -> None:
 def _runs(rows: _Rows) -> Iterator[tuple[str, int, int]]:
     """The live rows of a store, in order, as runs: ("span", a, b), rows unchanged and together in the snapshot,
     and ("mem", a, b), rows whose texts are held here (at most a piece's worth per run)."""
-    dirty = sorted(rows.dead.union(rows.mem))
     total, body_rows = len(rows.ids), rows.body_rows
+    if not rows.dead and len(rows.mem) == total - body_rows and (not rows.mem or min(rows.mem) >= body_rows):
+        # Nothing changed in the snapshot's rows: they are one range; the rest were added since.
+        if body_rows:
+            yield "span", 0, body_rows - 1
+        for a in range(body_rows, total, _RECORDS_PER_PIECE):
+            yield "mem", a, min(a + _RECORDS_PER_PIECE, total) - 1
+        return
+    dirty = sorted(rows.dead.union(rows.mem))
     start = 0
     mem_start = mem_end = -1
     for row in [*dirty, total]:
@@ -552,10 +664,50 @@ def _pread_all(fd: int, start: int, size: int) -> bytes:
 
 
 class _Pieces:
-    """A stored store's live texts, piece by piece (for ``plan_merge``), iterable again and again."""
+    """A stored store's live texts, piece by piece, iterable again and again; ``compare`` for ``plan_merge``."""
 
     def __init__(self, state: _State, rows: _Rows) -> None:
         self.state, self.rows = state, rows
+
+    def compare(self, records: Mapping[str, msgspec.Raw]) -> tuple[list[str], dict[str, msgspec.Raw]]:
+        """The pushed ids the store lacks, and the stored texts of those whose text differs.
+
+        Stored texts are compared where they lie in the snapshot, a piece of
+        rows read at a time, without decoding the store.
+        """
+        rows, state = self.rows, self.state
+        row_of, mem, body_rows = rows.row_of, rows.mem, rows.body_rows
+        new_ids: list[str] = []
+        changed: dict[str, msgspec.Raw] = {}
+        pieces: dict[int, list[tuple[str, int, msgspec.Raw]]] = {}
+        for record_id, raw in records.items():
+            row = row_of.get(record_id)
+            if row is None:
+                new_ids.append(record_id)
+                continue
+            kept = mem.get(row)
+            if kept is not None:
+                if kept != raw:
+                    changed[record_id] = kept
+            elif rows.ends[row] - rows.starts[row] - rows.heads[row] != len(raw):
+                changed[record_id] = msgspec.Raw(bytes(state.text(rows, row)))
+            else:
+                piece = pieces.get(row // _RECORDS_PER_PIECE)
+                if piece is None:
+                    piece = pieces[row // _RECORDS_PER_PIECE] = []
+                piece.append((record_id, row, raw))
+        starts, ends, heads = rows.starts, rows.ends, rows.heads
+        assert state.fd is not None or not pieces
+        for number, members in pieces.items():
+            first = number * _RECORDS_PER_PIECE
+            last = min(first + _RECORDS_PER_PIECE, body_rows) - 1
+            base = starts[first]
+            view = memoryview(_pread_all(state.fd, base, ends[last] - base))  # type: ignore[arg-type]
+            for record_id, row, raw in members:
+                text = view[starts[row] + heads[row] - base : ends[row] - base]
+                if text != raw:
+                    changed[record_id] = msgspec.Raw(bytes(text))
+        return new_ids, changed
 
     def __iter__(self) -> Iterator[Mapping[str, msgspec.Raw]]:
         rows, state = self.rows, self.state
@@ -649,7 +801,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             raise ValueError(f"not a user id: {user_id!r}")
         names = {
             "repo": f"repo_{user_id}.json",
-            "index": f"repo_{user_id}.idx",
             "journal": f"repo_{user_id}.journal",
             "changelog": f"changelog_{user_id}.jsonl",
             "meta": f"repo_{user_id}.meta.json",
@@ -657,13 +808,33 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         }
         return self.directory / names[kind]
 
+    def _index_path(self, user_id: str, stamp: str) -> Path:
+        """The index of the snapshot with this stamp: each snapshot has its own, so the one in use is never
+        overwritten before its snapshot is (a crash in between leaves the old pair whole)."""
+        return self._path(user_id, "repo").with_name(f"repo_{user_id}.{stamp}.idx")
+
+    def _remove_indexes(self, user_id: str, *, keep: str | None) -> None:
+        """Remove the user's indexes but ``keep``'s, and their temporary files (under the user's lock)."""
+        prefix, dot_prefix = f"repo_{user_id}.", f".repo_{user_id}."
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".idx") and name != f"{prefix}{keep}.idx":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif name.startswith(dot_prefix) and name.endswith(".idx.tmp"):
+                remove_leftover(Path(entry.path))
+
     @contextlib.contextmanager
     def _flock(self, user_id: str) -> Iterator[None]:
         """Hold the user's lock, first removing the temporary files a killed writer left; leaving with no
         snapshot (deleted, or a first commit refused), the lock file goes too, as the last step under it."""
         lock = self._path(user_id, "lock")
         with exclusive_lock(lock):
-            for kind in ("repo", "index", "journal", "meta", "changelog"):
+            for kind in ("repo", "journal", "meta", "changelog"):
                 remove_leftover(temporary_path(self._path(user_id, kind), exclusive=True))
             try:
                 yield
@@ -680,11 +851,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             if state is None:
                 state = self._states[user_id] = _State()
             self._states.move_to_end(user_id)
-            while len(self._states) > _STATES:
-                _, old = self._states.popitem(last=False)
-                with old.lock:
-                    old.close()
-            return state
+            evicted = []
+            while len(self._states) > 1 and (
+                len(self._states) > _STATES or sum(kept.held for kept in self._states.values()) > _STATE_ROWS
+            ):
+                evicted.append(self._states.popitem(last=False)[1])
+        for old in evicted:  # outside the guard: its holder may be waiting for the guard
+            with old.lock:
+                old.close()
+                old.identity = None
+        return state
 
     def _forget_state(self, user_id: str) -> None:
         with self._guard:
@@ -757,7 +933,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if not stamp:
             return None, None
         try:
-            raw = self._path(user_id, "index").read_bytes()
+            raw = self._index_path(user_id, stamp).read_bytes()
         except FileNotFoundError:
             return None, None
         newline = raw.find(b"\n")
@@ -840,10 +1016,15 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     if locked:  # a commit that failed may have left the state half applied
                         state.identity = None
                     raise
+                finally:
+                    state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
                 self._refresh(user_id, state, locked=True)
-                yield state
+                try:
+                    yield state
+                finally:
+                    state.held = state.size
 
     # --- the contract: reading -------------------------------------------------------
 
@@ -908,7 +1089,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
 
     def cursor(self, user_id: str, *, after: int, limit: int, store: str | None, deleted: bool) -> CursorPage:
         with self._state(user_id, locked=False) as state:
-            entries: list[CursorEntry] = []
+            picked: list[tuple[str, str, int, int, int, int]] = []  # store, id, version, seq, position, row
             at = bisect.bisect_right(state.order_positions, after)
             positions, stores, ids = state.order_positions, state.order_stores, state.order_ids
             has_more = False
@@ -921,15 +1102,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 row = rows.row_of.get(record_id)
                 if row is None and not deleted:
                     continue
-                if len(entries) >= limit:
+                if len(picked) >= limit:
                     has_more = True
                     break
                 if row is not None:
-                    text = bytes(state.text(rows, row))
-                    entries.append(CursorEntry(name, record_id, rows.versions[row], rows.seqs[row], positions[i], text))
+                    picked.append((name, record_id, rows.versions[row], rows.seqs[row], positions[i], row))
                 else:
                     version, seq, _ = rows.tombs[record_id]
-                    entries.append(CursorEntry(name, record_id, version, seq, positions[i], None))
+                    picked.append((name, record_id, version, seq, positions[i], -1))
+            texts = state.read_texts([(name, row) for name, _, _, _, _, row in picked if row >= 0])
+            entries = [
+                CursorEntry(name, rid, version, seq, position, texts[name, row] if row >= 0 else None)
+                for name, rid, version, seq, position, row in picked
+            ]
             return CursorPage(entries, has_more, state.version, state.position, state.epoch)
 
     def store_counts(self, user_id: str) -> tuple[int, list[tuple[str, int]]]:
@@ -1017,13 +1202,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         try:
             snapshot_size = state.identity[1] if state.identity else 0
             journal_size = state.journal[1] if state.journal else 0
-            change_size = sum(len(t) for w in change_set.writes for t in w.texts if t is not None)
+            change_size = sum(sum(map(len, filter(None, w.texts))) for w in change_set.writes)
             limit = max(_JOURNAL_FLOOR, snapshot_size // _JOURNAL_SHARE)
             if state.identity is None or journal_size + change_size > limit:
                 state.apply(change_set, keep_texts=False)
                 self._write_snapshot(user_id, state, pending_audit=batch)
                 committed = True
-                self._reload(user_id, state)
             else:
                 journal = self._append_journal(user_id, state, change_set, batch)
                 committed = True
@@ -1035,9 +1219,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     self._cut_changelog(user_id, *appended)
             state.identity = None
             raise
-        state.pending_audit = None
+        # Until the batch is in the log the state keeps it, so a failed insert is made again on next use.
+        state.pending_audit = batch.as_json() if batch is not None else None
         if batch is not None:
             audit.insert(batch)
+            state.pending_audit = None
 
     def _recover_audit(self, user_id: str, state: _State) -> None:
         """Put the last commit's audit batch in the log if it is not there (a writer killed after committing)."""
@@ -1098,43 +1284,79 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         return state.journal[0], state.journal[1] + len(text)
 
     def _write_snapshot(self, user_id: str, state: _State, *, pending_audit: audit.PendingBatch | None) -> None:
-        """Write ``state`` (current, with anything journalled applied) as a new snapshot and index, durably."""
+        """Write ``state`` (current, with anything journalled applied) as a new snapshot and index, durably,
+        and make ``state`` describe them. The body is written as it is made (never whole in memory); the
+        index, which names the new stamp, is made durable before the new snapshot takes the old one's name."""
         stamp = new_stamp()
         layout: dict[str, _StoreIndex] = {}
-        chunks = [_stamp_line(stamp), *state.body_chunks(layout)]
-        size = sum(len(c) for c in chunks)
-        names = list(layout)
-        refs: dict[str, dict[str, int]] = {}
+        epoch = state.epoch if state.epoch != "0" else secrets.token_hex(8)
+        pending = pending_audit.as_json() if pending_audit is not None else None
+
+        def write_index(identity: FileIdentity) -> None:
+            maps: dict[str, dict[str, int]] = {}
+            for name, written in layout.items():
+                rows = state.stores[name]
+                mapping = (
+                    dict(rows.row_of) if not rows.dead else dict(zip(written.ids, range(len(written.ids)), strict=True))
+                )
+                mapping.update(zip(written.tomb_ids, range(-1, -len(written.tomb_ids) - 1, -1), strict=True))
+                maps[name] = mapping
+            store_index = {name: i for i, name in enumerate(layout)}
+            body = _Body(
+                stores=list(layout.values()),
+                order_positions=list(state.order_positions),
+                order_stores=list(map(store_index.__getitem__, state.order_stores)),
+                order_refs=_order_refs(state, maps),
+            )
+            header = _Header(
+                stamp=stamp,
+                epoch=epoch,
+                version=state.version,
+                position=state.position,
+                records=state.records,
+                stores=len(layout),
+                totalSyncs=state.total_syncs,
+                lastSync=state.last_sync,
+                dataSize=identity[1] - _STAMP_LINE,
+                pendingAudit=pending,
+            )
+            atomic_write(
+                self._index_path(user_id, stamp),
+                [_encoder.encode(header), b"\n", _encoder.encode(body)],
+                exclusive=True,
+            )
+
+        def chunks() -> Iterator[bytes | memoryview]:
+            yield _stamp_line(stamp)
+            yield from state.body_chunks(layout)
+
+        identity = atomic_write(self._path(user_id, "repo"), chunks(), exclusive=True, before_rename=write_index)
+        # Committed. What follows only tidies up and describes the new files: if it fails, the state is
+        # read again from them on next use.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(user_id, "journal").unlink()
+            self._remove_indexes(user_id, keep=stamp)
+            fd = os.open(self._path(user_id, "repo"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            state.identity = None
+            return
+        if identity_of(fd) != identity:
+            os.close(fd)
+            state.identity = None
+            return
+        state.close()
+        state.fd, state.identity = fd, identity
         for name, written in layout.items():
-            mapping = {rid: r for r, rid in enumerate(written.ids)}
-            for k, tid in enumerate(written.tomb_ids):
-                mapping[tid] = -k - 1
-            refs[name] = mapping
-        store_index = {name: i for i, name in enumerate(names)}
-        body = _Body(
-            stores=list(layout.values()),
-            order_positions=list(state.order_positions),
-            order_stores=[store_index[s] for s in state.order_stores],
-            order_refs=[refs[s][rid] for s, rid in zip(state.order_stores, state.order_ids, strict=True)],
-        )
-        header = _Header(
-            stamp=stamp,
-            epoch=state.epoch if state.epoch != "0" else secrets.token_hex(8),
-            version=state.version,
-            position=state.position,
-            records=state.records,
-            stores=len(layout),
-            totalSyncs=state.total_syncs,
-            lastSync=state.last_sync,
-            dataSize=size - len(chunks[0]),
-            pendingAudit=pending_audit.as_json() if pending_audit is not None else None,
-        )
-        atomic_write(
-            self._path(user_id, "index"), [_encoder.encode(header), b"\n", _encoder.encode(body)], exclusive=True
-        )
-        atomic_write(self._path(user_id, "repo"), chunks, exclusive=True)
-        with contextlib.suppress(FileNotFoundError):
-            self._path(user_id, "journal").unlink()
+            rows = state.stores[name]
+            if rows.dead:
+                state.stores[name] = _Rows.from_index(written)
+                continue
+            rows.starts, rows.ends = array("q", written.starts), array("q", written.ends)
+            rows.heads = array("H", written.heads)
+            rows.mem.clear()
+            rows.body_rows = len(rows.ids)
+        state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
 
     def _upgrade(self, user_id: str, state: _State) -> None:
         """Give a snapshot written by an earlier release (no index) its index, under the user's lock."""
@@ -1166,6 +1388,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 rows.positions.append(position)
                 rows.starts.append(-1)
                 rows.ends.append(-1)
+                rows.heads.append(0)
                 rows.mem[len(rows.ids) - 1] = text
                 rows.live += 1
                 state.order_positions.append(position)
@@ -1178,7 +1401,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         with contextlib.suppress(FileNotFoundError):
             self._path(user_id, "meta").unlink()  # the earlier release's sidecar
         self._write_snapshot(user_id, state, pending_audit=None)
-        self._reload(user_id, state)
         logger.info("upgraded the repository of user %s to the record index (version %s)", user_id, version)
 
     def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
@@ -1257,6 +1479,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                             rows.positions.append(position)
                             rows.starts.append(-1)
                             rows.ends.append(-1)
+                            rows.heads.append(0)
                             rows.mem[len(rows.ids) - 1] = text
                             rows.live += 1
                             state.order_positions.append(position)
@@ -1278,7 +1501,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                         self._path(user_id, "journal").unlink()
                     try:
                         self._write_snapshot(user_id, state, pending_audit=None)
-                        self._reload(user_id, state)
                     except BaseException:
                         state.identity = None
                         raise
@@ -1301,7 +1523,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             state._unorder(gone)
             try:
                 self._write_snapshot(user_id, state, pending_audit=None)
-                self._reload(user_id, state)
             except BaseException:
                 state.identity = None
                 raise
@@ -1310,9 +1531,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     def delete(self, user_id: str) -> None:
         try:
             with self._flock(user_id):
-                for kind in ("repo", "index", "journal", "changelog", "meta"):
+                for kind in ("repo", "journal", "changelog", "meta"):
                     with contextlib.suppress(FileNotFoundError):
                         self._path(user_id, kind).unlink()
+                self._remove_indexes(user_id, keep=None)
                 self._forget_state(user_id)
         except OSError as exc:
             raise StorageError("cannot delete repository") from exc

@@ -880,7 +880,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if identity is None:
             self._reset(state)
             return
-        if identity != state.identity:
+        if identity != state.identity or (locked and state.fd is None):  # (or an upgrade not written yet)
             if not self._load(user_id, state):
                 if not locked:
                     raise _NeedsLock()
@@ -1020,7 +1020,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
-                self._refresh(user_id, state, locked=True)
+                try:
+                    self._refresh(user_id, state, locked=True)
+                except OSError:
+                    if state.identity is None or state.fd is not None:
+                        raise
+                    # A disk that takes no write (full, read-only): an earlier release's snapshot is read as it is.
+                    logger.warning("cannot upgrade the repository of user %s yet", user_id, exc_info=True)
                 try:
                     yield state
                 finally:
@@ -1391,6 +1397,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 rows.heads.append(0)
                 rows.mem[len(rows.ids) - 1] = text
                 rows.live += 1
+                rows.members += _key_length(record_id) + 1 + len(text)
                 state.order_positions.append(position)
                 state.order_stores.append(name)
                 state.order_ids.append(record_id)
@@ -1398,9 +1405,19 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.position = position
         state.total_syncs = entries
         state.last_sync = orjson.loads(last[1]).get("timestamp") if last else None
-        with contextlib.suppress(FileNotFoundError):
+        if identity and identity[3]:  # an index lost or damaged: what the snapshot's journal committed stays
+            state.identity = identity
+            try:
+                self._replay(user_id, state)
+            finally:
+                state.identity = None
+        try:
+            self._write_snapshot(user_id, state, pending_audit=None)
+        except OSError:
+            state.identity = identity  # as read, for readers only (see _state): a writer upgrades it first
+            raise
+        with contextlib.suppress(OSError):
             self._path(user_id, "meta").unlink()  # the earlier release's sidecar
-        self._write_snapshot(user_id, state, pending_audit=None)
         logger.info("upgraded the repository of user %s to the record index (version %s)", user_id, version)
 
     def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
@@ -1482,6 +1499,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                             rows.heads.append(0)
                             rows.mem[len(rows.ids) - 1] = text
                             rows.live += 1
+                            rows.members += _key_length(record_id) + 1 + len(text)
                             state.order_positions.append(position)
                             state.order_stores.append(name)
                             state.order_ids.append(record_id)

@@ -195,13 +195,14 @@ def test_a_repository_written_by_the_previous_release_is_read_and_upgraded_in_pl
     pull = api.get("/api/sync")
     assert pull.content == body  # byte for byte: the records as they were pushed
     # Upgraded in place by that first use: a snapshot with a new stamp, its index, no sidecar.
+    raw = repo.read_bytes()
+    stamp = raw[10:42].decode()
     assert sorted(p.name for p in files_storage.iterdir() if user_id in p.name) == [
         f"changelog_{user_id}.jsonl",
-        f"repo_{user_id}.idx",
+        f"repo_{user_id}.{stamp}.idx",
         f"repo_{user_id}.json",
         f"repo_{user_id}.lock",
     ]
-    raw = repo.read_bytes()
     assert raw.startswith(b'{"stamp":"') and raw.split(b"\n", 1)[1] == body
     assert raw[:45] != (PREVIOUS_RELEASE / f"repo_{PREVIOUS_USERS[kind]}.json").read_bytes()[:45]
     assert api.get("/api/sync", HTTP_IF_NONE_MATCH=pull["ETag"]).status_code == 304
@@ -293,8 +294,6 @@ def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(da
         leftover(data_dir / f".{name}.tmp")
         for name in (
             f"repo_{U}.json",
-            f"repo_{U}.idx",
-            f"repo_{U}.idx.new",
             f"repo_{U}.journal",
             f"changelog_{U}.jsonl",
             f"repo_{U}.meta.json",  # an earlier release's sidecar
@@ -306,6 +305,10 @@ def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(da
     assert theirs.exists()  # another user's: their next push, or the next start
     assert store.load(U).data == {"humans": {"h1": {}, "h2": {}}}
     assert store.summary(U).records == 2
+    # A killed snapshot write's index (named by a stamp of its own): the next snapshot written removes it.
+    index = leftover(data_dir / f".repo_{U}.{'0' * 32}.idx.tmp")
+    store_push(store, U, {"notes": {f"n{i}": {"text": "x" * 1000} for i in range(1500)}}, client_version=2)
+    assert not index.exists()
     prepare_data_dir(data_dir)  # what every start does
     assert not theirs.exists()
 
@@ -331,8 +334,7 @@ def test_a_start_removes_every_kind_of_leftover_and_keeps_every_other_file(data_
         leftover(data_dir / name)
         for name in (
             f".repo_{U}.json.tmp",
-            f".repo_{U}.idx.tmp",
-            f".repo_{U}.idx.new.tmp",
+            f".repo_{U}.{'0' * 32}.idx.tmp",
             f".repo_{U}.journal.tmp",
             f".repo_{U}.meta.json.tmp",
             f".changelog_{U}.jsonl.tmp",
@@ -516,14 +518,17 @@ def test_an_export_to_a_full_disk_says_so_and_leaves_no_file(small_disk: Path) -
 
 
 class Failures:
-    """The disk errors the files store met, by step: a spy that changes nothing."""
+    """The disk errors the files store met, by step: a spy that changes nothing, or with ``full`` a disk
+    that is full for the files whose names end so (the write fails as it starts)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, full: str | None = None) -> None:
         self.seen: list[tuple[str, int | None]] = []
         real_write, real_pwrite = json_file.atomic_write, os.pwrite
 
         def atomic_write(path: Path, data: Any, **options: Any) -> Any:
             try:
+                if full is not None and path.name.endswith(full):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
                 return real_write(path, data, **options)
             except OSError as exc:
                 self.seen.append((path.name, exc.errno))
@@ -577,8 +582,9 @@ def test_a_full_disk_during_a_journal_append_changes_nothing_and_answers_507(
     assert [e["version"] for e in api.get("/api/sync/changes?since=0").json()["changes"]] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("step", ["the snapshot", "its index"])
 def test_a_full_disk_during_a_snapshot_write_changes_nothing_and_answers_507(
-    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     api = Api()
     user_id = api.register("alice")["user"]["id"]
@@ -588,21 +594,29 @@ def test_a_full_disk_during_a_snapshot_write_changes_nothing_and_answers_507(
     pulled = api.get("/api/sync").content
     status = api.get("/api/sync/status").json()["account"]
     filler = fill(small_disk.parent)
-    free(filler, 256 << 10)  # room for the changelog line and the new index, not for the new snapshot
+    if step == "the snapshot":
+        free(filler, 256 << 10)  # room for the changelog line, not for the new snapshot
+        failures = Failures(monkeypatch)
+    else:
+        free(filler, 3 << 20)  # room for the new snapshot: the disk is full when its index is written
+        failures = Failures(monkeypatch, full=".idx")
     before = snapshot(small_disk)
-    failures = Failures(monkeypatch)
 
     large = {"notes": {f"n{i}": {"text": "z" * 1000} for i in range(1200)}}  # too large for the journal
     response = api.post("/api/sync", {"clientVersion": 2, "stores": large})
     assert_error(response, 507, "Not enough disk space on the server")
-    assert failures.seen == [(f"repo_{user_id}.json", errno.ENOSPC)]  # the index was written, then the snapshot failed
-    assert snapshot(small_disk) == before  # no new index, no cut journal, the changelog line gone
+    failed = [(f"repo_{user_id}.json", errno.ENOSPC)]
+    if step == "its index":  # written once the new snapshot is, before it takes the name
+        failed.insert(0, (next(name for name, _ in failures.seen if name.endswith(".idx")), errno.ENOSPC))
+    assert failures.seen == failed
+    assert snapshot(small_disk) == before  # no new snapshot or index, the journal whole, the changelog line gone
     for reader in (api, Api()):
         reader.token = api.token
         assert reader.get("/api/sync").content == pulled
         assert reader.get("/api/sync/status").json()["account"] == status
     assert api.get("/api/sync/records/humans/a1").status_code == 404  # the journalled delete stands
 
+    monkeypatch.undo()
     filler.unlink()
     assert api.post("/api/sync", {"clientVersion": 2, "stores": large}).json()["version"] == 3
     assert not (small_disk / f"repo_{user_id}.journal").exists()
@@ -642,7 +656,7 @@ def test_a_previous_release_repository_on_a_disk_that_takes_no_write_is_read_and
             read_only(small_disk.parent, on=False)
     assert api.get("/api/sync").content == body
     assert api.post("/api/sync/ops", {"operations": [op]}).json()["version"] == 4  # upgraded first, then the op
-    assert (small_disk / f"repo_{user_id}.idx").exists()
+    assert len(list(small_disk.glob(f"repo_{user_id}.*.idx"))) == 1
     assert not (small_disk / f"repo_{user_id}.meta.json").exists()
     assert api.get("/api/sync/records/humans/h1").json()["version"] == 2
     assert api.get("/api/sync/records/humans/h2").json()["version"] == 1

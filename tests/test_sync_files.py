@@ -57,7 +57,6 @@ def body(version: int, stores: dict) -> bytes:
 def path(data_dir: Path, kind: str) -> Path:
     names = {
         "repo": f"repo_{U}.json",
-        "index": f"repo_{U}.idx",
         "journal": f"repo_{U}.journal",
         "changelog": f"changelog_{U}.jsonl",
     }
@@ -65,7 +64,19 @@ def path(data_dir: Path, kind: str) -> Path:
 
 
 def names(data_dir: Path) -> list[str]:
-    return sorted(p.name for p in data_dir.iterdir())
+    """The data directory's files, the index named ``<stamp>.idx`` when it is the snapshot's."""
+    stamp = STAMP_LINE.match(path(data_dir, "repo").read_bytes()) if path(data_dir, "repo").exists() else None
+    index = f"repo_{U}.{stamp.group(1).decode()}.idx" if stamp else None
+    return sorted("<stamp>.idx" if p.name == index else p.name for p in data_dir.iterdir())
+
+
+def index_path(data_dir: Path) -> Path:
+    """The index of the snapshot, named by the snapshot's stamp."""
+    return data_dir / f"repo_{U}.{stamp_of(data_dir)}.idx"
+
+
+def indexes(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.glob(f"repo_{U}.*.idx"))
 
 
 def changelog_lines(data_dir: Path) -> list[bytes]:
@@ -101,14 +112,14 @@ def stamp_of(data_dir: Path) -> str:
 
 
 def index_stamp(data_dir: Path) -> str:
-    return orjson.loads(path(data_dir, "index").read_bytes().split(b"\n", 1)[0])["stamp"]
+    return orjson.loads(index_path(data_dir).read_bytes().split(b"\n", 1)[0])["stamp"]
 
 
 def snapshot_files(data_dir: Path) -> tuple[int, int, str, str]:
     """The snapshot's inode and mtime, its bytes' and its index's hash: what a rewrite changes."""
     st = os.stat(path(data_dir, "repo"))
     digest = hashlib.sha256(path(data_dir, "repo").read_bytes()).hexdigest()
-    return st.st_ino, st.st_mtime_ns, digest, hashlib.sha256(path(data_dir, "index").read_bytes()).hexdigest()
+    return st.st_ino, st.st_mtime_ns, digest, hashlib.sha256(index_path(data_dir).read_bytes()).hexdigest()
 
 
 def everything(store: JSONFileRepositoryStore) -> tuple:
@@ -140,6 +151,7 @@ def test_snapshot_is_a_stamp_line_then_exactly_the_pull_body(store: JSONFileRepo
     assert stamp_of(data_dir) != first  # a new stamp with every snapshot written
     assert index_stamp(data_dir) == stamp_of(data_dir)
     assert snapshot_body(data_dir) == b'{"version":2,"data":{"humans":{"h2":{}}}}' == store.pull_bytes(U)
+    assert store.summary(U).data_size_bytes == len(store.pull_bytes(U))  # as this worker holds it
 
 
 @pytest.mark.parametrize("sizes", [[0], [1], [PIECE], [PIECE + 1, 0, 3], [5000, 2 * PIECE]])
@@ -197,14 +209,16 @@ def test_an_op_writes_one_journal_line_and_does_not_rewrite_the_snapshot(
 def test_a_noop_push_or_op_writes_nothing(store: JSONFileRepositoryStore, data_dir: Path) -> None:
     push(store, {"humans": {"h1": {"a": 1}, "h2": {}}})
     ops(store, {"action": "delete", "store": "humans", "entity_id": "h2"})  # a journal to leave alone
-    before = {name: (data_dir / name).read_bytes() for name in names(data_dir)}
-    stats = {name: os.stat(data_dir / name).st_mtime_ns for name in names(data_dir)}
+    files = sorted(data_dir.iterdir())
+    before = {p.name: p.read_bytes() for p in files}
+    stats = {p.name: p.stat().st_mtime_ns for p in files}
     assert push(store, {"humans": {"h1": {"a": 1.0}}}, cv=2).version == 2
     ops(store, {"action": "update", "store": "humans", "entity_id": "h1", "data": {"a": 1}})
     ops(store, {"action": "delete", "store": "humans", "entity_id": "h2"})
     ops(store, {"action": "delete", "store": "humans", "entity_id": "never"})
-    assert {name: (data_dir / name).read_bytes() for name in names(data_dir)} == before
-    assert {name: os.stat(data_dir / name).st_mtime_ns for name in names(data_dir)} == stats
+    assert sorted(data_dir.iterdir()) == files
+    assert {p.name: p.read_bytes() for p in files} == before
+    assert {p.name: p.stat().st_mtime_ns for p in files} == stats
 
 
 def test_a_large_change_set_writes_a_new_snapshot_and_removes_the_journal(
@@ -221,7 +235,7 @@ def test_a_large_change_set_writes_a_new_snapshot_and_removes_the_journal(
     assert index_stamp(data_dir) == stamp_of(data_dir)
     expected = body(3, {"humans": {"h1": {"a": 1}, "h2": {"a": 2}}, **big})
     assert snapshot_body(data_dir) == expected == store.pull_bytes(U)
-    assert names(data_dir) == [f"changelog_{U}.jsonl", f"repo_{U}.idx", f"repo_{U}.json", f"repo_{U}.lock"]
+    assert names(data_dir) == ["<stamp>.idx", f"changelog_{U}.jsonl", f"repo_{U}.json", f"repo_{U}.lock"]
     # And the next small one goes to a new journal that follows the new snapshot.
     push(store, {"humans": {"h3": {}}}, cv=3)
     assert journal_head(data_dir) == stamp_of(data_dir)
@@ -362,7 +376,9 @@ def expected_after_re_push(stores: dict) -> tuple[dict, dict]:
     return pushed, result
 
 
-@pytest.mark.parametrize("index", ["current", "missing", "of another snapshot", "cut short", "garbage"])
+@pytest.mark.parametrize(
+    "index", ["current", "missing", "of another snapshot", "only another snapshot's", "cut short", "garbage"]
+)
 def test_a_re_push_merges_the_same_whatever_the_index_says(
     store: JSONFileRepositoryStore, data_dir: Path, index: str
 ) -> None:
@@ -372,27 +388,31 @@ def test_a_re_push_merges_the_same_whatever_the_index_says(
     push(store, stores)
     push(store, {"tags": {"t0": {"i": 0}}}, cv=1)  # no change: nothing journalled
     assert not path(data_dir, "journal").exists()
-    index_path = path(data_dir, "index")
+    ours = index_path(data_dir)
     assert index_stamp(data_dir) == stamp_of(data_dir)
     summary = store.summary(U)
     assert (summary.version, summary.records, summary.stores, summary.total_syncs) == (1, 5010, 2, 1)
+    elsewhere = data_dir / "elsewhere"
+    elsewhere.mkdir()
+    store_push(JSONFileRepositoryStore(location=elsewhere), U, {"humans": {"h0": {"i": 0}, "x": {}}}, timestamp=TS)
+    (theirs,) = elsewhere.glob("*.idx")
     if index == "missing":
-        index_path.unlink()
+        ours.unlink()
     elif index == "of another snapshot":
-        elsewhere = data_dir / "elsewhere"
-        elsewhere.mkdir()
-        other = JSONFileRepositoryStore(location=elsewhere)
-        store_push(other, U, {"humans": {"h0": {"i": 0, "name": "Person 0"}, "x": {}}}, timestamp=TS)
-        index_path.write_bytes((elsewhere / index_path.name).read_bytes())
+        ours.write_bytes(theirs.read_bytes())
         assert index_stamp(data_dir) != stamp_of(data_dir)
+    elif index == "only another snapshot's":
+        ours.unlink()
+        (data_dir / theirs.name).write_bytes(theirs.read_bytes())
     elif index == "cut short":
-        index_path.write_bytes(index_path.read_bytes()[:-100])
+        ours.write_bytes(ours.read_bytes()[:-100])
     elif index == "garbage":
-        index_path.write_bytes(b"[1,2")
+        ours.write_bytes(b"[1,2")
     reader = JSONFileRepositoryStore(location=data_dir)
     assert reader.pull_bytes(U) == body(1, stores)
     assert reader.summary(U) == summary
     assert index_stamp(data_dir) == stamp_of(data_dir)  # rebuilt (or kept) for this snapshot
+    assert indexes(data_dir) == [index_path(data_dir).name]
 
     pushed, result = expected_after_re_push(stores)
     outcome = push(reader, pushed, cv=1)
@@ -415,10 +435,11 @@ def test_a_rebuilt_index_keeps_what_the_journal_committed(
     ops(store, {"action": "delete", "store": "humans", "entity_id": "h2"})
     expected = store.pull_bytes(U)
     assert expected == body(3, {"humans": {"h1": {"a": 2}, "h3": {}}})
+    ours = index_path(data_dir)
     if index == "missing":
-        path(data_dir, "index").unlink()
+        ours.unlink()
     else:
-        path(data_dir, "index").write_bytes(path(data_dir, "index").read_bytes().replace(b'"stamp":"', b'"stamp":"0'))
+        ours.write_bytes(ours.read_bytes().replace(b'"stamp":"', b'"stamp":"0'))
     reader = JSONFileRepositoryStore(location=data_dir)
     assert reader.pull_bytes(U) == expected
     assert reader.summary(U).version == 3
@@ -426,18 +447,25 @@ def test_a_rebuilt_index_keeps_what_the_journal_committed(
     assert push(reader, {"humans": {"h4": {}}}, cv=3).version == 4
 
 
-def test_a_snapshot_whose_index_was_not_yet_renamed_into_place_keeps_its_index(
-    store: JSONFileRepositoryStore, data_dir: Path
+@pytest.mark.parametrize("killed", ["before the new snapshot took the name", "before the old index went"])
+def test_a_writer_killed_between_a_snapshot_and_its_index_leaves_a_whole_pair(
+    store: JSONFileRepositoryStore, data_dir: Path, killed: str
 ) -> None:
     push(store, {"humans": {"h1": {}, "h2": {}}})
     ops(store, {"action": "delete", "store": "humans", "entity_id": "h2"})
     ops(store, {"action": "update", "store": "humans", "entity_id": "h1", "data": {"v": 2}})
-    previous_index = path(data_dir, "index").read_bytes()
-    push(store, {"notes": {f"n{i}": {"text": "x" * 1000} for i in range(1500)}}, cv=3)
+    old_index = index_path(data_dir)
+    old_bytes = old_index.read_bytes()
+    if killed == "before the new snapshot took the name":
+        # The new snapshot's index is written (and its temporary file half), the old pair is untouched.
+        stray = "0" * 32
+        (data_dir / f"repo_{U}.{stray}.idx").write_bytes(old_bytes.replace(stamp_of(data_dir).encode(), stray.encode()))
+        (data_dir / f".repo_{U}.{'1' * 32}.idx.tmp").write_bytes(old_bytes[:50])
+    else:
+        push(store, {"notes": {f"n{i}": {"text": "x" * 1000} for i in range(1500)}}, cv=3)
+        old_index.write_bytes(old_bytes)
+    assert len(indexes(data_dir)) == 2
     before = everything(store)
-    # A writer killed between renaming the new snapshot and its new index into place.
-    path(data_dir, "index").rename(data_dir / f"repo_{U}.idx.new")
-    path(data_dir, "index").write_bytes(previous_index)
     reader = JSONFileRepositoryStore(location=data_dir)
     assert everything(reader) == before
     with reader.reading(U) as snapshot:
@@ -445,6 +473,10 @@ def test_a_snapshot_whose_index_was_not_yet_renamed_into_place_keeps_its_index(
             "h1": (2, 3, False),
             "h2": (2, 2, True),
         }
+    reader.purge(U, through_seq=2)  # the next snapshot written tidies up
+    assert indexes(data_dir) == [index_path(data_dir).name]
+    assert [p.name for p in data_dir.glob(".*")] == []
+    assert reader.pull_bytes(U) == before[0]
 
 
 # --- crash leftovers and workers ------------------------------------------------------------------
@@ -454,15 +486,15 @@ def test_no_temporary_files_are_left(store: JSONFileRepositoryStore, data_dir: P
     for n in range(5):
         push(store, {"humans": {f"h{n}": {}}}, cv=n)
     assert names(data_dir) == [
+        "<stamp>.idx",
         f"changelog_{U}.jsonl",
-        f"repo_{U}.idx",
         f"repo_{U}.journal",
         f"repo_{U}.json",
         f"repo_{U}.lock",
     ]
     assert [line["version"] for line in journal_lines(data_dir)] == [2, 3, 4, 5]
     push(store, {"notes": {f"n{i}": {"text": "x" * 1000} for i in range(1500)}}, cv=5)
-    assert names(data_dir) == [f"changelog_{U}.jsonl", f"repo_{U}.idx", f"repo_{U}.json", f"repo_{U}.lock"]
+    assert names(data_dir) == ["<stamp>.idx", f"changelog_{U}.jsonl", f"repo_{U}.json", f"repo_{U}.lock"]
 
 
 def test_leftover_changelog_line_of_a_crashed_commit_is_ignored_then_replaced(
@@ -522,12 +554,12 @@ def test_a_worker_never_serves_a_copy_another_worker_replaced(store: JSONFileRep
 
 def test_store_names_and_ids_never_become_paths(store: JSONFileRepositoryStore, data_dir: Path) -> None:
     push(store, {"../../etc/passwd": {"../x": {}}, "__proto__": {"constructor": {}}})
-    assert names(data_dir) == [f"changelog_{U}.jsonl", f"repo_{U}.idx", f"repo_{U}.json", f"repo_{U}.lock"]
+    assert names(data_dir) == ["<stamp>.idx", f"changelog_{U}.jsonl", f"repo_{U}.json", f"repo_{U}.lock"]
     push(store, {"/tmp/x": {"../../y": {}}, "repo_x.json": {"\\..\\z": {}}}, cv=1)
     ops(store, {"action": "delete", "store": "../../etc/passwd", "entity_id": "../x"})
     assert names(data_dir) == [
+        "<stamp>.idx",
         f"changelog_{U}.jsonl",
-        f"repo_{U}.idx",
         f"repo_{U}.journal",
         f"repo_{U}.json",
         f"repo_{U}.lock",

@@ -209,7 +209,6 @@ class _Header(msgspec.Struct):
     totalSyncs: int
     lastSync: str | None
     dataSize: int
-    pendingAudit: dict[str, Any] | None = None
 
 
 class _Body(msgspec.Struct, array_like=True):
@@ -248,6 +247,14 @@ class _JournalHead(msgspec.Struct):
 
 
 _journal_decoder = msgspec.json.Decoder(_JournalLine)
+
+
+class _JournalSummary(msgspec.Struct):
+    version: int
+    summary: tuple[int, int, int, str | None, int]
+
+
+_journal_summary_decoder = msgspec.json.Decoder(_JournalSummary)
 _NULL = msgspec.Raw(b"null")
 
 
@@ -882,6 +889,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return
         if identity != state.identity or (locked and state.fd is None):  # (or an upgrade not written yet)
             if not self._load(user_id, state):
+                if not self._earlier_release(user_id, identity):
+                    logger.error("the snapshot of user %s has no readable index", user_id)
+                    raise StorageError("repository index missing or unreadable")
                 if not locked:
                     raise _NeedsLock()
                 self._upgrade(user_id, state)
@@ -905,7 +915,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return True
         try:
             identity = identity_of(fd)
-            header, body = self._read_index(user_id, identity[3])
+            header, body, pending = self._read_index(user_id, identity[3])
         except BaseException:
             os.close(fd)
             raise
@@ -917,7 +927,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.epoch, state.version, state.snapshot_version = header.epoch, header.version, header.version
         state.position = header.position
         state.total_syncs, state.last_sync = header.totalSyncs, header.lastSync
-        state.pending_audit = header.pendingAudit
+        state.pending_audit = pending
         state.stores = {index.name: _Rows.from_index(index) for index in body.stores}
         names = [index.name for index in body.stores]
         lists = [(index.ids, index.tomb_ids) for index in body.stores]
@@ -929,22 +939,70 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self._replay(user_id, state)
         return True
 
-    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None]:
+    def _read_index(self, user_id: str, stamp: str) -> tuple[_Header | None, _Body | None, dict[str, Any] | None]:
+        """The index of the snapshot with ``stamp``: its header, its body and the audit batch of the commit
+        that wrote it (lines 1 to 3); Nones when there is none."""
         if not stamp:
-            return None, None
+            return None, None, None
         try:
             raw = self._index_path(user_id, stamp).read_bytes()
         except FileNotFoundError:
-            return None, None
-        newline = raw.find(b"\n")
+            return None, None, None
+        first = raw.find(b"\n")
+        second = raw.find(b"\n", first + 1)
         try:
-            header = _header_decoder.decode(raw[:newline])
-            if header.stamp != stamp:
-                return None, None
-            return header, _body_decoder.decode(memoryview(raw)[newline + 1 :])
+            header = _header_decoder.decode(raw[:first])
+            if header.stamp != stamp or second < 0:
+                return None, None, None
+            body = _body_decoder.decode(memoryview(raw)[first + 1 : second])
+            pending = msgspec.json.decode(memoryview(raw)[second + 1 :], type=dict[str, Any] | None)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            logger.warning("index of user %s cannot be read: rebuilding it", user_id)
-            return None, None
+            logger.error("the index of user %s cannot be read: rebuilding it from the snapshot", user_id)
+            return None, None, None
+        return header, body, pending
+
+    def _header(self, user_id: str, stamp: str) -> _Header | None:
+        """Only the first line of the index of the snapshot with ``stamp`` (the counts): a small read."""
+        if not stamp:
+            return None
+        try:
+            fd = os.open(self._index_path(user_id, stamp), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+        newline = head.find(b"\n")
+        try:
+            header = _header_decoder.decode(head[:newline]) if newline > 0 else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return header if header is not None and header.stamp == stamp else None
+
+    def _journal_summary(self, user_id: str, stamp: str) -> tuple[int, tuple[int, int, int, str | None, int]] | None:
+        """The version and counts of the last commit in the journal that follows the snapshot ``stamp``."""
+        try:
+            fd = os.open(self._path(user_id, "journal"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, 256, 0)
+            newline = head.find(b"\n")
+            try:
+                if newline < 0 or msgspec.json.decode(head[:newline], type=_JournalHead).journal != stamp:
+                    return None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            size = os.fstat(fd).st_size
+            for offset, line in _reverse_lines(fd, size):
+                if offset <= newline or offset + len(line) >= size:
+                    continue  # the head line, or a torn last line (never committed)
+                summary = _journal_summary_decoder.decode(line)
+                return summary.version, summary.summary
+            return None
+        finally:
+            os.close(fd)
 
     def _replay(self, user_id: str, state: _State) -> None:
         """Apply the journal lines ``state`` has not seen (the journal must follow the state's snapshot)."""
@@ -1145,6 +1203,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             return RecordDump(version=state.version, stores=stores, tombstones=tombstones)
 
     def summary(self, user_id: str) -> RepositorySummary:
+        # From the index's first line and the journal's last line, without loading the repository (the
+        # admin's list of users asks for everyone's); a snapshot of an earlier release is loaded (upgraded).
+        identity = file_identity(self._path(user_id, "repo"))
+        if identity is None:
+            return EMPTY_SUMMARY
+        header = self._header(user_id, identity[3])
+        if header is not None:
+            last = self._journal_summary(user_id, identity[3])
+            if last is not None and last[0] > header.version:
+                records, stores, total_syncs, last_sync, data_size = last[1]
+                return RepositorySummary(last[0], stores, records, data_size, total_syncs, last_sync)
+            return RepositorySummary(
+                header.version, header.stores, header.records, header.dataSize, header.totalSyncs, header.lastSync
+            )
         with self._state(user_id, locked=False) as state:
             if state.identity is None:
                 return EMPTY_SUMMARY
@@ -1215,9 +1287,9 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 self._write_snapshot(user_id, state, pending_audit=batch)
                 committed = True
             else:
+                state.apply(change_set, keep_texts=True)
                 journal = self._append_journal(user_id, state, change_set, batch)
                 committed = True
-                state.apply(change_set, keep_texts=True)
                 state.journal = journal
         except BaseException:
             if not committed:
@@ -1251,12 +1323,12 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         self, user_id: str, state: _State, change_set: ChangeSet, batch: audit.PendingBatch | None
     ) -> tuple[int, int]:
         """Append the change set's line to the journal, fsynced: the commit point. The journal's (inode, size)."""
-        records = state.records
+        # ``state`` has the change set applied already: the line's counts are the repository's after it.
         line = _JournalLine(
             version=change_set.version,
-            position=state.position + change_set.count(),
+            position=state.position,
             timestamp=change_set.timestamp,
-            summary=(records, len(state.stores), state.total_syncs + 1, change_set.timestamp, state.data_size),
+            summary=(state.records, len(state.stores), state.total_syncs, state.last_sync, state.data_size),
             writes=[
                 _JournalWrite(
                     w.store, w.ids, w.versions, "".join(w.actions), [t if t is not None else _NULL for t in w.texts]
@@ -1324,11 +1396,10 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 totalSyncs=state.total_syncs,
                 lastSync=state.last_sync,
                 dataSize=identity[1] - _STAMP_LINE,
-                pendingAudit=pending,
             )
             atomic_write(
                 self._index_path(user_id, stamp),
-                [_encoder.encode(header), b"\n", _encoder.encode(body)],
+                [_encoder.encode(header), b"\n", _encoder.encode(body), b"\n", _encoder.encode(pending)],
                 exclusive=True,
             )
 
@@ -1363,6 +1434,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             rows.mem.clear()
             rows.body_rows = len(rows.ids)
         state.epoch, state.snapshot_version, state.journal, state.pending_audit = epoch, state.version, None, pending
+
+    def _earlier_release(self, user_id: str, identity: FileIdentity) -> bool:
+        """Whether a snapshot without its index was written by an earlier release (then it is upgraded).
+
+        Earlier releases wrote no index and no journal, and a stamped file with
+        a sidecar (``.meta.json``). A snapshot of this release that lost its
+        index (by hand) is refused instead: versions and tombstones live there.
+        """
+        if not identity[3] or self._path(user_id, "meta").exists():
+            return True
+        if self._path(user_id, "journal").exists():
+            return False
+        prefix = f"repo_{user_id}."
+        return not any(e.name.startswith(prefix) and e.name.endswith(".idx") for e in os.scandir(self.directory))
 
     def _upgrade(self, user_id: str, state: _State) -> None:
         """Give a snapshot written by an earlier release (no index) its index, under the user's lock."""

@@ -1490,12 +1490,6 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.position = position
         state.total_syncs = entries
         state.last_sync = orjson.loads(last[1]).get("timestamp") if last else None
-        if identity and identity[3]:  # an index lost or damaged: what the snapshot's journal committed stays
-            state.identity = identity
-            try:
-                self._replay(user_id, state)
-            finally:
-                state.identity = None
         try:
             self._write_snapshot(user_id, state, pending_audit=None)
         except OSError:

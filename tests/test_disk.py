@@ -126,6 +126,8 @@ def test_a_repository_replaced_in_the_same_inode_with_the_same_size_and_mtime_is
     elsewhere = data_dir / "elsewhere"
     elsewhere.mkdir()
     JSONFileRepositoryStore(location=elsewhere).replace(U, dump_of(Repository(version=1, data=one)), [])
+    (index,) = elsewhere.glob("*.idx")  # that writer's snapshot comes with its index, named by its stamp
+    (data_dir / index.name).write_bytes(index.read_bytes())
     replace_in_place(path, (elsewhere / f"repo_{U}.json").read_bytes())
 
     assert store.pull_tag(U) != tag
@@ -149,7 +151,14 @@ def test_a_gzip_pull_of_a_repository_replaced_in_the_same_inode_is_the_new_body(
     assert list((files_storage / "pullcache").glob("*.json.gz"))  # kept: the next gzip pull is a file sent
     user_id = api.get("/api/auth/me").json()["user"]["id"]
     path = files_storage / f"repo_{user_id}.json"
-    replace_in_place(path, new_stamp_line(path.read_bytes().replace(b"Person", b"Ghosts")))
+    replaced = new_stamp_line(path.read_bytes().replace(b"Person", b"Ghosts"))
+    # The other writer's index, for its stamp: the records lie where they did.
+    old_stamp, new_stamp = path.read_bytes()[10:42], replaced[10:42]
+    old_index = files_storage / f"repo_{user_id}.{old_stamp.decode()}.idx"
+    (files_storage / f"repo_{user_id}.{new_stamp.decode()}.idx").write_bytes(
+        old_index.read_bytes().replace(old_stamp, new_stamp)
+    )
+    replace_in_place(path, replaced)
 
     again = api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
     assert gzip.decompress(again.content) == old_body.replace(b"Person", b"Ghosts") != old_body

@@ -206,17 +206,20 @@ def position(query: QueryDict, name: str) -> int:
     return 2**63 - 1 if len(digits) > 18 else int(digits)
 
 
-_TRUE, _FALSE = {"1", "true"}, {"0", "false", ""}
+_TRUE, _FALSE = ("1", "true"), ("0", "false", "")
 
 
 def flag(query: QueryDict, name: str) -> bool:
-    """A yes/no parameter (``deleted``): absent, ``0``, ``false``: no; ``1``, ``true``: yes; else 400."""
+    """A yes/no parameter (``deleted``): absent, empty, ``0``, ``false``: no; ``1``, ``true``: yes; anything else 400.
+
+    Exactly these spellings: no other letter case, no white space, not
+    given twice (a strict reader does not guess).
+    """
     given, text = _only_value(query, name)
     if not given:
         return False
-    lowered = (text or "").strip().lower() if text is not None else None
-    if lowered in _TRUE:
+    if text in _TRUE:
         return True
-    if lowered in _FALSE:
+    if text in _FALSE:
         return False
-    raise BadRequest(f"{name} must be 1 or 0")
+    raise BadRequest(f"{name} must be 1, true, 0 or false")

@@ -77,6 +77,14 @@ _STORES = {
     ),
     "additionalProperties": {"type": "object", "additionalProperties": _RECORD},
 }
+_STORE_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": STORE_NAME_MAX,
+    "pattern": "^[^\\u0000-\\u001f]*$",
+    "description": "No control characters (U+0000 to U+001F).",
+}
+_RECORD_ID = {**_STORE_NAME, "maxLength": RECORD_ID_MAX}
 _STORE_AND_ID = _object({"store": {"type": "string"}, "id": {"type": "string"}})
 
 # Named bodies, as PROTOCOL.md gives them.
@@ -179,7 +187,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "added": {"type": "integer", "minimum": 0},
             "modified": {"type": "integer", "minimum": 0},
             "message": {"type": "string", "example": "Sync successful. 1 added, 0 modified."},
+            "skipped": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Pushed ids that are tombstones, not brought back (PROTOCOL.md §7.1); only when not 0.",
+            },
         },
+        required=["version", "added", "modified", "message"],
         additionalProperties=False,
     ),
     "Pull": _object({"version": {"type": "integer", "minimum": 0}, "data": _STORES}, additionalProperties=False),
@@ -282,6 +296,182 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         additionalProperties=False,
         description="A refused (403) or failed (400) query; the text never holds the password.",
     ),
+    # --- record-level sync (PROTOCOL.md §7) ---
+    "Op": {
+        **_object(
+            {
+                "action": {"type": "string", "enum": ["create", "update", "delete"]},
+                "store": _STORE_NAME,
+                "entity_id": _RECORD_ID,
+                "id": {**_RECORD_ID, "description": "The older name of entity_id (entity_id wins when both are sent)."},
+                "data": {**_RECORD, "description": "The record; required for create and update, ignored for delete."},
+                "expectedVersion": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": _INT64_MAX,
+                    "nullable": True,
+                    "description": "Apply only if the record's version (its tombstone's, 0 for an id never seen) is this.",
+                },
+            },
+            required=["action", "store"],
+        ),
+        "allOf": [
+            {"anyOf": [{"required": ["entity_id"]}, {"required": ["id"]}]},
+            {"anyOf": [{"properties": {"action": {"enum": ["delete"]}}}, {"required": ["data"]}]},
+        ],
+        "description": "Other fields are ignored.",
+    },
+    "Ops": _object(
+        {"operations": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("Op")}},
+        description="Validated whole (400 naming operations[i], nothing applied), then applied in order as one commit.",
+    ),
+    "OpApplied": _object(
+        {
+            "ok": {"type": "boolean", "enum": [True]},
+            "entity_id": {"type": "string"},
+            "id": {"type": "string"},
+            "store": {"type": "string"},
+            "action": {
+                "type": "string",
+                "enum": ["create", "update", "delete"],
+                "description": "An update applied to an absent id is a create.",
+            },
+            "version": {"type": "integer", "minimum": 0, "description": "The record's version after the op."},
+        },
+        additionalProperties=False,
+    ),
+    "OpConflict": _object(
+        {
+            "ok": {"type": "boolean", "enum": [False]},
+            "conflict": {"type": "boolean", "enum": [True]},
+            "entity_id": {"type": "string"},
+            "id": {"type": "string"},
+            "store": {"type": "string"},
+            "action": {"type": "string", "enum": ["create", "update", "delete"]},
+            "serverVersion": {"type": "integer", "minimum": 0, "description": "0 for an id never seen."},
+            "serverData": {
+                **_RECORD,
+                "nullable": True,
+                "description": "The record now; null for a tombstone or an id never seen.",
+            },
+        },
+        additionalProperties=False,
+    ),
+    "OpsResult": _object(
+        {
+            "version": {"type": "integer", "minimum": 0},
+            "applied": {"type": "integer", "minimum": 0},
+            "conflicts": {"type": "integer", "minimum": 0},
+            "results": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": {"oneOf": [ref("OpApplied"), ref("OpConflict")]},
+                "description": "One per op, at the op's index.",
+            },
+        },
+        additionalProperties=False,
+    ),
+    "AuditEntry": _object(
+        {
+            "seq": {"type": "integer", "minimum": 1},
+            "timestamp": _TIMESTAMP,
+            "username": {"type": "string"},
+            "userId": {"type": "string"},
+            "targetUsername": {"type": "string", "nullable": True},
+            "targetUserId": {"type": "string", "nullable": True},
+            "ip": {"type": "string", "nullable": True},
+            "action": {"type": "string", "example": "update"},
+            "store": {"type": "string", "nullable": True},
+            "entity_id": {"type": "string", "nullable": True},
+            "version": {"type": "integer", "minimum": 1, "nullable": True},
+        },
+        additionalProperties=False,
+    ),
+    "AuditPage": _object(
+        {
+            "ops": {"type": "array", "maxItems": 1000, "items": ref("AuditEntry")},
+            "count": {"type": "integer", "minimum": 0, "description": "Entries in this page."},
+            "latestSeq": {"type": "integer", "minimum": 0, "description": "The server's last seq."},
+        },
+        additionalProperties=False,
+    ),
+    "Record": _object(
+        {
+            "store": {"type": "string"},
+            "id": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "data": _RECORD,
+        },
+        additionalProperties=False,
+    ),
+    "RecordBody": {**_RECORD, "description": "The record itself: a JSON object, by a push's rules."},
+    "RecordWritten": _object(
+        {
+            "store": {"type": "string"},
+            "id": {"type": "string"},
+            "version": {"type": "integer", "minimum": 0, "description": "0 for a delete of an id never seen."},
+        },
+        additionalProperties=False,
+    ),
+    "PreconditionFailed": _object(
+        {
+            "error": {"type": "string", "enum": ["Precondition failed"]},
+            "serverVersion": {"type": "integer", "minimum": 0},
+            "serverData": {**_RECORD, "nullable": True},
+        },
+        additionalProperties=False,
+        description="412: the record now (serverData null for a tombstone or an id never seen).",
+    ),
+    "CursorEntity": _object(
+        {
+            "store": {"type": "string"},
+            "id": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "seq": {"type": "integer", "minimum": 1},
+            "data": _RECORD,
+        },
+        additionalProperties=False,
+    ),
+    "CursorTombstone": _object(
+        {
+            "store": {"type": "string"},
+            "id": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "seq": {"type": "integer", "minimum": 1},
+            "deleted": {"type": "boolean", "enum": [True]},
+            "data": {"nullable": True, "enum": [None], "description": "Always null."},
+        },
+        additionalProperties=False,
+    ),
+    "CursorPage": _object(
+        {
+            "entities": {
+                "type": "array",
+                "maxItems": 5000,
+                "items": {"oneOf": [ref("CursorEntity"), ref("CursorTombstone")]},
+            },
+            "nextCursor": {"type": "string", "description": "Where the next call goes on from; always present."},
+            "hasMore": {"type": "boolean"},
+            "latestSeq": {"type": "integer", "minimum": 0, "description": "The repository version."},
+        },
+        additionalProperties=False,
+    ),
+    "Stores": _object(
+        {
+            "stores": {
+                "type": "array",
+                "items": _object(
+                    {"store": {"type": "string"}, "count": {"type": "integer", "minimum": 0}},
+                    additionalProperties=False,
+                ),
+                "description": "In pull order; a store whose records are all deleted has count 0.",
+            },
+            "total": {"type": "integer", "minimum": 0},
+            "latestSeq": {"type": "integer", "minimum": 0},
+        },
+        additionalProperties=False,
+    ),
 }
 
 _ERRORS = {
@@ -381,7 +571,7 @@ AUDIT_SINCE = OpenApiParameter(
     description="Entries with a seq above this (ASCII digits; default 0).",
 )  # fmt: skip
 AUDIT_LIMIT = OpenApiParameter(
-    "limit", {"type": "string", "pattern": "^[0-9]+$"}, OpenApiParameter.QUERY,
+    "limit", {"type": "string", "pattern": "^0*[1-9][0-9]*$"}, OpenApiParameter.QUERY,
     description="Entries per page: default 200, at most 1000 (a larger value is read as 1000); 0 is 400.",
 )  # fmt: skip
 CURSOR = OpenApiParameter(
@@ -389,15 +579,42 @@ CURSOR = OpenApiParameter(
     description="A nextCursor this server issued; absent or empty: from the beginning. Any other string is 400.",
 )  # fmt: skip
 CURSOR_LIMIT = OpenApiParameter(
-    "limit", {"type": "string", "pattern": "^[0-9]+$"}, OpenApiParameter.QUERY,
+    "limit", {"type": "string", "pattern": "^0*[1-9][0-9]*$"}, OpenApiParameter.QUERY,
     description="Entities per page: default 500, at most 5000 (a larger value is read as 5000); 0 is 400.",
 )  # fmt: skip
 CURSOR_STORE = OpenApiParameter(
-    "store", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Only this store's records."
-)
+    "store", {"type": "string", "maxLength": STORE_NAME_MAX, "pattern": "^[^\\u0000-\\u001f]*$"},
+    OpenApiParameter.QUERY,
+    description="Only this store's records (an unknown store: an empty page; empty: every store).",
+)  # fmt: skip
 CURSOR_DELETED = OpenApiParameter(
-    "deleted", {"type": "string", "enum": ["0", "1", "true", "false"]}, OpenApiParameter.QUERY,
-    description="1: tombstones too, as {store, id, version, seq, deleted: true, data: null}.",
+    "deleted", {"type": "string", "enum": ["0", "1", "true", "false", ""]}, OpenApiParameter.QUERY,
+    description=(
+        "1 or true: tombstones too, as {store, id, version, seq, deleted: true, data: null}; 0, false or empty: "
+        "without them. Anything else is 400."
+    ),
+)  # fmt: skip
+RECORD_STORE = OpenApiParameter(
+    "store", {**_STORE_NAME, "pattern": "^[^/\\u0000-\\u001f]*$"}, OpenApiParameter.PATH,
+    description="The store (percent-encoded); a store name with / cannot be named in this URL.",
+)  # fmt: skip
+RECORD_ID = OpenApiParameter(
+    "record_id", _RECORD_ID, OpenApiParameter.PATH,
+    description="The record id, percent-encoded; it may hold /.",
+)  # fmt: skip
+_TAG = '[ \\t]*(W/)?[ \\t]*("[0-9]{1,18}"|[0-9]{1,18})[ \\t]*'
+_IF_MATCH = f"^([ \\t]*\\*[ \\t]*|{_TAG}(,{_TAG})*)$"
+IF_MATCH = OpenApiParameter(
+    "If-Match", {"type": "string", "pattern": _IF_MATCH},
+    OpenApiParameter.HEADER,
+    description=(
+        'Only if the record has one of these versions ("3", W/"3", 3, or a comma-separated list of them); '
+        "* : only if it exists. Else 412; anything that names no version is 400."
+    ),
+)  # fmt: skip
+RECORD_IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER,
+    description='On GET: a version this client has ("3"), 304 if it is still current. On PUT: * creates only (412 on a live record).',
 )  # fmt: skip
 IF_NONE_MATCH = OpenApiParameter(
     "If-None-Match",
@@ -456,6 +673,15 @@ def complete(result: dict[str, Any], generator: Any, request: Any, public: bool)
                     "ETag": {"schema": {"type": "string"}, "required": True, "description": "For If-None-Match."}
                 }
                 responses["304"]["headers"] = {"ETag": {"schema": {"type": "string"}, "required": True}}
+            if path == "/api/sync/records/{store}/{record_id}" and method in ("get", "put"):
+                version_tag = {
+                    "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+                    "required": True,
+                    "description": 'The record\'s version, quoted: "3".',
+                }
+                for code in ("200", "304"):
+                    if code in responses:
+                        responses[code]["headers"] = {"ETag": version_tag}
     return result
 
 

@@ -41,7 +41,9 @@ class StoreWrite:
     """The changes of one store in a change set, in the order they were made (columns, not objects).
 
     ``texts[i]`` is the record's new JSON text, or None for a delete;
-    ``actions`` holds one of CREATE, UPDATE, DELETE per record.
+    ``actions`` holds one of CREATE, UPDATE, DELETE per record. A CREATE of
+    an id the store holds live (deleted and created again in one ops batch)
+    puts the record at the end of its store, as any revived tombstone.
     """
 
     store: str
@@ -252,6 +254,7 @@ def plan_ops(
     # The final text and version of each changed record, in the order of each record's last change.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
     changes: list[tuple[str, str, int, str]] = []
+    deleted_here: set[tuple[str, str]] = set()
     for op in ops:
         key = (op.store, op.record_id)
         state, text = pending.states[key], pending.texts[key]
@@ -266,6 +269,7 @@ def plan_ops(
                 results.append({"ok": True, **base, "action": "delete", "version": current})
                 continue
             new_text, kind = None, DELETE
+            deleted_here.add(key)
         elif live:
             if op.action == "create":
                 results.append(_conflict(base, op.action, current, text))
@@ -286,7 +290,10 @@ def plan_ops(
     if not final:
         return OpsOutcome(None, snapshot.version, results)
     kinds = {key: _net_kind(was_live[key], text is not None) for key, (text, _) in final.items()}
-    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action)
+    # A record deleted and created again in the batch is, as a whole, updated; but it was revived from
+    # a tombstone, so it takes a new place at the end of its store: its write is a CREATE.
+    revived = {key for key, kind in kinds.items() if kind == UPDATE and key in deleted_here}
+    change_set = _ops_change_set(final, kinds, version, timestamp, audit, action, revived)
     change_set.audit_changes = changes
     return OpsOutcome(change_set, version, results)
 
@@ -318,6 +325,7 @@ def _ops_change_set(
     timestamp: str,
     audit: AuditContext | None,
     action: str,
+    revived: set[tuple[str, str]],
 ) -> ChangeSet:
     writes: list[StoreWrite] = []  # a run of writes per store, in the order of the changes
     refs: dict[str, list[RecordRef]] = {CREATE: [], UPDATE: [], DELETE: []}
@@ -326,7 +334,12 @@ def _ops_change_set(
             writes.append(StoreWrite(store))
         write = writes[-1]
         kind = kinds[store, rid]
-        write.add(rid, None if text is None else msgspec.Raw(text), record_version, kind)
+        write.add(
+            rid,
+            None if text is None else msgspec.Raw(text),
+            record_version,
+            CREATE if (store, rid) in revived else kind,
+        )
         refs[kind].append(RecordRef(store, rid))
     entry = {
         "version": version,

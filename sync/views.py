@@ -34,9 +34,13 @@ from pzls_site.schema import (
     CURSOR_DELETED,
     CURSOR_LIMIT,
     CURSOR_STORE,
+    IF_MATCH,
     IF_NONE_MATCH,
     OPTIONAL_BEARER,
     PROTECTED,
+    RECORD_ID,
+    RECORD_IF_NONE_MATCH,
+    RECORD_STORE,
     SINCE,
     WITH_BODY,
     body,
@@ -262,7 +266,7 @@ def _versions(header: str) -> list[int]:
 class RecordView(APIView):
     @extend_schema(
         summary="One record",
-        parameters=[IF_NONE_MATCH],
+        parameters=[RECORD_STORE, RECORD_ID, RECORD_IF_NONE_MATCH],
         responses={
             200: ok("Record"),
             304: OpenApiResponse(description="Not modified."),
@@ -285,8 +289,13 @@ class RecordView(APIView):
 
     @extend_schema(
         summary="Create or replace one record (If-Match, If-None-Match: *)",
-        request=body("Record body"),
-        responses={200: ok("RecordWritten"), **errors(*WITH_BODY, 412, *PROTECTED)},
+        parameters=[RECORD_STORE, RECORD_ID, IF_MATCH, RECORD_IF_NONE_MATCH],
+        request=body("RecordBody"),
+        responses={
+            200: ok("RecordWritten"),
+            **errors(*WITH_BODY, *PROTECTED),
+            **errors(412, body="PreconditionFailed"),
+        },
     )
     def put(self, request: Request, store: str, record_id: str) -> Response:
         if_match = request.headers.get("If-Match")
@@ -305,7 +314,12 @@ class RecordView(APIView):
 
     @extend_schema(
         summary="Delete one record, leaving a tombstone (If-Match)",
-        responses={200: ok("RecordWritten"), **errors(400, 412, *PROTECTED)},
+        parameters=[RECORD_STORE, RECORD_ID, IF_MATCH],
+        responses={
+            200: ok("RecordWritten"),
+            **errors(400, *PROTECTED),
+            **errors(412, body="PreconditionFailed"),
+        },
     )
     def delete(self, request: Request, store: str, record_id: str) -> Response:
         if_match = request.headers.get("If-Match")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
 import orjson
 import requests
@@ -34,6 +35,17 @@ def ok(response: Answer) -> Any:
     assert response.status_code == 200, (response.status_code, response.content[:500])
     assert response.headers["Content-Type"].startswith("application/json"), response.headers["Content-Type"]
     return orjson.loads(response.content)
+
+
+def record_path(store: str, record_id: str) -> str:
+    """The URL of one record (``/api/sync/records/<store>/<id>``), both names percent-encoded."""
+    return f"/api/sync/records/{quote(store, safe='')}/{quote(record_id, safe='')}"
+
+
+def query_string(params: Mapping[str, object]) -> str:
+    """``?a=1&b=x`` of the parameters that are not None (empty when none is), values as ``str`` gives them."""
+    given = {name: str(value) for name, value in params.items() if value is not None}
+    return "?" + urlencode(given) if given else ""
 
 
 class Calls(ABC):
@@ -87,6 +99,26 @@ class Calls(ABC):
 
     def status(self) -> dict[str, Any]:
         return ok(self.get("/api/sync/status"))
+
+    def ops(self, operations: list[Any]) -> dict[str, Any]:
+        """``POST /api/sync/ops``: apply record operations; returns version, applied, conflicts and results."""
+        return ok(self.post("/api/sync/ops", {"operations": operations}))
+
+    def cursor(self, cursor: str | None = None, **params: object) -> dict[str, Any]:
+        """One page of ``GET /api/sync/cursor`` after ``cursor`` (None: from the start), e.g. ``limit=``, ``store=``, ``deleted=``."""
+        return ok(self.get("/api/sync/cursor" + query_string({"cursor": cursor, **params})))
+
+    def sync_stores(self) -> dict[str, Any]:
+        """``GET /api/sync/stores``: the live records per store."""
+        return ok(self.get("/api/sync/stores"))
+
+    def op_log(self, since: object = None, limit: object = None) -> dict[str, Any]:
+        """``GET /api/sync/ops``: the caller's own audit entries after ``since``."""
+        return ok(self.get("/api/sync/ops" + query_string({"since": since, "limit": limit})))
+
+    def record(self, store: str, record_id: str) -> dict[str, Any]:
+        """``GET /api/sync/records/<store>/<id>``: one live record with its version."""
+        return ok(self.get(record_path(store, record_id)))
 
 
 class Client(Calls):

@@ -108,6 +108,20 @@ class Api(Calls):
     def delete(self, path: str, *, token: str | None = None, **extra: Any) -> Any:
         return self.client.delete(path, content_type="application/json", **self._headers(token), **extra)
 
+    def put(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
+        token: str | None = None,
+        content_type: str = "application/json",
+        **extra: Any,
+    ) -> Any:
+        """PUT ``body`` as JSON, or ``data``: bytes sent as they are, as ``content_type``."""
+        payload = data if data is not None else orjson.dumps(body if body is not None else {})
+        return self.client.put(path, payload, content_type=content_type, **self._headers(token), **extra)
+
 
 # --- assertions ---------------------------------------------------------------------------
 

@@ -177,6 +177,7 @@ def test_every_operation_documents_its_errors(schema):
                     ("/api/query", "400"): "QueryFailure",
                     ("/api/query", "403"): "QueryFailure",
                     ("/api/auth/health", "503"): "HealthUnavailable",
+                    ("/api/sync/records/{store}/{record_id}", "412"): "PreconditionFailed",
                 }.get((path, code), "Error")
                 assert _error_body(response) == expected, f"{where} {code}"
 
@@ -254,6 +255,13 @@ class Conformance:
         self.seen.add((path, method, code))
 
 
+def put(api: Any, path: str, body: Any, **extra: Any) -> Any:
+    """A PUT of ``body`` as JSON with the client's token."""
+    return api.client.put(
+        path, orjson.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.token}", **extra
+    )
+
+
 def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst_api, settings):
     """Every endpoint, its success and its documented failures, answered by the real views."""
     settings.PZLS_LOGIN_RATE = Rate(limit=3, period_s=60)
@@ -320,6 +328,55 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
     c.check("/api/resolve", "get", matches)
     c.check("/api/resolve", "get", analyst.get("/api/resolve?threshold=2"))
 
+    # Record-level sync (§7): ops, one record, the cursor, stores, the caller's audit entries.
+    ops_url = "/api/sync/ops"
+    batch = {
+        "operations": [
+            {"action": "update", "store": "humans", "entity_id": "h1", "data": {"name": "John Smith"}},
+            {"action": "create", "store": "humans", "id": "h1", "data": {"name": "x"}},
+            {"action": "delete", "store": "humans", "entity_id": "h2", "expectedVersion": 1},
+            {"action": "delete", "store": "humans", "entity_id": "never", "expectedVersion": None},
+            {"action": "update", "store": "cases", "entity_id": "c9", "data": {}, "expectedVersion": 0},
+        ]
+    }
+    answer = analyst.post(ops_url, batch)
+    assert answer.status_code == 200 and answer.json()["conflicts"] == 1, answer.content
+    c.check(ops_url, "post", answer)
+    c.check(ops_url, "post", analyst.post(ops_url, {"operations": [{"action": "create", "store": "humans"}]}))
+    c.check(ops_url, "post", analyst.post(ops_url, {"operations": []}))
+    c.check(ops_url, "post", analyst.client.post(ops_url, b"{", content_type="application/json",
+                                                 HTTP_AUTHORIZATION=f"Bearer {analyst.token}"))  # fmt: skip
+    c.check(ops_url, "post", api.post(ops_url, batch))
+    c.check(ops_url, "get", analyst.get(ops_url + "?since=0&limit=3"))
+    c.check(ops_url, "get", analyst.get(ops_url + "?limit=0"))
+    record_url = "/api/sync/records/{store}/{record_id}"
+    one = analyst.get("/api/sync/records/humans/h1")
+    c.check(record_url, "get", one)
+    c.check(record_url, "get", analyst.get("/api/sync/records/humans/h1", HTTP_IF_NONE_MATCH=one["ETag"]))
+    c.check(record_url, "get", analyst.get("/api/sync/records/humans/h2"))
+    c.check(record_url, "get", analyst.get("/api/sync/records/humans/a%01b"))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h1", {"name": "J"}, HTTP_IF_MATCH=one["ETag"]))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h1", {"name": "K"}, HTTP_IF_MATCH='"1"'))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h9", {"n": 1}, HTTP_IF_NONE_MATCH="*"))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h9", {"n": 1}, HTTP_IF_NONE_MATCH="*"))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h9", [1]))
+    c.check(record_url, "put", put(analyst, "/api/sync/records/humans/h9", {"n": 1}, HTTP_IF_MATCH="abc"))
+    c.check(record_url, "delete", analyst.delete("/api/sync/records/humans/h9", HTTP_IF_MATCH="7"))
+    c.check(record_url, "delete", analyst.delete("/api/sync/records/humans/h9", HTTP_IF_MATCH="x"))
+    c.check(record_url, "delete", analyst.delete("/api/sync/records/humans/h9"))
+    c.check(record_url, "delete", analyst.delete("/api/sync/records/humans/never"))
+    page = analyst.get("/api/sync/cursor?limit=2&deleted=1")
+    c.check("/api/sync/cursor", "get", page)
+    assert page.json()["hasMore"] is True
+    c.check("/api/sync/cursor", "get", analyst.get(f"/api/sync/cursor?deleted=1&cursor={page.json()['nextCursor']}"))
+    c.check("/api/sync/cursor", "get", analyst.get("/api/sync/cursor?store=humans"))
+    c.check("/api/sync/cursor", "get", analyst.get("/api/sync/cursor?cursor=garbage"))
+    c.check("/api/sync/stores", "get", analyst.get("/api/sync/stores"))
+    c.check("/api/sync/stores", "get", api.get("/api/sync/stores"))
+    skipped = analyst.post("/api/sync", {"stores": {"humans": {"h2": {"name": "back"}}}})
+    assert skipped.json().get("skipped") == 1, skipped.content
+    c.check("/api/sync", "post", skipped)
+
     c.check(
         "/api/query",
         "post",
@@ -370,6 +427,15 @@ def test_real_answers_conform_to_the_description(schema, api, admin_api, analyst
             ("/api/admin/users/{user_id}", "delete", "404"),
             ("/api/auth/change-password", "post", "403"),
             ("/api/auth/logout", "post", "401"),
+            ("/api/sync/ops", "post", "200"),
+            ("/api/sync/ops", "post", "400"),
+            ("/api/sync/ops", "post", "401"),
+            ("/api/sync/ops", "get", "400"),
+            ("/api/sync/records/{store}/{record_id}", "get", "304"),
+            ("/api/sync/records/{store}/{record_id}", "get", "404"),
+            ("/api/sync/records/{store}/{record_id}", "put", "412"),
+            ("/api/sync/records/{store}/{record_id}", "delete", "412"),
+            ("/api/sync/cursor", "get", "400"),
         }
     )
     assert expected <= c.seen, expected - c.seen

@@ -108,6 +108,8 @@ _JOURNAL_FLOOR = 1 << 20
 # Texts closer than this in a snapshot are read in one call, up to _RUN_MAX bytes a call.
 _NEARBY = 64 * 1024
 _RUN_MAX = 4 << 20
+# Stale positions the change order carries before it is copied without them.
+_STALE_FLOOR = 4096
 # Repository states kept per worker: at most this many, holding at most this many rows and tombstones
 # in all (about 28 MB per 100,000 records) beside the one in use.
 _STATES = 8
@@ -340,6 +342,7 @@ class _State:
         self.position = 0
         self.stores: dict[str, _Rows] = {}
         self.order_positions = array("q")
+        self.stale: set[int] = set()  # positions of the order no longer any record's (see _unorder)
         self.order_stores: list[str] = []
         self.order_ids: list[str] = []
         self.total_syncs = 0
@@ -420,21 +423,31 @@ class _State:
     # --- the change order ---
 
     def _unorder(self, positions: list[int]) -> None:
-        """Take these positions out of the change order (each is in it)."""
-        if not positions:
+        """Take these positions out of the change order (each is in it).
+
+        They are only marked (``stale``, which readers of the order skip) until
+        they are a quarter of it; then the order is copied without them, in slices.
+        """
+        self.stale.update(positions)
+        if len(self.stale) > max(_STALE_FLOOR, len(self.order_positions) // 4):
+            self.compact_order()
+
+    def compact_order(self) -> None:
+        """The change order without its stale positions."""
+        if not self.stale:
             return
-        if len(positions) <= 16:
-            for position in positions:
-                at = bisect.bisect_left(self.order_positions, position)
-                del self.order_positions[at]
-                del self.order_stores[at]
-                del self.order_ids[at]
-            return
-        gone = set(positions)
-        keep = [i for i, position in enumerate(self.order_positions) if position not in gone]
-        self.order_positions = array("q", [self.order_positions[i] for i in keep])
-        self.order_stores = [self.order_stores[i] for i in keep]
-        self.order_ids = [self.order_ids[i] for i in keep]
+        order = self.order_positions
+        cuts = sorted(bisect.bisect_left(order, position) for position in self.stale)
+        kept_positions, kept_stores, kept_ids = array("q"), [], []
+        start = 0
+        for cut in [*cuts, len(order)]:
+            if start < cut:
+                kept_positions.extend(order[start:cut])
+                kept_stores.extend(self.order_stores[start:cut])
+                kept_ids.extend(self.order_ids[start:cut])
+            start = cut + 1
+        self.order_positions, self.order_stores, self.order_ids = kept_positions, kept_stores, kept_ids
+        self.stale = set()
 
     # --- applying a change set ---
 
@@ -462,7 +475,15 @@ class _State:
             ):
                 position += 1
                 row = rows.row_of.get(record_id)
-                if row is None:
+                if row is not None and action == CREATE:  # revived within one batch: a new place at the end
+                    superseded.append(rows.positions[row])
+                    rows.members -= _key_length(record_id) + 1 + len(self.text(rows, row))
+                    rows.dead.add(row)
+                    rows.mem.pop(row, None)
+                    del rows.row_of[record_id]
+                    rows.live -= 1
+                    row = None
+                elif row is None:
                     tomb = rows.tombs.pop(record_id, None)
                     if tomb is not None:
                         superseded.append(tomb[2])
@@ -903,7 +924,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.close()
         fresh = _State()
         for name in ("identity", "fd", "journal", "epoch", "version", "snapshot_version", "position", "stores",
-                     "order_positions", "order_stores", "order_ids", "total_syncs", "last_sync", "pending_audit"):  # fmt: skip
+                     "order_positions", "stale", "order_stores", "order_ids", "total_syncs", "last_sync", "pending_audit"):  # fmt: skip
             setattr(state, name, getattr(fresh, name))
 
     def _load(self, user_id: str, state: _State) -> bool:
@@ -1155,9 +1176,11 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         with self._state(user_id, locked=False) as state:
             picked: list[tuple[str, str, int, int, int, int]] = []  # store, id, version, seq, position, row
             at = bisect.bisect_right(state.order_positions, after)
-            positions, stores, ids = state.order_positions, state.order_stores, state.order_ids
+            positions, stores, ids, stale = state.order_positions, state.order_stores, state.order_ids, state.stale
             has_more = False
             for i in range(at, len(positions)):
+                if stale and positions[i] in stale:
+                    continue
                 name = stores[i]
                 if store is not None and name != store:
                     continue
@@ -1370,6 +1393,8 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         epoch = state.epoch if state.epoch != "0" else secrets.token_hex(8)
         pending = pending_audit.as_json() if pending_audit is not None else None
 
+        state.compact_order()
+
         def write_index(identity: FileIdentity) -> None:
             maps: dict[str, dict[str, int]] = {}
             for name, written in layout.items():
@@ -1382,7 +1407,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             store_index = {name: i for i, name in enumerate(layout)}
             body = _Body(
                 stores=list(layout.values()),
-                order_positions=list(state.order_positions),
+                order_positions=list(state.order_positions),  # compacted above
                 order_stores=list(map(store_index.__getitem__, state.order_stores)),
                 order_refs=_order_refs(state, maps),
             )

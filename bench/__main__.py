@@ -1,4 +1,4 @@
-"""Run the benchmark: ``python -m bench [--only resolve,query,sync] [--quick]``.
+"""Run the benchmark: ``python -m bench [--only resolve,query,sync] [--quick] [--storage files|database]``.
 
 Each section is a module ``bench/<name>_bench.py`` with ``run(args) -> list[Table]``.
 """
@@ -22,8 +22,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs, for a smoke test")
-    parser.add_argument("--storage", default="files", choices=["files", "database"], help="server storage to measure")
+    parser.add_argument(
+        "--storage",
+        choices=["files", "database"],
+        help="server storage to measure (default: sync measures both, the other sections files)",
+    )
     args = parser.parse_args()
+    # The sync section measures every storage in args.storages; the others measure args.storage.
+    args.storages = [args.storage] if args.storage else ["files", "database"]
+    args.storage = args.storage or "files"
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     for name in chosen:
         if name not in SECTIONS:

@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 def median_seconds(action: Callable[[], object], runs: int) -> float:
@@ -22,6 +24,21 @@ def median_seconds(action: Callable[[], object], runs: int) -> float:
     for _ in range(runs):
         start = time.perf_counter()
         action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median_seconds_after(prepare: Callable[[], T], action: Callable[[T], object], runs: int) -> float:
+    """Median wall time of ``runs`` calls of ``action(prepare())``, each timed without its ``prepare``.
+
+    For a measurement that needs something new before every run (a change to
+    read back, a record never written before), made outside the timed region.
+    """
+    times = []
+    for _ in range(runs):
+        prepared = prepare()
+        start = time.perf_counter()
+        action(prepared)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

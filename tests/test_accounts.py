@@ -1096,9 +1096,14 @@ def user_sessions_of(user: User) -> list:
 
 
 def traces_of(user_id: str, data_dir: Path) -> list[str]:
-    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table."""
+    """Everything of ``user_id`` still kept: files naming them or holding their id, and rows in any table.
+
+    The audit log is left out: it records what a user did, and keeps that after the user is gone (§8.5).
+    """
     from django.apps import apps
     from django.db import models as m
+
+    from sync.models import AuditBatch
 
     forms = {user_id, user_id.replace("-", "")}
     found = [
@@ -1108,6 +1113,8 @@ def traces_of(user_id: str, data_dir: Path) -> list[str]:
         or (p.is_file() and any(form.encode() in p.read_bytes() for form in forms))
     ]
     for model in apps.get_models():
+        if model is AuditBatch:
+            continue
         for field in model._meta.concrete_fields:
             if isinstance(field, m.UUIDField):
                 rows = model._default_manager.filter(**{field.name: uuid.UUID(user_id)})
@@ -1153,12 +1160,12 @@ def once_after(cls: type, name: str, action):
 
 def before_the_push_writes():
     """Where a push has read its user's repository but not yet locked it for writing, per storage."""
-    from sync.backends.database import DatabaseRepositoryStore
+    from sync.backends.database import _DatabaseSnapshot
     from sync.backends.json_file import JSONFileRepositoryStore
 
     if is_file_store():
         return JSONFileRepositoryStore, "_plan"  # planned, before the lock
-    return DatabaseRepositoryStore, "_ensure_row"  # row made, before the transaction locks it
+    return _DatabaseSnapshot, "stored_for"  # read while planning without the lock, before locked() starts
 
 
 @pytest.mark.django_db(transaction=True)
@@ -1196,14 +1203,12 @@ def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api
     uid = str(User.objects.get(username="analyst").pk)
     analyst_api.post("/api/sync", {"stores": big_stores("old")})
     writing, results = threading.Event(), {}
-    module = sync.backends.json_file if is_file_store() else sync.backends.database
-    real_plan = module.plan_merge
+    real_commit = sync.backends.database._DatabaseSnapshot.commit
 
-    def slow_plan(*args, **kwargs):  # the database store plans under its lock, the file store before it
-        plan = real_plan(*args, **kwargs)
+    def slow_commit(self, *args, **kwargs):  # under the database store's lock, in its transaction
         writing.set()
         time.sleep(0.5)  # the delete starts meanwhile and must wait for this push
-        return plan
+        return real_commit(self, *args, **kwargs)
 
     def push() -> None:
         results["push"] = Api().post("/api/sync", {"stores": big_stores("new")}, token=analyst_api.token)
@@ -1224,7 +1229,7 @@ def test_a_delete_waits_for_a_push_that_is_writing_and_then_removes_it(admin_api
 
         patch = mock.patch.object(target, name, slow_append)
     else:
-        patch = mock.patch.object(module, "plan_merge", slow_plan)
+        patch = mock.patch.object(sync.backends.database._DatabaseSnapshot, "commit", slow_commit)
     with patch:
         threads = [threading.Thread(target=push), threading.Thread(target=delete)]
         for t in threads:

@@ -172,7 +172,8 @@ def test_files_storage_every_file_is_private_and_crash_leftovers_go(
         server.stop()
     for expected in ("db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm", "secret_key", "tokens.json", "tokens.lock"):
         assert expected in names
-    assert {f"repo_{user_id}.json", f"repo_{user_id}.meta.json", f"repo_{user_id}.lock"} <= set(names)
+    assert {f"repo_{user_id}.json", f"repo_{user_id}.lock"} <= set(names)
+    assert [n for n in names if n.startswith(f"repo_{user_id}.") and n.endswith(".idx")]  # the snapshot's index
     assert [n for n in names if n.startswith("pullcache/") and n.endswith(".json.gz")]
     assert "notes.txt" in names  # the operator's file is kept, made private
 

@@ -47,7 +47,7 @@ def ops(api: Api, *operations: dict[str, Any]) -> None:
     assert answer.status_code == 200, answer.content
 
 
-STEPS: list[tuple[str, Callable[[Api], None]]] = [
+STEPS: list[tuple[str, Callable[[Api], object]]] = [
     ("first push", lambda api: api.push({H: {f"h{i}": {"i": i} for i in range(8)}, "tags": {"t": {}}})),
     ("ops", lambda api: ops(
         api,

@@ -6,14 +6,16 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from sync.backends import BaseRepositoryStore, Repository, get_repository_store, repository_stores
-from sync.backends.base import CHANGES_PAGE, EMPTY_PULL, EMPTY_SUMMARY
-from sync.merge import encode_stores
+from sync.backends.base import CHANGES_PAGE, EMPTY_PULL, EMPTY_SUMMARY, RecordDump
+from sync.merge import RawStores, encode_stores
+from sync.records import PushOutcome, plan_push
 from tests.backends import REPOSITORY_BACKENDS
 from tests.helpers import assert_implements_every_method, in_threads
 
@@ -40,8 +42,30 @@ def fresh(store: BaseRepositoryStore) -> BaseRepositoryStore:
     return other
 
 
-def push(store: BaseRepositoryStore, stores: dict, user: str = U1, client_version: int | None = 0, ts: str = TS):
-    return store.push(user, encode_stores(stores), client_version=client_version, timestamp=ts)
+def push_raw(
+    store: BaseRepositoryStore, stores: RawStores, user: str = U1, client_version: int | None = 0, ts: str = TS
+) -> PushOutcome:
+    """A full push as the service makes it: planned on the locked snapshot, committed under the same lock."""
+    with store.locked(user) as snapshot:
+        outcome = plan_push(snapshot, stores, timestamp=ts, client_version=client_version, audit=None)
+        if outcome.change_set is not None:
+            snapshot.commit(outcome.change_set)
+    return outcome
+
+
+def push(
+    store: BaseRepositoryStore, stores: dict, user: str = U1, client_version: int | None = 0, ts: str = TS
+) -> PushOutcome:
+    return push_raw(store, encode_stores(stores), user, client_version, ts)
+
+
+def dump_of(version: int, data: dict[str, dict[str, Any]]) -> RecordDump:
+    """A repository without record states as ``replace`` takes it: every record version 1, changed at ``version``."""
+    stores = {
+        name: [(rid, msgspec.Raw(orjson.dumps(record)), 1, version) for rid, record in records.items()]
+        for name, records in data.items()
+    }
+    return RecordDump(version=version, stores=stores, tombstones={})
 
 
 def pulled(store: BaseRepositoryStore, user: str = U1) -> dict:
@@ -100,7 +124,7 @@ def test_pull_tag_changes_exactly_when_the_pull_changes(store: BaseRepositorySto
     assert store.pull_tag(U1) == tags[-1] == fresh(store).pull_tag(U1)
     push(store, {"humans": {"h1": {"a": 2}}})
     tags.append(store.pull_tag(U1))
-    store.replace(U1, Repository(version=2, data={"humans": {"h1": {"a": 3}}}), [])  # same version, new content
+    store.replace(U1, dump_of(2, {"humans": {"h1": {"a": 3}}}), [])  # same version, new content
     tags.append(store.pull_tag(U1))
     store.delete(U1)
     push(store, {"humans": {"h1": {"a": 1}}})  # version 1 again, after a delete
@@ -220,7 +244,7 @@ def test_replace_installs_a_repository_and_its_changelog(store: BaseRepositorySt
             "action": "push",
         },
     ]
-    store.replace(U1, Repository(version=7, data={"humans": {"h1": {"n": "A"}}}), entries)
+    store.replace(U1, dump_of(7, {"humans": {"h1": {"n": "A"}}}), entries)
     other = fresh(store)
     assert pulled(other) == {"version": 7, "data": {"humans": {"h1": {"n": "A"}}}}
     page = other.changes(U1, 0)
@@ -265,8 +289,6 @@ def test_concurrent_pushes_are_serialised(store: BaseRepositoryStore) -> None:
 def test_record_texts_come_back_byte_for_byte_whatever_they_hold(store: BaseRepositoryStore) -> None:
     # Raw tabs, newlines and carriage returns between tokens, backslashes in
     # strings and in ids: characters bulk loaders (PostgreSQL's COPY) must escape.
-    import msgspec
-
     texts = {
         "tabs": b'{\t"a" :\t1}',
         "lines": b'{\n  "a": [1,\r\n 2]\n}',
@@ -274,7 +296,7 @@ def test_record_texts_come_back_byte_for_byte_whatever_they_hold(store: BaseRepo
         "plain": b'{"name":"Zo\xc3\xab"}',
     }
     pushed = {"s": {rid: msgspec.Raw(text) for rid, text in texts.items()}}
-    assert store.push(U1, pushed, client_version=0, timestamp=TS).added == 4
+    assert push_raw(store, pushed).added == 4
     body = b"".join(f"{orjson.dumps(rid).decode()}:".encode() + text + b"," for rid, text in texts.items())[:-1]
     assert store.pull_bytes(U1) == b'{"version":1,"data":{"s":{' + body + b"}}}"
     assert fresh(store).pull_bytes(U1) == store.pull_bytes(U1)

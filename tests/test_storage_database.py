@@ -22,9 +22,11 @@ from django.test import override_settings
 from accounts.models import Token, User
 from pzls_site.exceptions import StorageError
 from sync.backends import get_repository_store
+from sync.backends.base import BaseRepositoryStore
 from sync.backends.database import DatabaseRepositoryStore
 from sync.merge import encode_stores
 from sync.models import ChangelogEntry, Record, Repository, Store
+from sync.records import PushOutcome, plan_push
 from tests.helpers import Api, data_dir_settings
 
 pytestmark = pytest.mark.storage
@@ -41,6 +43,15 @@ TS = "2026-05-17T10:04:05.123Z"
 def database_storage(data_dir):
     with override_settings(**data_dir_settings(data_dir, **DATABASE)):
         yield
+
+
+def push(store: BaseRepositoryStore, stores: dict, *, client_version: int | None = 0) -> PushOutcome:
+    """A full push as the service makes it: planned on the locked snapshot, committed under the same lock."""
+    with store.locked(U) as snapshot:
+        outcome = plan_push(snapshot, encode_stores(stores), timestamp=TS, client_version=client_version, audit=None)
+        if outcome.change_set is not None:
+            snapshot.commit(outcome.change_set)
+    return outcome
 
 
 def digest(token: str) -> str:
@@ -106,7 +117,7 @@ def test_record_ids_and_store_names_are_exact(admin_api) -> None:
 def test_large_pulls_are_cached_per_tag_and_replaced_after_a_push(data_dir) -> None:
     store = DatabaseRepositoryStore(location=data_dir, cache_min_bytes=1000)
     big = {"humans": {f"h{n}": {"notes": "x" * 50, "n": n} for n in range(100)}}
-    store.push(U, encode_stores(big), client_version=0, timestamp=TS)
+    push(store, big)
     first = store.pull(U)
     assert first.file is None  # read from the database, then cached
     cached = list((data_dir / "pullcache").iterdir())
@@ -114,7 +125,7 @@ def test_large_pulls_are_cached_per_tag_and_replaced_after_a_push(data_dir) -> N
     again = store.pull(U)
     assert again.file is not None and again.tag == first.tag
     assert again.read() == first.body
-    store.push(U, encode_stores({"humans": {"h0": {"n": "changed"}}}), client_version=1, timestamp=TS)
+    push(store, {"humans": {"h0": {"n": "changed"}}}, client_version=1)
     after = store.pull(U)
     assert after.tag != first.tag and after.file is None
     assert orjson.loads(after.read())["data"]["humans"]["h0"] == {"n": "changed"}
@@ -127,7 +138,7 @@ def test_large_pulls_are_cached_per_tag_and_replaced_after_a_push(data_dir) -> N
 
 def test_small_pulls_are_not_cached(data_dir) -> None:
     store = get_repository_store()
-    store.push(U, encode_stores({"s": {"r": {}}}), client_version=0, timestamp=TS)
+    push(store, {"s": {"r": {}}})
     assert store.pull(U).body == b'{"version":1,"data":{"s":{"r":{}}}}'
     assert not (data_dir / "pullcache").exists() or list((data_dir / "pullcache").iterdir()) == []
 
@@ -168,12 +179,7 @@ def test_every_pull_is_one_moment_of_the_repository_while_pushes_land(data_dir) 
         try:
             for n in range(60):
                 # Each push adds one record to each of two stores.
-                store.push(
-                    U,
-                    encode_stores({"a": {f"r{n}": {"n": n}}, "b": {f"r{n}": {"n": n}}}),
-                    client_version=n,
-                    timestamp=TS,
-                )
+                push(store, {"a": {f"r{n}": {"n": n}}, "b": {f"r{n}": {"n": n}}}, client_version=n)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -204,7 +210,7 @@ def _broken(*args, **kwargs):
 def test_a_database_failure_is_a_storage_error_and_a_500(admin_api) -> None:
     with mock.patch.object(Store.objects, "using", side_effect=_broken):
         with pytest.raises(StorageError):
-            get_repository_store().push(U, encode_stores({"s": {"r": {}}}), client_version=0, timestamp=TS)
+            push(get_repository_store(), {"s": {"r": {}}})
         response = admin_api.post("/api/sync", {"stores": {"s": {"r": {}}}})
     assert response.status_code == 500
     assert response.json() == {"error": "Internal server error"}

@@ -22,12 +22,10 @@ def fill_record_states(apps, schema_editor):
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {record} SET {q('version')} = 1, {q('position')} = {q('seq')}, "
-            f"{q('repository_id')} = (SELECT s.{q('repository_id')} FROM {store} s WHERE s.{q('id')} = "
-            f"{record}.{q('store_id')})"
-        )
-        cursor.execute(
-            f"UPDATE {record} SET {q('changed')} = (SELECT r.{q('version')} FROM {repository} r "
-            f"WHERE r.{q('id')} = {record}.{q('repository_id')})"
+            f"{q('repository_id')} = (SELECT s.{q('repository_id')} FROM {store} s "
+            f"WHERE s.{q('id')} = {record}.{q('store_id')}), "
+            f"{q('changed')} = (SELECT r.{q('version')} FROM {repository} r JOIN {store} s "
+            f"ON s.{q('repository_id')} = r.{q('id')} WHERE s.{q('id')} = {record}.{q('store_id')})"
         )
         cursor.execute(
             f"UPDATE {repository} SET {q('position')} = COALESCE((SELECT MAX(x.{q('position')}) FROM {record} x "
@@ -46,6 +44,19 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Record rows keep no foreign key constraints (see sync.models.Record); dropped first, so the data
+        # step below queues no checks.
+        migrations.AlterField(
+            model_name="record",
+            name="store",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="records",
+                to="sync.store",
+            ),
+        ),
         migrations.AddField(
             model_name="repository",
             name="position",
@@ -85,6 +96,7 @@ class Migration(migrations.Migration):
             model_name="record",
             name="repository",
             field=models.ForeignKey(
+                db_constraint=False,
                 db_index=False,
                 null=True,
                 on_delete=django.db.models.deletion.CASCADE,
@@ -131,12 +143,14 @@ class Migration(migrations.Migration):
             model_name="record",
             name="repository",
             field=models.ForeignKey(
+                db_constraint=False,
                 db_index=False,
                 on_delete=django.db.models.deletion.CASCADE,
                 related_name="+",
                 to="sync.repository",
             ),
         ),
+        migrations.RemoveIndex(model_name="record", name="sync_record_store_seq"),
         migrations.AddIndex(
             model_name="record",
             index=models.Index(fields=["repository", "position"], name="sync_record_repo_position"),

@@ -8,6 +8,7 @@ promises of the files on disk.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -28,6 +30,7 @@ from accounts.backends.base import TokenRecord
 from accounts.backends.json_file import JSONFileTokenStore
 from accounts.services import token_digest
 from pzls_site.files import atomic_write, prepare_data_dir, remove_leftover
+from sync.backends import json_file
 from sync.backends.base import Repository
 from sync.backends.json_file import JSONFileRepositoryStore
 from sync.services import dump_of
@@ -114,7 +117,7 @@ def test_a_repository_replaced_in_the_same_inode_with_the_same_size_and_mtime_is
     store = JSONFileRepositoryStore(location=data_dir)
     two = {"humans": {"a1": {"v": "x" * 100}, "a2": {"v": "y" * 100}}}
     store_push(store, U, two, client_version=0, timestamp=TS)
-    assert store.summary(U).records == 2  # the sidecar now describes the file
+    assert store.summary(U).records == 2  # the snapshot's index is now in this worker
     tag = store.pull_tag(U)
     path = data_dir / f"repo_{U}.json"
     # The same size, one record instead of two, written by a PZLS writer (its own stamp).
@@ -123,6 +126,8 @@ def test_a_repository_replaced_in_the_same_inode_with_the_same_size_and_mtime_is
     elsewhere = data_dir / "elsewhere"
     elsewhere.mkdir()
     JSONFileRepositoryStore(location=elsewhere).replace(U, dump_of(Repository(version=1, data=one)), [])
+    (index,) = elsewhere.glob("*.idx")  # that writer's snapshot comes with its index, named by its stamp
+    (data_dir / index.name).write_bytes(index.read_bytes())
     replace_in_place(path, (elsewhere / f"repo_{U}.json").read_bytes())
 
     assert store.pull_tag(U) != tag
@@ -146,7 +151,14 @@ def test_a_gzip_pull_of_a_repository_replaced_in_the_same_inode_is_the_new_body(
     assert list((files_storage / "pullcache").glob("*.json.gz"))  # kept: the next gzip pull is a file sent
     user_id = api.get("/api/auth/me").json()["user"]["id"]
     path = files_storage / f"repo_{user_id}.json"
-    replace_in_place(path, new_stamp_line(path.read_bytes().replace(b"Person", b"Ghosts")))
+    replaced = new_stamp_line(path.read_bytes().replace(b"Person", b"Ghosts"))
+    # The other writer's index, for its stamp: the records lie where they did.
+    old_stamp, new_stamp = path.read_bytes()[10:42], replaced[10:42]
+    old_index = files_storage / f"repo_{user_id}.{old_stamp.decode()}.idx"
+    (files_storage / f"repo_{user_id}.{new_stamp.decode()}.idx").write_bytes(
+        old_index.read_bytes().replace(old_stamp, new_stamp)
+    )
+    replace_in_place(path, replaced)
 
     again = api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip")
     assert gzip.decompress(again.content) == old_body.replace(b"Person", b"Ghosts") != old_body
@@ -156,58 +168,119 @@ def test_a_gzip_pull_of_a_repository_replaced_in_the_same_inode_is_the_new_body(
     assert gzip.decompress(conditional.content) == old_body.replace(b"Person", b"Ghosts")
 
 
-def test_files_written_by_the_previous_release_are_read_and_upgraded_when_rewritten(files_storage: Path) -> None:
-    # Today's formats, byte for byte: a repository file that is exactly the pull
-    # body, its sidecar naming it by (inode, size, mtime_ns) with its layout, a
-    # changelog, and tokens.json without a stamp.
+PREVIOUS_RELEASE = ROOT / "tests" / "fixtures" / "previous-release"
+# Written by tests/fixtures/previous-release/generate.py with the code of 8d405d5 (a stamped repository file
+# and its sidecar) and of b3371d3^ (the release before, without the stamp line).
+PREVIOUS_USERS = {"stamped": "66666666-6666-4666-8666-666666666666", "without a stamp": "77777777-7777-4777-8777-777777777777"}  # fmt: skip
+
+SUMMARY = ("version", "stores", "records", "dataSizeBytes", "totalSyncs", "lastSync")
+
+
+def install_previous_release(data_dir: Path, kind: str, user_id: str) -> tuple[bytes, dict, list[dict]]:
+    """Copy the fixture repository of ``kind`` in as ``user_id``'s: (its pull body, its sidecar, its changelog)."""
+    fixture = PREVIOUS_USERS[kind]
+    for name in (f"repo_{fixture}.json", f"repo_{fixture}.meta.json", f"changelog_{fixture}.jsonl"):
+        (data_dir / name.replace(fixture, user_id)).write_bytes((PREVIOUS_RELEASE / name).read_bytes())
+    (data_dir / f"repo_{user_id}.lock").touch()  # empty, and left beside the repository by every release
+    raw = (PREVIOUS_RELEASE / f"repo_{fixture}.json").read_bytes()
+    assert raw.startswith(b'{"stamp":"') == (kind == "stamped")
+    body = raw.split(b"\n", 1)[1] if kind == "stamped" else raw
+    meta = orjson.loads((PREVIOUS_RELEASE / f"repo_{fixture}.meta.json").read_bytes())
+    changelog = [orjson.loads(line) for line in (PREVIOUS_RELEASE / f"changelog_{fixture}.jsonl").read_bytes().splitlines()]  # fmt: skip
+    return body, meta, changelog
+
+
+@pytest.mark.parametrize("kind", list(PREVIOUS_USERS))
+def test_a_repository_written_by_the_previous_release_is_read_and_upgraded_in_place_on_first_use(
+    files_storage: Path, kind: str
+) -> None:
+    api = Api()
+    user_id = api.register("alice")["user"]["id"]
+    body, meta, changelog = install_previous_release(files_storage, kind, user_id)
+    repo = files_storage / f"repo_{user_id}.json"
+    old = os.stat(repo)
+    old_tag = f'"{old.st_ino:x}-{old.st_size:x}-{old.st_mtime_ns:x}"'
+
+    pull = api.get("/api/sync")
+    assert pull.content == body  # byte for byte: the records as they were pushed
+    # Upgraded in place by that first use: a snapshot with a new stamp, its index, no sidecar.
+    raw = repo.read_bytes()
+    stamp = raw[10:42].decode()
+    assert sorted(p.name for p in files_storage.iterdir() if user_id in p.name) == [
+        f"changelog_{user_id}.jsonl",
+        f"repo_{user_id}.{stamp}.idx",
+        f"repo_{user_id}.json",
+        f"repo_{user_id}.lock",
+    ]
+    assert raw.startswith(b'{"stamp":"') and raw.split(b"\n", 1)[1] == body
+    assert raw[:45] != (PREVIOUS_RELEASE / f"repo_{PREVIOUS_USERS[kind]}.json").read_bytes()[:45]
+    assert api.get("/api/sync", HTTP_IF_NONE_MATCH=pull["ETag"]).status_code == 304
+    stale = api.get("/api/sync", HTTP_IF_NONE_MATCH=old_tag)  # a tag of the file before the upgrade
+    assert (stale.status_code, stale.content) == (200, body)
+    assert gzip.decompress(api.get("/api/sync", HTTP_ACCEPT_ENCODING="gzip").content) == body
+
+    status = api.get("/api/sync/status").json()["account"]
+    assert {key: status[key] for key in SUMMARY} == {key: meta[key] for key in SUMMARY}
+    assert (status["version"], status["records"], status["stores"], status["totalSyncs"]) == (3, 5, 3, 3)
+    assert api.get("/api/sync/changes?since=0").json()["changes"] == changelog
+    assert api.get("/api/sync/stores").json() == {
+        "stores": [{"store": "humans", "count": 3}, {"store": "tags", "count": 1}, {"store": "cases", "count": 1}],
+        "total": 5,
+        "latestSeq": 3,
+    }
+    # Every record version 1, last changed at the repository's version; the cursor walks them all, in pull order.
+    data = orjson.loads(body)["data"]
+    walked: list[dict] = []
+    cursor = ""
+    while True:
+        page = api.get(f"/api/sync/cursor?limit=2&cursor={cursor}").json()
+        walked.extend(page["entities"])
+        cursor = page["nextCursor"]
+        assert page["latestSeq"] == 3
+        if not page["hasMore"]:
+            break
+    assert walked == [
+        {"store": store, "id": record_id, "version": 1, "seq": 3, "data": value}
+        for store, records in data.items()
+        for record_id, value in records.items()
+    ]
+    record = api.get("/api/sync/records/humans/h3")
+    assert (record.status_code, record["ETag"], record.json()["data"]) == (200, '"1"', data["humans"]["h3"])
+
+    # An op then works on the upgraded repository, and goes to a journal beside the snapshot.
+    result = api.post(
+        "/api/sync/ops",
+        {
+            "operations": [
+                {"action": "update", "store": "humans", "entity_id": "h1", "data": {"v": 2}, "expectedVersion": 1},
+                {"action": "delete", "store": "tags", "entity_id": "t1", "expectedVersion": 1},
+                {"action": "update", "store": "cases", "entity_id": "c1", "data": {}, "expectedVersion": 2},
+            ]
+        },
+    ).json()
+    assert (result["version"], result["applied"], result["conflicts"]) == (4, 2, 1)
+    assert result["results"][2]["serverVersion"] == 1
+    assert repo.read_bytes() == raw  # the upgraded snapshot stays; the op is a journal line
+    assert (files_storage / f"repo_{user_id}.journal").exists()
+    data["humans"]["h1"] = {"v": 2}
+    del data["tags"]["t1"]
+    assert api.get("/api/sync").json() == {"version": 4, "data": data}
+    assert api.get("/api/sync/records/humans/h1").json()["version"] == 2
+    pushed = api.post("/api/sync", {"clientVersion": 4, "stores": {"humans": {"h2": {"a": 2}}}}).json()
+    assert (pushed["version"], pushed["modified"]) == (5, 1)
+    entries = api.get("/api/sync/changes?since=0").json()["changes"]
+    assert entries[:3] == changelog and [e["version"] for e in entries] == [1, 2, 3, 4, 5]
+
+
+def test_a_token_file_written_by_an_earlier_release_is_read_and_stamped_when_rewritten(files_storage: Path) -> None:
     api = Api()
     user_id = api.register("alice")["user"]["id"]
     old_token = "1f0e4c1e-2f7a-4c6b-9d1e-2b3c4d5e6f71"
-    body = b'{"version":2,"data":{"humans":{"h1":{"a":1},"h2":{"b":[1,2]}},"tags":{"t1":{}}}}'
-    repo = files_storage / f"repo_{user_id}.json"
-    repo.write_bytes(body)
-    st = os.stat(repo)
-    humans = [body.index(b'"h1"'), body.index(b"}}", body.index(b'"h2"')) + 1]
-    tags = [body.index(b'"t1"'), body.index(b"{}}") + 2]
-    (files_storage / f"repo_{user_id}.meta.json").write_bytes(
-        orjson.dumps(
-            {
-                "version": 2,
-                "stores": 2,
-                "records": 3,
-                "dataSizeBytes": len(body),
-                "totalSyncs": 2,
-                "lastSync": TS,
-                "file": [st.st_ino, st.st_size, st.st_mtime_ns],
-                "layout": {"humans": [humans], "tags": [tags]},
-            }
-        )
-    )
-    entries = [
-        {"version": 1, "timestamp": TS, "clientVersion": 0, "added": [{"store": "humans", "id": "h1"}], "modified": [], "action": "push"},
-        {"version": 2, "timestamp": TS, "clientVersion": 1, "added": [{"store": "humans", "id": "h2"}, {"store": "tags", "id": "t1"}], "modified": [], "action": "push"},
-    ]  # fmt: skip
-    (files_storage / f"changelog_{user_id}.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
     far = "2099-01-01T00:00:00.000Z"
     tokens = {token_digest(old_token): {"userId": user_id, "created": TS, "lastUsed": far, "expires": far}}
-    (files_storage / "tokens.json").write_bytes(orjson.dumps({"tokens": tokens}))
+    (files_storage / "tokens.json").write_bytes(orjson.dumps({"tokens": tokens}))  # without a stamp
 
     assert api.get("/api/auth/me", token=old_token).json()["user"]["id"] == user_id
-    pull = api.get("/api/sync", token=old_token)
-    assert pull.content == body
-    assert pull["ETag"] == f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'  # the tag clients already hold
-    assert api.get("/api/sync", token=old_token, HTTP_IF_NONE_MATCH=pull["ETag"]).status_code == 304
-    status = api.get("/api/sync/status", token=old_token).json()["account"]
-    assert (status["version"], status["records"], status["totalSyncs"]) == (2, 3, 2)
-    assert api.get("/api/sync/changes?since=0", token=old_token).json()["changes"] == entries
-
-    pushed = api.post("/api/sync", {"clientVersion": 2, "stores": {"humans": {"h1": {"a": 2}}}}, token=old_token)
-    assert pushed.json()["version"] == 3
-    assert repo.read_bytes().startswith(b'{"stamp":"')
-    assert api.get("/api/sync", token=old_token).json() == {
-        "version": 3,
-        "data": {"humans": {"h1": {"a": 2}, "h2": {"b": [1, 2]}}, "tags": {"t1": {}}},
-    }
     new_token = api.post("/api/auth/login", {"username": "alice", "password": "secret1"}).json()["token"]
     assert (files_storage / "tokens.json").read_bytes().startswith(b'{"stamp":"')
     for token in (old_token, new_token):
@@ -228,7 +301,12 @@ def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(da
     store_push(store, U, {"humans": {"h1": {}}}, client_version=0, timestamp=TS)
     mine = [
         leftover(data_dir / f".{name}.tmp")
-        for name in (f"repo_{U}.json", f"repo_{U}.meta.json", f"changelog_{U}.jsonl")
+        for name in (
+            f"repo_{U}.json",
+            f"repo_{U}.journal",
+            f"changelog_{U}.jsonl",
+            f"repo_{U}.meta.json",  # an earlier release's sidecar
+        )
     ]
     theirs = leftover(data_dir / f".repo_{V}.json.tmp")
     store_push(store, U, {"humans": {"h2": {}}}, client_version=1, timestamp=TS)
@@ -236,6 +314,10 @@ def test_the_next_push_of_a_user_removes_what_a_killed_push_of_that_user_left(da
     assert theirs.exists()  # another user's: their next push, or the next start
     assert store.load(U).data == {"humans": {"h1": {}, "h2": {}}}
     assert store.summary(U).records == 2
+    # A killed snapshot write's index (named by a stamp of its own): the next snapshot written removes it.
+    index = leftover(data_dir / f".repo_{U}.{'0' * 32}.idx.tmp")
+    store_push(store, U, {"notes": {f"n{i}": {"text": "x" * 1000} for i in range(1500)}}, client_version=2)
+    assert not index.exists()
     prepare_data_dir(data_dir)  # what every start does
     assert not theirs.exists()
 
@@ -261,6 +343,8 @@ def test_a_start_removes_every_kind_of_leftover_and_keeps_every_other_file(data_
         leftover(data_dir / name)
         for name in (
             f".repo_{U}.json.tmp",
+            f".repo_{U}.{'0' * 32}.idx.tmp",
+            f".repo_{U}.journal.tmp",
             f".repo_{U}.meta.json.tmp",
             f".changelog_{U}.jsonl.tmp",
             ".tokens.json.tmp",
@@ -437,3 +521,151 @@ def test_an_export_to_a_full_disk_says_so_and_leaves_no_file(small_disk: Path) -
     filler.unlink()
     call_command("export_data", str(target), stdout=io.StringIO())
     assert target.read_bytes().count(b"\n") == 3  # header, alice, end
+
+
+# --- full disks at each step of a commit ---------------------------------------------------
+
+
+class Failures:
+    """The disk errors the files store met, by step: a spy that changes nothing, or with ``full`` a disk
+    that is full for the files whose names end so (the write fails as it starts)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, full: str | None = None) -> None:
+        self.seen: list[tuple[str, int | None]] = []
+        real_write, real_pwrite = json_file.atomic_write, os.pwrite
+
+        def atomic_write(path: Path, data: Any, **options: Any) -> Any:
+            try:
+                if full is not None and path.name.endswith(full):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                return real_write(path, data, **options)
+            except OSError as exc:
+                self.seen.append((path.name, exc.errno))
+                raise
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            try:
+                return real_pwrite(fd, data, offset)
+            except OSError as exc:
+                self.seen.append((os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1], exc.errno))
+                raise
+
+        monkeypatch.setattr(json_file, "atomic_write", atomic_write)
+        monkeypatch.setattr(json_file.os, "pwrite", pwrite)
+
+
+def free(filler: Path, size: int) -> None:
+    """Give ``size`` bytes of the full disk back."""
+    os.truncate(filler, filler.stat().st_size - size)
+
+
+def test_a_full_disk_during_a_journal_append_changes_nothing_and_answers_507(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = Api()
+    user_id = api.register("alice")["user"]["id"]
+    assert api.post("/api/sync", {"clientVersion": 0, "stores": big_stores("a")}).status_code == 200
+    op = {"action": "update", "store": "humans", "entity_id": "a1", "data": {"name": "Renamed"}}
+    assert api.post("/api/sync/ops", {"operations": [op]}).json()["version"] == 2
+    journal = small_disk / f"repo_{user_id}.journal"
+    assert journal.exists()
+    pulled = api.get("/api/sync").content
+    filler = fill(small_disk.parent)
+    free(filler, 8192)  # room for the changelog line, not for the journal line
+    before = snapshot(small_disk)
+    failures = Failures(monkeypatch)
+
+    large = {"action": "update", "store": "humans", "entity_id": "a2", "data": {"notes": "y" * 40_000}}
+    assert_error(api.post("/api/sync/ops", {"operations": [large]}), 507, "Not enough disk space on the server")
+    assert failures.seen == [(journal.name, errno.ENOSPC)]  # it failed writing the journal line
+    assert snapshot(small_disk) == before  # the changelog line cut, the journal as it was
+    assert api.get("/api/sync").content == pulled
+    assert api.get("/api/sync/changes?since=0").json()["currentVersion"] == 2
+    assert api.get("/api/sync/records/humans/a2").json()["version"] == 1
+
+    filler.unlink()
+    result = api.post("/api/sync/ops", {"operations": [large]}).json()
+    assert result["version"] == 3 and result["results"][0]["version"] == 2
+    assert journal.read_bytes().startswith(before[journal.name])
+    assert api.get("/api/sync").json()["data"]["humans"]["a2"] == large["data"]
+    assert [e["version"] for e in api.get("/api/sync/changes?since=0").json()["changes"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("step", ["the snapshot", "its index"])
+def test_a_full_disk_during_a_snapshot_write_changes_nothing_and_answers_507(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    api = Api()
+    user_id = api.register("alice")["user"]["id"]
+    assert api.post("/api/sync", {"clientVersion": 0, "stores": big_stores("a")}).status_code == 200
+    op = {"action": "delete", "store": "humans", "entity_id": "a1"}
+    assert api.post("/api/sync/ops", {"operations": [op]}).json()["version"] == 2  # journalled
+    pulled = api.get("/api/sync").content
+    status = api.get("/api/sync/status").json()["account"]
+    filler = fill(small_disk.parent)
+    if step == "the snapshot":
+        free(filler, 256 << 10)  # room for the changelog line, not for the new snapshot
+        failures = Failures(monkeypatch)
+    else:
+        free(filler, 3 << 20)  # room for the new snapshot: the disk is full when its index is written
+        failures = Failures(monkeypatch, full=".idx")
+    before = snapshot(small_disk)
+
+    large = {"notes": {f"n{i}": {"text": "z" * 1000} for i in range(1200)}}  # too large for the journal
+    response = api.post("/api/sync", {"clientVersion": 2, "stores": large})
+    assert_error(response, 507, "Not enough disk space on the server")
+    failed = [(f"repo_{user_id}.json", errno.ENOSPC)]
+    if step == "its index":  # written once the new snapshot is, before it takes the name
+        failed.insert(0, (next(name for name, _ in failures.seen if name.endswith(".idx")), errno.ENOSPC))
+    assert failures.seen == failed
+    assert snapshot(small_disk) == before  # no new snapshot or index, the journal whole, the changelog line gone
+    for reader in (api, Api()):
+        reader.token = api.token
+        assert reader.get("/api/sync").content == pulled
+        assert reader.get("/api/sync/status").json()["account"] == status
+    assert api.get("/api/sync/records/humans/a1").status_code == 404  # the journalled delete stands
+
+    monkeypatch.undo()
+    filler.unlink()
+    assert api.post("/api/sync", {"clientVersion": 2, "stores": large}).json()["version"] == 3
+    assert not (small_disk / f"repo_{user_id}.journal").exists()
+    data = api.get("/api/sync").json()["data"]
+    assert "a1" not in data["humans"] and len(data["humans"]) == 999 and len(data["notes"]) == 1200
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_a_previous_release_repository_on_a_disk_that_takes_no_write_is_read_and_upgraded_later(
+    small_disk: Path, disk: str
+) -> None:
+    api = Api()
+    user_id = api.register("alice")["user"]["id"]
+    body, meta, changelog = install_previous_release(small_disk, "stamped", user_id)
+    filler = None
+    if disk == "full":
+        filler = fill(small_disk.parent)
+    else:
+        read_only(small_disk.parent)
+    before = snapshot(small_disk)
+    try:
+        for reader in (api, Api()):  # this worker, and the next request's
+            reader.token = api.token
+            assert reader.get("/api/sync").content == body
+            status = reader.get("/api/sync/status").json()["account"]
+            assert {key: status[key] for key in SUMMARY} == {key: meta[key] for key in SUMMARY}
+            assert reader.get("/api/sync/changes?since=0").json()["changes"] == changelog
+            assert reader.get("/api/sync/records/humans/h1").json()["version"] == 1
+        op = {"action": "update", "store": "humans", "entity_id": "h1", "data": {"v": 2}, "expectedVersion": 1}
+        refused = api.post("/api/sync/ops", {"operations": [op]})
+        assert refused.status_code == (503 if disk == "read-only" else 507)
+        assert snapshot(small_disk) == before
+    finally:
+        if filler is not None:
+            filler.unlink()
+        else:
+            read_only(small_disk.parent, on=False)
+    assert api.get("/api/sync").content == body
+    assert api.post("/api/sync/ops", {"operations": [op]}).json()["version"] == 4  # upgraded first, then the op
+    assert len(list(small_disk.glob(f"repo_{user_id}.*.idx"))) == 1
+    assert not (small_disk / f"repo_{user_id}.meta.json").exists()
+    assert api.get("/api/sync/records/humans/h1").json()["version"] == 2
+    assert api.get("/api/sync/records/humans/h2").json()["version"] == 1

@@ -909,7 +909,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         if identity is None:
             self._reset(state)
             return
-        if identity != state.identity:
+        if identity != state.identity or (locked and state.fd is None):  # (or an upgrade not written yet)
             if not self._load(user_id, state):
                 if not self._earlier_release(user_id, identity):
                     logger.error("the snapshot of user %s has no readable index", user_id)
@@ -1100,7 +1100,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                     state.held = state.size
         if needs_lock:
             with self._flock(user_id), state.lock:
-                self._refresh(user_id, state, locked=True)
+                try:
+                    self._refresh(user_id, state, locked=True)
+                except OSError:
+                    if state.identity is None or state.fd is not None:
+                        raise
+                    # A disk that takes no write (full, read-only): an earlier release's snapshot is read as it is.
+                    logger.warning("cannot upgrade the repository of user %s yet", user_id, exc_info=True)
                 try:
                     yield state
                 finally:
@@ -1510,6 +1516,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 rows.heads.append(0)
                 rows.mem[len(rows.ids) - 1] = text
                 rows.live += 1
+                rows.members += _key_length(record_id) + 1 + len(text)
                 state.order_positions.append(position)
                 state.order_stores.append(name)
                 state.order_ids.append(record_id)
@@ -1517,9 +1524,13 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.position = position
         state.total_syncs = entries
         state.last_sync = orjson.loads(last[1]).get("timestamp") if last else None
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            self._write_snapshot(user_id, state, pending_audit=None)
+        except OSError:
+            state.identity = identity  # as read, for readers only (see _state): a writer upgrades it first
+            raise
+        with contextlib.suppress(OSError):
             self._path(user_id, "meta").unlink()  # the earlier release's sidecar
-        self._write_snapshot(user_id, state, pending_audit=None)
         logger.info("upgraded the repository of user %s to the record index (version %s)", user_id, version)
 
     def _append_changelog(self, user_id: str, line: list[bytes], *, committed: int) -> tuple[int, bool]:
@@ -1601,6 +1612,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                             rows.heads.append(0)
                             rows.mem[len(rows.ids) - 1] = text
                             rows.live += 1
+                            rows.members += _key_length(record_id) + 1 + len(text)
                             state.order_positions.append(position)
                             state.order_stores.append(name)
                             state.order_ids.append(record_id)

@@ -776,8 +776,9 @@ class DatabaseRepositoryStore(BaseRepositoryStore):
             return CursorPage(entries=[], has_more=False, version=0, position=0, epoch=NO_EPOCH)
         # The head and the rows from one snapshot of the database: read apart, a commit between them could
         # move a record past the head, and a walk would end (hasMore false) without it.
+        outermost = not self._connection.in_atomic_block
         with database_errors("read repository"), transaction.atomic(using=self.using):
-            if self._connection.vendor == "postgresql":
+            if outermost and self._connection.vendor == "postgresql":
                 with self._connection.cursor() as c:
                     c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             head = (

@@ -251,7 +251,8 @@ def plan_ops(
     was_live = {key: state is not None and not state.deleted for key, state in pending.states.items()}
     version = snapshot.version + 1
     results: list[dict[str, Any]] = []
-    # The final text and version of each changed record, in the order of each record's last change.
+    # The final text and version of each changed record, in the order of each record's first change: the
+    # order new records join their stores in, and the cursor's order within the batch.
     final: dict[tuple[str, str], tuple[bytes | msgspec.Raw | None, int]] = {}
     changes: list[tuple[str, str, int, str]] = []
     deleted_here: set[tuple[str, str]] = set()
@@ -283,7 +284,6 @@ def plan_ops(
             new_text, kind = op.data, CREATE
         pending.states[key] = RecordState(current + 1, version, new_text is None)
         pending.texts[key] = new_text
-        final.pop(key, None)  # in the order of each record's last change, which is where the cursor puts it
         final[key] = (new_text, current + 1)
         changes.append((op.store, op.record_id, current + 1, kind))
         results.append({"ok": True, **base, "action": ACTION_NAMES[kind], "version": current + 1})

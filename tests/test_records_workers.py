@@ -23,12 +23,15 @@ H = "humans"
 
 def walk(api: Api) -> list[dict[str, Any]]:
     entities, cursor = [], ""
-    while True:
+    for _ in range(10_000):
         page = api.get(f"/api/sync/cursor?limit=3&deleted=1&cursor={cursor}").json()
+        assert page["entities"] or not page["hasMore"], page  # a page that says more is coming moves on
+        assert page["nextCursor"] != cursor or not page["hasMore"], page
         entities += page["entities"]
         cursor = page["nextCursor"]
         if not page["hasMore"]:
             return entities
+    raise AssertionError("the walk never ended")
 
 
 def answers(api: Api) -> tuple[Any, ...]:

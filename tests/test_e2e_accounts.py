@@ -124,11 +124,19 @@ class Site:
         return found
 
 
+# The audit log records what a user did and keeps it after the user is gone (PROTOCOL.md §8.5).
+KEPT_HISTORY = {"sync_auditbatch"}
+
+
 def sqlite_rows_holding(path: Path, forms: list[str]) -> list[str]:
     found = []
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = [
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if row[0] not in KEPT_HISTORY
+        ]
         for table in tables:
             for column in [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]:
                 for form in forms:
@@ -148,6 +156,8 @@ def postgresql_rows_holding(url: str, forms: list[str]) -> list[str]:
         "AND data_type IN ('uuid', 'text', 'character varying', 'character')",
     )
     for table, column in columns:
+        if table in KEPT_HISTORY:
+            continue
         for form in forms:
             rows = execute(url, f'SELECT COUNT(*) FROM "{table}" WHERE "{column}"::text LIKE %s', (f"%{form}%",))
             if rows[0][0]:

@@ -125,9 +125,10 @@ class Model:
     place: int = 0
     group: list[Entry] = field(default_factory=list)
     live_before: dict[tuple[str, str], bool] = field(default_factory=dict)
+    first_place: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def begin(self) -> None:
-        self.place, self.group, self.live_before = 0, [], {}
+        self.place, self.group, self.live_before, self.first_place = 0, [], {}, {}
 
     def end(self) -> None:
         if self.group:
@@ -148,9 +149,13 @@ class Model:
         return rec.version, rec.data is not None, rec.data
 
     def _touch(self, rec: Rec, action: str, key: tuple[str, str], was_live: bool) -> int:
+        # Within one request a record takes the place of its first change (PROTOCOL.md §7.4).
+        if key not in self.first_place:
+            self.first_place[key] = self.place
+            self.place += 1
+        rec.place = self.first_place[key]
         self.live_before.setdefault(key, was_live)
-        rec.seq, rec.place = self.version + 1, self.place
-        self.place += 1
+        rec.seq = self.version + 1
         self.group.append((action, key[0], key[1], rec.version))
         return rec.version
 

@@ -1117,8 +1117,14 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
     @contextlib.contextmanager
     def reading(self, user_id: str) -> Iterator[_FileSnapshot]:
         with self._state(user_id, locked=False) as state:
-            self._recover_audit(user_id, state)
-            yield _FileSnapshot(self, user_id, state, locked=False)
+            missing = self._missing_audit(state)
+            try:
+                yield _FileSnapshot(self, user_id, state, locked=False)
+            except BaseException:
+                if missing is not None:  # kept for the next reader
+                    state.pending_audit = missing.as_json()
+                raise
+        self._insert_audit(missing)
 
     @contextlib.contextmanager
     def locked(self, user_id: str, allowed: Callable[[], None] | None = None) -> Iterator[_FileSnapshot]:
@@ -1127,14 +1133,16 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                 if allowed is not None:
                     allowed()
                 with self._state(user_id, locked=True) as state:
-                    self._recover_audit(user_id, state)
+                    missing = self._missing_audit(state)
                     snapshot = _FileSnapshot(self, user_id, state, locked=True)
                     yield snapshot
         except OSError as exc:
             raise StorageError("cannot write repository") from exc
-        # The audit batch goes into Django's database once the user's lock is released: a writer that holds
-        # that database (deleting the user) and waits for the lock never waits on this one. Until then the
-        # commit keeps the batch (its journal line or index), and whoever reads that commit next puts it in.
+        # Audit batches go into Django's database only once the user's lock (and the state's) is released:
+        # a writer that holds that database (deleting the user) while it waits for the lock must never be
+        # waited for under it. Until then the commit keeps its batch (the journal line or the index), and
+        # whoever reads that commit next puts it in.
+        self._insert_audit(missing)
         batch = snapshot.batch
         if batch is not None:
             audit.insert(batch)
@@ -1335,15 +1343,20 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
         state.pending_audit = batch.as_json() if batch is not None else None
         return batch
 
-    def _recover_audit(self, user_id: str, state: _State) -> None:
-        """Put the last commit's audit batch in the log if it is not there (a writer killed after committing)."""
+    @staticmethod
+    def _missing_audit(state: _State) -> audit.PendingBatch | None:
+        """The last commit's audit batch if the log may lack it (a writer killed after committing), to insert
+        once the locks are released; the state forgets it."""
         pending = state.pending_audit
         if pending is None:
-            return
+            return None
         state.pending_audit = None
         batch = audit.PendingBatch.from_json(pending)
-        current = batch.version == state.version and batch.epoch == state.epoch
-        if current and not audit.recorded(batch.user_id, batch.epoch, batch.version):
+        return batch if batch.version == state.version and batch.epoch == state.epoch else None
+
+    @staticmethod
+    def _insert_audit(batch: audit.PendingBatch | None) -> None:
+        if batch is not None and not audit.recorded(batch.user_id, batch.epoch, batch.version):
             audit.insert(batch)
 
     def _reload(self, user_id: str, state: _State) -> None:

@@ -768,7 +768,7 @@ def _measure_storage(
                         else f"MISSED {misses}"
                     )
                 )
-            if any(isinstance(r.get(goal.key), float) for goal in GOALS if goal.size is None):
+            if "records memory" in r and any(isinstance(r.get(goal.key), float) for goal in GOALS if goal.size is None):
                 table.notes.append(
                     f"peak RSS/worker during the record-level requests at {n:,}: {fmt_mb(r['records memory'])}"
                 )

@@ -530,6 +530,23 @@ class _State:
         self.total_syncs += 1
         self.last_sync = change_set.timestamp
 
+    def hold(self, rows: _Rows, record_id: str, text: msgspec.Raw, version: int, seq: int, position: int) -> None:
+        """Add a record read from elsewhere (an earlier release's file, a dump) at the end of its store."""
+        rows.row_of[record_id] = len(rows.ids)
+        rows.ids.append(record_id)
+        rows.versions.append(version)
+        rows.seqs.append(seq)
+        rows.positions.append(position)
+        rows.starts.append(-1)
+        rows.ends.append(-1)
+        rows.heads.append(0)
+        rows.mem[len(rows.ids) - 1] = text
+        rows.live += 1
+        rows.members += _key_length(record_id) + 1 + len(text)
+        self.order_positions.append(position)
+        self.order_stores.append(rows.name)
+        self.order_ids.append(record_id)
+
     @staticmethod
     def _append_new(rows: _Rows, write: StoreWrite, position: int, seq: int, keep_texts: bool) -> None:
         """Add a store write of new records only, in bulk (a first push)."""
@@ -1519,20 +1536,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
             rows = state.stores[name] = _Rows(name)
             for record_id, text in records.items():
                 position += 1
-                rows.row_of[record_id] = len(rows.ids)
-                rows.ids.append(record_id)
-                rows.versions.append(1)
-                rows.seqs.append(version)
-                rows.positions.append(position)
-                rows.starts.append(-1)
-                rows.ends.append(-1)
-                rows.heads.append(0)
-                rows.mem[len(rows.ids) - 1] = text
-                rows.live += 1
-                rows.members += _key_length(record_id) + 1 + len(text)
-                state.order_positions.append(position)
-                state.order_stores.append(name)
-                state.order_ids.append(record_id)
+                state.hold(rows, record_id, text, 1, version, position)
         state.version = state.snapshot_version = version
         state.position = position
         state.total_syncs = entries
@@ -1615,20 +1619,7 @@ class JSONFileRepositoryStore(BaseRepositoryStore):
                         rows = state.stores[name] = _Rows(name)
                         for record_id, text, version, seq in records:
                             position += 1
-                            rows.row_of[record_id] = len(rows.ids)
-                            rows.ids.append(record_id)
-                            rows.versions.append(version)
-                            rows.seqs.append(seq)
-                            rows.positions.append(position)
-                            rows.starts.append(-1)
-                            rows.ends.append(-1)
-                            rows.heads.append(0)
-                            rows.mem[len(rows.ids) - 1] = text
-                            rows.live += 1
-                            rows.members += _key_length(record_id) + 1 + len(text)
-                            state.order_positions.append(position)
-                            state.order_stores.append(name)
-                            state.order_ids.append(record_id)
+                            state.hold(rows, record_id, text, version, seq, position)
                     for name, tombs in dump.tombstones.items():
                         rows = state.stores.setdefault(name, _Rows(name))
                         for record_id, version, seq in tombs:
